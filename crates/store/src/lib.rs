@@ -1,0 +1,214 @@
+//! The storage API every Bulwark protocol and service writes through, and
+//! its embedded backend: SQLite in WAL mode for metadata plus a
+//! content-addressed blob directory.
+//!
+//! What this crate owns:
+//! * the [`Backend`] trait — the whole storage contract, small and typed, so a
+//!   PostgreSQL backend can be added without touching protocol code;
+//! * durability: a write returns only after it is on stable storage, and
+//!   concurrent writes share one fsync (group commit);
+//! * the per-account change log and the in-process change notifier;
+//! * blob deduplication and reference counting;
+//! * appending audit records in the same transaction as the action.
+//!
+//! What it must not do: decide who may do what (the directory and protocol
+//! layers check rights; the store only records who did it), parse
+//! protocols, or expose SQL to callers.
+
+mod blobs;
+pub mod conformance;
+mod error;
+mod notify;
+mod schema;
+mod sqlite;
+mod types;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use bulwark_audit::{Actor, AuditEvent, AuditRecord, ChainHash};
+pub use error::{Error, Result};
+pub use notify::Notifier;
+pub use sqlite::{SqliteBackend, SqliteOptions};
+pub use types::*;
+
+use bulwark_core::{
+    BlobId, Change, ChangeNotice, DomainId, DomainName, EmailAddress, MailboxId, MailboxRole,
+    ModSeq, PrincipalId, PrincipalKind,
+};
+
+/// The storage contract. Every method is blocking; async callers go through
+/// [`Store::run`]. Every method that changes data takes the [`Actor`] doing
+/// it, and writes an audit record in the same transaction when the actor is
+/// an administrator or is not the owner of the account touched.
+pub trait Backend: Send + Sync + 'static {
+    // ---- domains ----
+
+    /// Adds a mail domain.
+    fn create_domain(&self, actor: &Actor, name: &DomainName) -> Result<DomainId>;
+    /// Removes a domain that no longer has principals.
+    fn remove_domain(&self, actor: &Actor, name: &DomainName) -> Result<()>;
+    /// Every domain, by name.
+    fn domains(&self) -> Result<Vec<Domain>>;
+    /// One domain by name.
+    fn domain(&self, name: &DomainName) -> Result<Option<Domain>>;
+
+    // ---- principals ----
+
+    /// Adds a principal; its address's domain must exist and the address be free.
+    fn create_principal(&self, actor: &Actor, new: &NewPrincipal) -> Result<PrincipalId>;
+    /// Removes a principal with all its data, aliases, memberships and grants.
+    fn remove_principal(&self, actor: &Actor, id: PrincipalId) -> Result<()>;
+    /// One principal by id.
+    fn principal(&self, id: PrincipalId) -> Result<Option<Principal>>;
+    /// The principal an address (primary or alias) belongs to.
+    fn principal_by_address(&self, address: &EmailAddress) -> Result<Option<Principal>>;
+    /// Principals, optionally of one domain and kind, by address.
+    fn principals(&self, domain: Option<DomainId>, kind: Option<PrincipalKind>) -> Result<Vec<Principal>>;
+    /// The stored password hash (PHC string), if the principal has one.
+    fn password_hash(&self, id: PrincipalId) -> Result<Option<String>>;
+    /// Replaces the password hash.
+    fn set_password_hash(&self, actor: &Actor, id: PrincipalId, hash: &str) -> Result<()>;
+
+    // ---- addresses ----
+
+    /// Adds an alias address to a principal.
+    fn add_alias(&self, actor: &Actor, id: PrincipalId, address: &EmailAddress) -> Result<()>;
+    /// Removes an alias (never a primary address).
+    fn remove_alias(&self, actor: &Actor, address: &EmailAddress) -> Result<()>;
+    /// A principal's addresses, primary first.
+    fn addresses(&self, id: PrincipalId) -> Result<Vec<EmailAddress>>;
+
+    // ---- groups ----
+
+    /// Makes `member` a direct member of `group`.
+    fn add_member(&self, actor: &Actor, group: PrincipalId, member: PrincipalId) -> Result<()>;
+    /// Removes a direct membership.
+    fn remove_member(&self, actor: &Actor, group: PrincipalId, member: PrincipalId) -> Result<()>;
+    /// Direct members of a group.
+    fn members(&self, group: PrincipalId) -> Result<Vec<PrincipalId>>;
+
+    // ---- grants ----
+
+    /// Grants `grant.right` over the grantor's data to the grantee.
+    fn add_grant(&self, actor: &Actor, grant: &Grant) -> Result<()>;
+    /// Withdraws a grant.
+    fn remove_grant(&self, actor: &Actor, grant: &Grant) -> Result<()>;
+    /// Grants, filtered by grantor and/or grantee.
+    fn grants(&self, grantor: Option<PrincipalId>, grantee: Option<PrincipalId>) -> Result<Vec<Grant>>;
+
+    // ---- app passwords ----
+
+    /// Stores a new app password's hash; returns its id.
+    fn add_app_password(&self, actor: &Actor, id: PrincipalId, label: &str, hash: &str) -> Result<i64>;
+    /// App passwords of a principal, without their hashes.
+    fn app_passwords(&self, id: PrincipalId) -> Result<Vec<AppPassword>>;
+    /// `(app password id, hash)` pairs, for authentication only.
+    fn app_password_hashes(&self, id: PrincipalId) -> Result<Vec<(i64, String)>>;
+    /// Deletes one app password.
+    fn revoke_app_password(&self, actor: &Actor, id: PrincipalId, app_password: i64) -> Result<()>;
+
+    // ---- mailboxes ----
+
+    /// Creates a mailbox in `account`.
+    fn create_mailbox(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        name: &str,
+        role: Option<MailboxRole>,
+        parent: Option<MailboxId>,
+    ) -> Result<Mailbox>;
+    /// Mailboxes of an account, by name.
+    fn mailboxes(&self, account: PrincipalId) -> Result<Vec<Mailbox>>;
+    /// Deletes a mailbox without children; its messages leave it (and are
+    /// destroyed when they were in no other mailbox).
+    fn delete_mailbox(&self, actor: &Actor, account: PrincipalId, mailbox: MailboxId) -> Result<()>;
+
+    // ---- messages ----
+
+    /// Stores one message for every target, keeping one copy of its bytes.
+    /// Returns only once the message and every mailbox entry are durable.
+    fn deliver(&self, actor: &Actor, raw: &[u8], meta: &EmailMeta, targets: &[Delivery]) -> Result<Vec<Delivered>>;
+    /// Messages of a mailbox in UID order.
+    fn messages(&self, account: PrincipalId, mailbox: MailboxId) -> Result<Vec<MessageEntry>>;
+    /// One email's stored data.
+    fn email(&self, account: PrincipalId, email: bulwark_core::EmailId) -> Result<Option<EmailRecord>>;
+    /// Changes keywords (flags) of messages; returns those whose keywords changed.
+    fn update_keywords(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        mailbox: MailboxId,
+        uids: &[u32],
+        update: &KeywordUpdate,
+    ) -> Result<Vec<(u32, ModSeq)>>;
+    /// Removes messages from a mailbox; returns the UIDs removed.
+    fn expunge(&self, actor: &Actor, account: PrincipalId, mailbox: MailboxId, uids: &[u32]) -> Result<Vec<u32>>;
+    /// The bytes of a blob.
+    fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>>;
+
+    // ---- change log ----
+
+    /// The account's current modification sequence.
+    fn current_modseq(&self, account: PrincipalId) -> Result<ModSeq>;
+    /// Changes after `after`, oldest first, at most `limit`.
+    fn changes_since(&self, account: PrincipalId, after: ModSeq, limit: usize) -> Result<Vec<Change>>;
+    /// Subscribes to durable changes of one account.
+    fn subscribe(&self, account: PrincipalId) -> tokio::sync::broadcast::Receiver<ChangeNotice>;
+
+    // ---- audit ----
+
+    /// Appends an audit record on its own (for reads and refusals).
+    fn append_audit(&self, event: AuditEvent) -> Result<u64>;
+    /// Records after sequence `after`, oldest first, at most `limit`.
+    fn audit_records(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>>;
+    /// The most recent `count` records, oldest first.
+    fn audit_tail(&self, count: usize) -> Result<Vec<AuditRecord>>;
+    /// The last record's sequence and hash as recorded beside the log.
+    fn audit_head(&self) -> Result<Option<(u64, ChainHash)>>;
+
+    // ---- maintenance ----
+
+    /// Checks that every referenced blob exists with the right content and
+    /// counts unreferenced blob files.
+    fn check_blobs(&self) -> Result<BlobCheck>;
+    /// Deletes blob files no row references, older than `min_age`
+    /// (leftovers of writes that crashed before commit).
+    fn collect_orphan_blobs(&self, min_age: std::time::Duration) -> Result<u64>;
+}
+
+/// A shared handle on a backend. Cloning is cheap.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+}
+
+impl Store {
+    /// Wraps a backend.
+    pub fn new(backend: Arc<dyn Backend>) -> Store {
+        Store { backend }
+    }
+
+    /// Runs blocking storage work off the async executor.
+    pub fn run<T, F>(&self, work: F) -> impl Future<Output = Result<T>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Backend) -> Result<T> + Send + 'static,
+    {
+        let backend = Arc::clone(&self.backend);
+        async move {
+            tokio::task::spawn_blocking(move || work(backend.as_ref()))
+                .await
+                .map_err(|e| Error::Unavailable(format!("storage task failed: {e}")))?
+        }
+    }
+}
+
+impl std::ops::Deref for Store {
+    type Target = dyn Backend;
+
+    fn deref(&self) -> &Self::Target {
+        self.backend.as_ref()
+    }
+}

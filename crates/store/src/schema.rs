@@ -1,0 +1,249 @@
+//! Versioned schema migrations, embedded in the binary and applied at open.
+//!
+//! The database's `PRAGMA user_version` is the number of migrations applied.
+//! Migrations are append-only: a released one is never edited, a change
+//! comes as a new entry. A database newer than this binary is refused
+//! rather than guessed at.
+
+use rusqlite::Connection;
+
+use crate::{Error, Result};
+
+/// Each entry moves the schema from version `index` to `index + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: directory, mail store, change log, audit log.
+    r#"
+    CREATE TABLE domains (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE principals (
+        id INTEGER PRIMARY KEY,
+        domain_id INTEGER NOT NULL REFERENCES domains(id),
+        address TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL CHECK (kind IN ('individual','group','shared','room','equipment')),
+        display_name TEXT NOT NULL DEFAULT '',
+        password_hash TEXT,
+        quota_bytes INTEGER NOT NULL DEFAULT 0,
+        used_bytes INTEGER NOT NULL DEFAULT 0,
+        roles TEXT NOT NULL DEFAULT '',
+        modseq INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX principals_domain ON principals(domain_id);
+    CREATE TABLE addresses (
+        address TEXT PRIMARY KEY,
+        principal_id INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+        is_primary INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE INDEX addresses_principal ON addresses(principal_id);
+    CREATE TABLE group_members (
+        group_id INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+        member_id INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+        PRIMARY KEY (group_id, member_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX group_members_member ON group_members(member_id);
+    CREATE TABLE grants (
+        grantor_id INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+        grantee_id INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+        right_name TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (grantor_id, grantee_id, right_name)
+    ) WITHOUT ROWID;
+    CREATE INDEX grants_grantee ON grants(grantee_id);
+    CREATE TABLE app_passwords (
+        id INTEGER PRIMARY KEY,
+        principal_id INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+        label TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX app_passwords_principal ON app_passwords(principal_id);
+
+    -- Blob bytes live inline (data NOT NULL) when small, else in the blob
+    -- directory. A row exists exactly while refcount > 0.
+    CREATE TABLE blobs (
+        hash BLOB PRIMARY KEY,
+        size INTEGER NOT NULL,
+        refcount INTEGER NOT NULL CHECK (refcount > 0),
+        data BLOB
+    ) WITHOUT ROWID;
+
+    CREATE TABLE mailboxes (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        parent_id INTEGER REFERENCES mailboxes(id),
+        role TEXT,
+        uid_validity INTEGER NOT NULL,
+        uid_next INTEGER NOT NULL DEFAULT 1,
+        highest_modseq INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (account_id, name)
+    );
+    CREATE UNIQUE INDEX mailboxes_role ON mailboxes(account_id, role) WHERE role IS NOT NULL;
+    CREATE TABLE threads (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE
+    );
+    CREATE INDEX threads_account ON threads(account_id);
+    CREATE TABLE emails (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+        blob_hash BLOB NOT NULL REFERENCES blobs(hash),
+        thread_id INTEGER NOT NULL REFERENCES threads(id),
+        size INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        message_id TEXT,
+        subject TEXT,
+        from_header TEXT,
+        to_header TEXT,
+        sent_at INTEGER,
+        refs TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX emails_account_message_id ON emails(account_id, message_id);
+    CREATE INDEX emails_blob ON emails(blob_hash);
+    CREATE TABLE mailbox_messages (
+        mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+        uid INTEGER NOT NULL,
+        email_id INTEGER NOT NULL REFERENCES emails(id) ON DELETE CASCADE,
+        modseq INTEGER NOT NULL,
+        keywords TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (mailbox_id, uid)
+    ) WITHOUT ROWID;
+    CREATE INDEX mailbox_messages_email ON mailbox_messages(email_id);
+
+    -- One row per change; object_id's meaning depends on object_type.
+    CREATE TABLE changes (
+        account_id INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+        modseq INTEGER NOT NULL,
+        object_type TEXT NOT NULL,
+        object_id INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('created','updated','destroyed')),
+        mailbox_id INTEGER,
+        uid INTEGER
+    );
+    CREATE INDEX changes_account_modseq ON changes(account_id, modseq);
+
+    CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        auth_method TEXT NOT NULL,
+        logon_type TEXT NOT NULL,
+        target TEXT,
+        operation TEXT NOT NULL,
+        object_ids TEXT NOT NULL,
+        item_count INTEGER NOT NULL,
+        client_ip TEXT,
+        protocol TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        prev_hash BLOB NOT NULL,
+        hash BLOB NOT NULL
+    );
+    -- The chain's head is kept apart from the log so removing trailing
+    -- records is detected too.
+    CREATE TABLE audit_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL,
+        hash BLOB NOT NULL
+    );
+    "#,
+    // 2: calendars, address books, the outbound delivery queue.
+    r#"
+    CREATE TABLE calendars (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL DEFAULT 'calendar'
+            CHECK (kind IN ('calendar','scheduling-inbox','scheduling-outbox')),
+        display_name TEXT NOT NULL DEFAULT '',
+        color TEXT,
+        components TEXT NOT NULL DEFAULT 'VEVENT,VTODO',
+        modseq INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (account_id, name)
+    );
+    CREATE TABLE calendar_objects (
+        id INTEGER PRIMARY KEY,
+        calendar_id INTEGER NOT NULL REFERENCES calendars(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        uid TEXT NOT NULL,
+        component TEXT NOT NULL,
+        ical TEXT NOT NULL,
+        first_start INTEGER,
+        last_end INTEGER,
+        modseq INTEGER NOT NULL,
+        UNIQUE (calendar_id, name),
+        UNIQUE (calendar_id, uid)
+    );
+    CREATE TABLE calendar_instances (
+        object_id INTEGER NOT NULL REFERENCES calendar_objects(id) ON DELETE CASCADE,
+        start_at INTEGER NOT NULL,
+        end_at INTEGER NOT NULL
+    );
+    CREATE INDEX calendar_instances_range ON calendar_instances(object_id, start_at, end_at);
+    CREATE TABLE address_books (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        display_name TEXT NOT NULL DEFAULT '',
+        modseq INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (account_id, name)
+    );
+    CREATE TABLE cards (
+        id INTEGER PRIMARY KEY,
+        address_book_id INTEGER NOT NULL REFERENCES address_books(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        uid TEXT NOT NULL,
+        vcard TEXT NOT NULL,
+        modseq INTEGER NOT NULL,
+        UNIQUE (address_book_id, name),
+        UNIQUE (address_book_id, uid)
+    );
+    CREATE TABLE queue_messages (
+        id INTEGER PRIMARY KEY,
+        blob_hash BLOB NOT NULL REFERENCES blobs(hash),
+        return_path TEXT NOT NULL,
+        envelope_id TEXT,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE TABLE queue_recipients (
+        queue_id INTEGER NOT NULL REFERENCES queue_messages(id) ON DELETE CASCADE,
+        recipient TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending','delivered','failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        last_error TEXT,
+        notify TEXT,
+        PRIMARY KEY (queue_id, recipient)
+    ) WITHOUT ROWID;
+    CREATE INDEX queue_recipients_due ON queue_recipients(status, next_attempt_at);
+    "#,
+];
+
+/// The schema version this binary writes.
+pub const LATEST: u32 = MIGRATIONS.len() as u32;
+
+/// Brings the database up to `target` (normally [`LATEST`]).
+pub fn migrate(conn: &mut Connection, target: u32) -> Result<u32> {
+    let current: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > LATEST {
+        return Err(Error::Invalid(format!(
+            "the database has schema version {current}, newer than this binary's {LATEST}; \
+             run a newer Bulwark or restore a backup"
+        )));
+    }
+    for version in current..target.min(LATEST) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Another process may have migrated while we waited for the lock.
+        let now: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if now > version {
+            continue;
+        }
+        tx.execute_batch(MIGRATIONS[version as usize])?;
+        tx.pragma_update(None, "user_version", version + 1)?;
+        tx.commit()?;
+    }
+    Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+}

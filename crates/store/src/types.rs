@@ -1,0 +1,205 @@
+//! Records the storage API takes and returns.
+
+use bulwark_core::{
+    BlobId, DomainId, DomainName, EmailAddress, EmailId, MailboxId, MailboxRole, ModSeq,
+    PrincipalId, PrincipalKind, Right, ThreadId,
+};
+
+/// A mail domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Domain {
+    /// Row id.
+    pub id: DomainId,
+    /// The domain name.
+    pub name: DomainName,
+    /// Creation time, Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// A principal as stored (without credentials).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Row id; also the account id.
+    pub id: PrincipalId,
+    /// What it is.
+    pub kind: PrincipalKind,
+    /// Primary address; also the login name of individuals.
+    pub address: EmailAddress,
+    /// Its domain.
+    pub domain: DomainId,
+    /// Name shown to people.
+    pub display_name: String,
+    /// Quota in bytes; 0 means none.
+    pub quota_bytes: u64,
+    /// Bytes of mail stored.
+    pub used_bytes: u64,
+    /// Creation time, Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// What `create_principal` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPrincipal {
+    /// What it is.
+    pub kind: PrincipalKind,
+    /// Primary address.
+    pub address: EmailAddress,
+    /// Name shown to people.
+    pub display_name: String,
+    /// Argon2id PHC string, for principals that log in.
+    pub password_hash: Option<String>,
+    /// Quota in bytes; 0 means none.
+    pub quota_bytes: u64,
+}
+
+/// A delegation grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Grant {
+    /// Whose data.
+    pub grantor: PrincipalId,
+    /// Who receives the right.
+    pub grantee: PrincipalId,
+    /// Which right.
+    pub right: Right,
+}
+
+/// An app password's public part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppPassword {
+    /// Id used to revoke it.
+    pub id: i64,
+    /// Its owner.
+    pub principal: PrincipalId,
+    /// The device or purpose the user named.
+    pub label: String,
+    /// Creation time, Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// A mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    /// Row id.
+    pub id: MailboxId,
+    /// Owning account.
+    pub account: PrincipalId,
+    /// Full name, hierarchy separated by `/`.
+    pub name: String,
+    /// Parent mailbox.
+    pub parent: Option<MailboxId>,
+    /// Special use.
+    pub role: Option<MailboxRole>,
+    /// IMAP UIDVALIDITY; never changes for the life of the mailbox.
+    pub uid_validity: u32,
+    /// The UID the next message will get.
+    pub uid_next: u32,
+    /// Highest modification sequence of anything in the mailbox.
+    pub highest_modseq: ModSeq,
+}
+
+/// Facts about a message that the mail service extracts before storing it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EmailMeta {
+    /// Arrival time, Unix milliseconds.
+    pub received_at: i64,
+    /// `Message-ID`, without angle brackets.
+    pub message_id: Option<String>,
+    /// `In-Reply-To` and `References` ids, used to place it in a thread.
+    pub references: Vec<String>,
+    /// Decoded `Subject`.
+    pub subject: Option<String>,
+    /// Decoded `From`.
+    pub from: Option<String>,
+    /// Decoded `To`.
+    pub to: Option<String>,
+    /// `Date`, Unix milliseconds.
+    pub sent_at: Option<i64>,
+}
+
+/// One place a message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The account.
+    pub account: PrincipalId,
+    /// The mailbox in that account.
+    pub mailbox: MailboxId,
+    /// Initial keywords (flags), such as `$seen`.
+    pub keywords: Vec<String>,
+}
+
+/// Where a message landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// The account.
+    pub account: PrincipalId,
+    /// The email created there.
+    pub email: EmailId,
+    /// The mailbox.
+    pub mailbox: MailboxId,
+    /// Its UID in that mailbox.
+    pub uid: u32,
+    /// The account's modification sequence after the delivery.
+    pub modseq: ModSeq,
+}
+
+/// A message as listed in a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageEntry {
+    /// UID in the mailbox.
+    pub uid: u32,
+    /// The email.
+    pub email: EmailId,
+    /// Modification sequence of the last change to this entry.
+    pub modseq: ModSeq,
+    /// Keywords, sorted.
+    pub keywords: Vec<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// Arrival time, Unix milliseconds.
+    pub received_at: i64,
+    /// Content address of the raw message.
+    pub blob: BlobId,
+}
+
+/// An email's stored data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailRecord {
+    /// Row id.
+    pub id: EmailId,
+    /// Owning account.
+    pub account: PrincipalId,
+    /// Content address of the raw message.
+    pub blob: BlobId,
+    /// Thread.
+    pub thread: ThreadId,
+    /// Size in bytes.
+    pub size: u64,
+    /// Cached header facts.
+    pub meta: EmailMeta,
+}
+
+/// How to change keywords.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeywordUpdate {
+    /// Replace them all.
+    Set(Vec<String>),
+    /// Add these.
+    Add(Vec<String>),
+    /// Remove these.
+    Remove(Vec<String>),
+}
+
+/// Result of [`crate::Backend::check_blobs`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlobCheck {
+    /// Blobs referenced by rows.
+    pub referenced: u64,
+    /// Referenced blobs whose bytes are gone.
+    pub missing: Vec<BlobId>,
+    /// Referenced blobs whose bytes do not hash to their id.
+    pub corrupt: Vec<BlobId>,
+    /// Blob files no row references.
+    pub orphans: u64,
+    /// Rows whose reference count disagrees with the references found.
+    pub miscounted: Vec<BlobId>,
+}
