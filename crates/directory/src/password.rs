@@ -1,0 +1,130 @@
+//! Password and app-password hashing.
+
+use std::sync::OnceLock;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Argon2id with the OWASP-recommended minimum: 19 MiB, 2 passes, 1 lane.
+fn argon2() -> Argon2<'static> {
+    // These constants are valid Argon2 parameters; `new` only rejects
+    // out-of-range values.
+    let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// Hashes a password into a PHC string with a random salt.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let mut salt = [0u8; 16];
+    getrandom::getrandom(&mut salt).map_err(|e| format!("no randomness: {e}"))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    argon2()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Checks a password against a PHC string (constant-time inside argon2).
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    match PasswordHash::new(hash) {
+        Ok(parsed) => argon2().verify_password(password.as_bytes(), &parsed).is_ok(),
+        Err(_) => {
+            burn_time(password);
+            false
+        }
+    }
+}
+
+/// Spends the time of one password check, so a refusal for an unknown
+/// account or a ban takes as long as a wrong password.
+pub fn burn_time(password: &str) {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    let hash = DUMMY.get_or_init(|| hash_password("dummy password for timing").unwrap_or_default());
+    if let Ok(parsed) = PasswordHash::new(hash) {
+        let _ = argon2().verify_password(password.as_bytes(), &parsed);
+    }
+}
+
+/// A freshly generated app password. Shown to the user once.
+pub struct AppPasswordSecret(String);
+
+impl AppPasswordSecret {
+    /// The secret, grouped for reading: `xxxx-xxxx-xxxx-xxxx-xxxx-xxxx`.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// What is stored: `sha256:` and the hex digest.
+    pub fn digest(&self) -> String {
+        digest(&self.0)
+    }
+}
+
+impl std::fmt::Debug for AppPasswordSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppPasswordSecret(<hidden>)")
+    }
+}
+
+/// Letters and digits without look-alikes (no 0/o, l/i).
+const ALPHABET: &[u8; 32] = b"abcdefghjkmnpqrstuvwxyz123456789";
+
+/// 24 characters from a 32-letter alphabet: 120 bits of entropy.
+pub fn new_app_password() -> Result<AppPasswordSecret, String> {
+    let mut raw = [0u8; 24];
+    getrandom::getrandom(&mut raw).map_err(|e| format!("no randomness: {e}"))?;
+    let mut out = String::with_capacity(29);
+    for (i, byte) in raw.iter().enumerate() {
+        if i > 0 && i % 4 == 0 {
+            out.push('-');
+        }
+        out.push(char::from(ALPHABET[usize::from(byte & 31)]));
+    }
+    Ok(AppPasswordSecret(out))
+}
+
+fn normalize(secret: &str) -> String {
+    secret.chars().filter(|c| !matches!(c, '-' | ' ')).flat_map(char::to_lowercase).collect()
+}
+
+fn digest(secret: &str) -> String {
+    let sum = Sha256::digest(normalize(secret).as_bytes());
+    let mut out = String::from("sha256:");
+    for b in sum {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// Constant-time comparison of a stored digest with a presented secret.
+pub fn app_password_matches(stored: &str, presented: &str) -> bool {
+    digest(presented).as_bytes().ct_eq(stored.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_hashes_verify() {
+        let hash = hash_password("correct horse battery").expect("hash");
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password(&hash, "correct horse battery"));
+        assert!(!verify_password(&hash, "correct horse batterY"));
+        assert!(!verify_password("not a phc string", "x"));
+        assert_ne!(hash, hash_password("correct horse battery").expect("hash"), "salted");
+    }
+
+    #[test]
+    fn app_passwords_match_loosely_formatted() {
+        let secret = new_app_password().expect("random");
+        assert_eq!(secret.expose().len(), 29);
+        let stored = secret.digest();
+        assert!(app_password_matches(&stored, secret.expose()));
+        assert!(app_password_matches(&stored, &secret.expose().replace('-', "").to_uppercase()));
+        assert!(!app_password_matches(&stored, "aaaa-bbbb-cccc-dddd-eeee-ffff"));
+        assert!(!format!("{secret:?}").contains(secret.expose()));
+    }
+}
