@@ -1,0 +1,432 @@
+//! Administrative commands. They open the same store as a running server
+//! (SQLite serialises writers across processes), act as the local
+//! operator, and every change they make is audited by the store.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::Path;
+use std::sync::Arc;
+
+use bulwark_audit::{Actor, AuditRecord, Verifier};
+use bulwark_config::Config;
+use bulwark_core::{DomainName, EmailAddress, PrincipalKind, Right};
+use bulwark_directory::{Directory, LimitPolicy};
+use bulwark_store::{Grant, NewPrincipal, Principal, SqliteBackend, SqliteOptions, Store};
+
+use crate::CmdResult;
+use crate::cli::*;
+
+/// Opens the store and directory a configuration names.
+pub fn open_directory(config: &Config) -> Result<Directory, Box<dyn std::error::Error>> {
+    let options = SqliteOptions {
+        inline_blob_max_bytes: config.storage.inline_blob_max_bytes as usize,
+        ..SqliteOptions::default()
+    };
+    let backend = SqliteBackend::open(&config.server.data_dir, options).map_err(|e| {
+        format!(
+            "cannot open the store in {}: {e}",
+            config.server.data_dir.display()
+        )
+    })?;
+    let policy = LimitPolicy {
+        max_failures_per_account: config.auth.max_failures_per_account,
+        max_failures_per_ip: config.auth.max_failures_per_ip,
+        window: std::time::Duration::from_secs(config.auth.failure_window_secs),
+        ban: std::time::Duration::from_secs(config.auth.ban_secs),
+    };
+    Ok(Directory::new(Store::new(Arc::new(backend)), policy))
+}
+
+/// The local operator running a command, as recorded in the audit log.
+pub fn operator() -> Actor {
+    let name = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    Actor::local_admin(&name)
+}
+
+fn load(config_path: &Path) -> Result<Directory, Box<dyn std::error::Error>> {
+    let config = Config::load(config_path)?;
+    open_directory(&config)
+}
+
+fn address(text: &str) -> Result<EmailAddress, Box<dyn std::error::Error>> {
+    Ok(text.parse::<EmailAddress>()?)
+}
+
+fn domain(text: &str) -> Result<DomainName, Box<dyn std::error::Error>> {
+    Ok(text.parse::<DomainName>()?)
+}
+
+/// Looks a principal up by any of its addresses, optionally of one kind.
+fn find(
+    d: &Directory,
+    text: &str,
+    kinds: &[PrincipalKind],
+) -> Result<Principal, Box<dyn std::error::Error>> {
+    let p = d
+        .store()
+        .principal_by_address(&address(text)?)?
+        .ok_or_else(|| format!("{text} does not exist"))?;
+    if !kinds.is_empty() && !kinds.contains(&p.kind) {
+        let wanted: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+        return Err(format!("{text} is a {}, not a {}", p.kind, wanted.join(" or ")).into());
+    }
+    Ok(p)
+}
+
+fn read_password(input: &PasswordInput) -> Result<String, Box<dyn std::error::Error>> {
+    let password = if input.password_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")?;
+        let again = rpassword::prompt_password("Repeat password: ")?;
+        if first != again {
+            return Err("the passwords differ".into());
+        }
+        first
+    } else {
+        return Err("no terminal to ask for a password; use --password-stdin".into());
+    };
+    bulwark_directory::check_password_strength(&password)?;
+    Ok(password)
+}
+
+fn add_principal(d: &Directory, text: &str, kind: PrincipalKind, name: &str) -> CmdResult {
+    let id = d.store().create_principal(
+        &operator(),
+        &NewPrincipal {
+            kind,
+            address: address(text)?,
+            display_name: name.to_string(),
+            password_hash: None,
+            quota_bytes: 0,
+        },
+    )?;
+    println!("added {kind} {text} (id {id})");
+    Ok(())
+}
+
+fn remove_principal(d: &Directory, text: &str, kinds: &[PrincipalKind]) -> CmdResult {
+    let p = find(d, text, kinds)?;
+    d.store().remove_principal(&operator(), p.id)?;
+    println!("removed {} {}", p.kind, p.address);
+    Ok(())
+}
+
+fn print_principals(list: &[Principal]) {
+    for p in list {
+        let quota = if p.quota_bytes == 0 {
+            "none".to_string()
+        } else {
+            p.quota_bytes.to_string()
+        };
+        println!(
+            "{:<40} {:<10} used={} quota={} {}",
+            p.address, p.kind, p.used_bytes, quota, p.display_name
+        );
+    }
+}
+
+pub fn run(config_path: &Path, command: Command) -> CmdResult {
+    let d = load(config_path)?;
+    match command {
+        Command::Domain(cmd) => match cmd {
+            DomainCmd::Add { name } => {
+                let id = d.store().create_domain(&operator(), &domain(&name)?)?;
+                println!("added domain {name} (id {id})");
+            }
+            DomainCmd::List => {
+                for dom in d.store().domains()? {
+                    let count = d.store().principals(Some(dom.id), None)?.len();
+                    println!("{:<40} {count} principals", dom.name);
+                }
+            }
+            DomainCmd::Remove { name } => {
+                d.store().remove_domain(&operator(), &domain(&name)?)?;
+                println!("removed domain {name}");
+            }
+        },
+        Command::User(cmd) => match cmd {
+            UserCmd::Add {
+                address: text,
+                name,
+                quota,
+                password,
+            } => {
+                let password = read_password(&password)?;
+                let id = d.add_user(&operator(), &address(&text)?, &name, &password, quota)?;
+                println!("added user {text} (id {id})");
+            }
+            UserCmd::List { domain: filter } => {
+                let domain_id = match filter {
+                    Some(name) => Some(
+                        d.store()
+                            .domain(&domain(&name)?)?
+                            .ok_or("no such domain")?
+                            .id,
+                    ),
+                    None => None,
+                };
+                print_principals(
+                    &d.store()
+                        .principals(domain_id, Some(PrincipalKind::Individual))?,
+                );
+            }
+            UserCmd::Passwd {
+                address: text,
+                password,
+            } => {
+                let p = find(&d, &text, &[PrincipalKind::Individual])?;
+                let password = read_password(&password)?;
+                d.set_password(&operator(), p.id, &password)?;
+                println!("password changed for {}", p.address);
+            }
+            UserCmd::Remove { address: text } => {
+                remove_principal(&d, &text, &[PrincipalKind::Individual])?
+            }
+        },
+        Command::Alias(cmd) => match cmd {
+            AliasCmd::Add { alias, target } => {
+                let p = find(&d, &target, &[])?;
+                d.store().add_alias(&operator(), p.id, &address(&alias)?)?;
+                println!("{alias} now delivers to {}", p.address);
+            }
+            AliasCmd::Remove { alias } => {
+                d.store().remove_alias(&operator(), &address(&alias)?)?;
+                println!("removed alias {alias}");
+            }
+            AliasCmd::List { target } => {
+                let p = find(&d, &target, &[])?;
+                for a in d.store().addresses(p.id)? {
+                    println!("{a}");
+                }
+            }
+        },
+        Command::Group(cmd) => match cmd {
+            GroupCmd::Add { address, name } => {
+                add_principal(&d, &address, PrincipalKind::Group, &name)?
+            }
+            GroupCmd::Remove { address } => {
+                remove_principal(&d, &address, &[PrincipalKind::Group])?
+            }
+            GroupCmd::MemberAdd { group, member } => {
+                let g = find(&d, &group, &[PrincipalKind::Group])?;
+                let m = find(&d, &member, &[])?;
+                d.add_member(&operator(), g.id, m.id)?;
+                println!("{} is now a member of {}", m.address, g.address);
+            }
+            GroupCmd::MemberRemove { group, member } => {
+                let g = find(&d, &group, &[PrincipalKind::Group])?;
+                let m = find(&d, &member, &[])?;
+                d.store().remove_member(&operator(), g.id, m.id)?;
+                println!("{} is no longer a member of {}", m.address, g.address);
+            }
+            GroupCmd::Members { group } => {
+                let g = find(&d, &group, &[PrincipalKind::Group])?;
+                println!("direct members:");
+                for id in d.store().members(g.id)? {
+                    if let Some(p) = d.store().principal(id)? {
+                        println!("  {} ({})", p.address, p.kind);
+                    }
+                }
+                println!("receives mail sent to {}:", g.address);
+                for id in d.expand_recipients(g.id)? {
+                    if let Some(p) = d.store().principal(id)? {
+                        println!("  {}", p.address);
+                    }
+                }
+            }
+        },
+        Command::Shared(cmd) => match cmd {
+            SharedCmd::Add { address, name } => {
+                add_principal(&d, &address, PrincipalKind::Shared, &name)?
+            }
+            SharedCmd::Remove { address } => {
+                remove_principal(&d, &address, &[PrincipalKind::Shared])?
+            }
+        },
+        Command::Resource(cmd) => match cmd {
+            ResourceCmd::Add {
+                address,
+                kind,
+                name,
+            } => {
+                let kind = match kind {
+                    ResourceKind::Room => PrincipalKind::Room,
+                    ResourceKind::Equipment => PrincipalKind::Equipment,
+                };
+                add_principal(&d, &address, kind, &name)?
+            }
+            ResourceCmd::Remove { address } => remove_principal(
+                &d,
+                &address,
+                &[PrincipalKind::Room, PrincipalKind::Equipment],
+            )?,
+        },
+        Command::Grant(cmd) => match cmd {
+            GrantCmd::Add(spec) => {
+                let grant = grant(&d, &spec)?;
+                d.store().add_grant(&operator(), &grant)?;
+                println!("granted {} on {} to {}", spec.right, spec.from, spec.to);
+            }
+            GrantCmd::Remove(spec) => {
+                let grant = grant(&d, &spec)?;
+                d.store().remove_grant(&operator(), &grant)?;
+                println!("withdrew {} on {} from {}", spec.right, spec.from, spec.to);
+            }
+            GrantCmd::List { principal } => {
+                let grants = match principal {
+                    Some(text) => {
+                        let p = find(&d, &text, &[])?;
+                        let mut all = d.store().grants(Some(p.id), None)?;
+                        all.extend(d.store().grants(None, Some(p.id))?);
+                        all
+                    }
+                    None => d.store().grants(None, None)?,
+                };
+                for g in grants {
+                    let name = |id| {
+                        d.store()
+                            .principal(id)
+                            .ok()
+                            .flatten()
+                            .map(|p| p.address.to_string())
+                    };
+                    println!(
+                        "{:<32} {:<16} -> {}",
+                        name(g.grantor).unwrap_or_default(),
+                        g.right,
+                        name(g.grantee).unwrap_or_default()
+                    );
+                }
+            }
+        },
+        Command::AppPassword(cmd) => match cmd {
+            AppPasswordCmd::Add { address, label } => {
+                let p = find(&d, &address, &[PrincipalKind::Individual])?;
+                let (id, secret) = d.add_app_password(&operator(), p.id, &label)?;
+                println!("app password {id} for {} ({label}):", p.address);
+                println!("{}", secret.expose());
+                println!(
+                    "It is shown only now; enter it in the device instead of the account password."
+                );
+            }
+            AppPasswordCmd::List { address } => {
+                let p = find(&d, &address, &[PrincipalKind::Individual])?;
+                for app in d.store().app_passwords(p.id)? {
+                    println!(
+                        "{:<6} {:<30} created {}",
+                        app.id,
+                        app.label,
+                        format_time(app.created_at)
+                    );
+                }
+            }
+            AppPasswordCmd::Revoke { address, id } => {
+                let p = find(&d, &address, &[PrincipalKind::Individual])?;
+                d.store().revoke_app_password(&operator(), p.id, id)?;
+                println!("revoked app password {id} of {}", p.address);
+            }
+        },
+        Command::Audit(cmd) => match cmd {
+            AuditCmd::Verify => audit_verify(&d)?,
+            AuditCmd::Tail { count, json } => {
+                for record in d.store().audit_tail(count.min(100_000))? {
+                    if json {
+                        println!("{}", record_json(&record));
+                    } else {
+                        println!("{}", record_line(&record));
+                    }
+                }
+            }
+        },
+        Command::Init(_) | Command::Quickstart(_) | Command::Serve => unreachable_command()?,
+    }
+    Ok(())
+}
+
+fn unreachable_command() -> CmdResult {
+    Err("this command is not an admin command".into())
+}
+
+fn grant(d: &Directory, spec: &GrantSpec) -> Result<Grant, Box<dyn std::error::Error>> {
+    Ok(Grant {
+        grantor: find(d, &spec.from, &[])?.id,
+        grantee: find(d, &spec.to, &[])?.id,
+        right: spec.right.parse::<Right>()?,
+    })
+}
+
+fn audit_verify(d: &Directory) -> CmdResult {
+    const PAGE: usize = 5000;
+    let mut verifier = Verifier::default();
+    let mut after = 0;
+    loop {
+        let page = d.store().audit_records(after, PAGE)?;
+        for record in &page {
+            verifier
+                .push(record)
+                .map_err(|e| format!("audit log is damaged: {e}"))?;
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE => after = last.seq,
+            _ => break,
+        }
+    }
+    let count = verifier
+        .finish(d.store().audit_head()?)
+        .map_err(|e| format!("audit log is damaged: {e}"))?;
+    println!("audit log intact: {count} records verified");
+    Ok(())
+}
+
+fn format_time(ms: i64) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn record_line(r: &AuditRecord) -> String {
+    let e = &r.event;
+    format!(
+        "{:>6} {} {}({}) {} {} target={} items={} ip={} via={} ids={}",
+        r.seq,
+        format_time(r.time_ms),
+        e.actor,
+        e.logon_type.name(),
+        e.operation,
+        e.outcome.name(),
+        e.target.as_deref().unwrap_or("-"),
+        e.item_count,
+        e.client_ip.as_deref().unwrap_or("-"),
+        e.protocol,
+        e.object_ids.join(","),
+    )
+}
+
+fn record_json(r: &AuditRecord) -> String {
+    let e = &r.event;
+    let hex = |h: &[u8; 32]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    serde_json::json!({
+        "seq": r.seq,
+        "time": format_time(r.time_ms),
+        "actor": e.actor,
+        "auth_method": e.auth_method,
+        "logon_type": e.logon_type.name(),
+        "target": e.target,
+        "operation": e.operation,
+        "object_ids": e.object_ids,
+        "item_count": e.item_count,
+        "client_ip": e.client_ip,
+        "protocol": e.protocol,
+        "outcome": e.outcome.name(),
+        "hash": hex(&r.hash),
+    })
+    .to_string()
+}

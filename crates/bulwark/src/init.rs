@@ -1,0 +1,166 @@
+//! `bulwark init` and `bulwark quickstart`.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use bulwark_config::{Config, Protocol};
+use bulwark_core::{DomainName, EmailAddress};
+use bulwark_directory::Directory;
+
+use crate::CmdResult;
+use crate::admin::{open_directory, operator};
+use crate::cli::{InitArgs, PortProfile, QuickstartArgs};
+
+const CONFIG_FILE: &str = "bulwark.toml";
+const QUICKSTART_CREDENTIALS: &str = "quickstart-credentials.txt";
+
+fn listeners(profile: PortProfile) -> Vec<(Protocol, SocketAddr)> {
+    let (host, ports): (&str, [u16; 8]) = match profile {
+        PortProfile::Standard => ("0.0.0.0", [25, 587, 465, 143, 993, 110, 995, 443]),
+        PortProfile::Local => (
+            "127.0.0.1",
+            [2525, 5870, 4650, 1430, 9930, 1100, 9950, 8443],
+        ),
+    };
+    let protocols = [
+        Protocol::Smtp,
+        Protocol::Submission,
+        Protocol::Submissions,
+        Protocol::Imap,
+        Protocol::Imaps,
+        Protocol::Pop3,
+        Protocol::Pop3s,
+        Protocol::Https,
+    ];
+    let mut out: Vec<(Protocol, SocketAddr)> = protocols
+        .iter()
+        .zip(ports)
+        .filter_map(|(p, port)| format!("{host}:{port}").parse().ok().map(|a| (*p, a)))
+        .collect();
+    if let Ok(admin) = "127.0.0.1:8080".parse() {
+        out.push((Protocol::Admin, admin));
+    }
+    out
+}
+
+/// Writes a file only the owner can read, refusing to replace one.
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// Creates the data directory; returns the configuration file's path.
+pub fn init(args: &InitArgs) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let domain: DomainName = args.domain.parse().map_err(|e| format!("--domain: {e}"))?;
+    let hostname: DomainName = args
+        .hostname
+        .parse()
+        .map_err(|e| format!("--hostname: {e}"))?;
+    let dir = &args.data_dir;
+    if dir.exists() && fs::read_dir(dir)?.next().is_some() {
+        return Err(format!(
+            "{} exists and is not empty; refusing to overwrite it",
+            dir.display()
+        )
+        .into());
+    }
+    fs::create_dir_all(dir)?;
+    let dir = dir.canonicalize()?;
+    let tls_dir = dir.join("tls");
+    fs::create_dir_all(&tls_dir)?;
+    let (cert, key) = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => (cert.canonicalize()?, key.canonicalize()?),
+        _ => {
+            let names = vec![hostname.to_string(), "localhost".to_string()];
+            let generated = rcgen::generate_simple_self_signed(names)?;
+            let (cert, key) = (tls_dir.join("cert.pem"), tls_dir.join("key.pem"));
+            write_private(&cert, generated.cert.pem().as_bytes())?;
+            write_private(&key, generated.key_pair.serialize_pem().as_bytes())?;
+            (cert, key)
+        }
+    };
+    let config_path = dir.join(CONFIG_FILE);
+    let text = bulwark_config::render_default(
+        hostname.as_str(),
+        &dir,
+        &cert,
+        &key,
+        &listeners(args.ports),
+    );
+    write_private(&config_path, text.as_bytes())?;
+    // Validate what we wrote exactly as `serve` will read it.
+    let config = Config::load(&config_path)?;
+    let directory = open_directory(&config)?;
+    directory.store().create_domain(&operator(), &domain)?;
+    println!("Initialised {}", dir.display());
+    println!("  configuration: {}", config_path.display());
+    println!("  domain:        {domain}");
+    if args.cert.is_none() {
+        println!("  certificate:   self-signed for {hostname} (replace with a real one in [tls])");
+    }
+    println!(
+        "Next: bulwark --config {} user add someone@{domain}",
+        config_path.display()
+    );
+    Ok(config_path)
+}
+
+fn generated_password() -> Result<String, Box<dyn std::error::Error>> {
+    Ok(bulwark_directory::new_app_password()?.expose().to_string())
+}
+
+/// First run: initialise a loopback-only demo installation. Every run: serve.
+pub fn quickstart(args: &QuickstartArgs) -> CmdResult {
+    let config_path = args.data_dir.join(CONFIG_FILE);
+    if !config_path.exists() {
+        let init_args = InitArgs {
+            data_dir: args.data_dir.clone(),
+            domain: "example.test".into(),
+            hostname: "localhost".into(),
+            cert: None,
+            key: None,
+            ports: PortProfile::Local,
+        };
+        let config_path = init(&init_args)?;
+        let config = Config::load(&config_path)?;
+        let directory = open_directory(&config)?;
+        let mut credentials = String::from("# Demo accounts created by `bulwark quickstart`.\n");
+        for (local, name) in [("alice", "Alice Example"), ("bob", "Bob Example")] {
+            let address: EmailAddress = format!("{local}@example.test").parse()?;
+            let password = generated_password()?;
+            add_demo_user(&directory, &address, name, &password)?;
+            credentials.push_str(&format!("{address} {password}\n"));
+        }
+        let cred_path = config.server.data_dir.join(QUICKSTART_CREDENTIALS);
+        write_private(&cred_path, credentials.as_bytes())?;
+        println!();
+        println!("Demo accounts (also saved in {}):", cred_path.display());
+        for line in credentials.lines().skip(1) {
+            println!("  {line}");
+        }
+    } else {
+        let cred_path = args.data_dir.join(QUICKSTART_CREDENTIALS);
+        if cred_path.exists() {
+            println!("Demo accounts are listed in {}", cred_path.display());
+        }
+    }
+    crate::serve::serve(&config_path)
+}
+
+fn add_demo_user(
+    directory: &Directory,
+    address: &EmailAddress,
+    name: &str,
+    password: &str,
+) -> CmdResult {
+    directory.add_user(&operator(), address, name, password, 0)?;
+    Ok(())
+}
