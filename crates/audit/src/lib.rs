@@ -145,7 +145,13 @@ impl Actor {
     }
 
     /// An authenticated user.
-    pub fn user(name: &str, principal: i64, auth_method: &str, client_ip: Option<String>, protocol: &str) -> Actor {
+    pub fn user(
+        name: &str,
+        principal: i64,
+        auth_method: &str,
+        client_ip: Option<String>,
+        protocol: &str,
+    ) -> Actor {
         Actor {
             name: name.into(),
             principal: Some(principal),
@@ -173,7 +179,10 @@ impl Actor {
     /// admin actions always, user actions on someone else's account always,
     /// a user's own actions and the server's routine work never.
     pub fn must_audit(&self, target_account: Option<i64>) -> bool {
-        matches!(self.logon_on(target_account), LogonType::Admin | LogonType::Delegate)
+        matches!(
+            self.logon_on(target_account),
+            LogonType::Admin | LogonType::Delegate
+        )
     }
 
     /// Starts an event for `operation` on `target` by this actor.
@@ -244,10 +253,21 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     /// Seals `event` as record `seq` following `prev_hash`.
-    pub fn seal(seq: u64, time_ms: i64, mut event: AuditEvent, prev_hash: ChainHash) -> AuditRecord {
+    pub fn seal(
+        seq: u64,
+        time_ms: i64,
+        mut event: AuditEvent,
+        prev_hash: ChainHash,
+    ) -> AuditRecord {
         event.object_ids.truncate(MAX_OBJECT_IDS);
         let hash = chain_hash(seq, time_ms, &event, &prev_hash);
-        AuditRecord { seq, time_ms, event, prev_hash, hash }
+        AuditRecord {
+            seq,
+            time_ms,
+            event,
+            prev_hash,
+            hash,
+        }
     }
 }
 
@@ -328,13 +348,23 @@ impl fmt::Display for ChainBreak {
         match self {
             ChainBreak::Edited { seq } => write!(f, "record {seq} was modified (hash mismatch)"),
             ChainBreak::Gap { expected, found } => {
-                write!(f, "expected record {expected}, found {found}: records removed or reordered")
+                write!(
+                    f,
+                    "expected record {expected}, found {found}: records removed or reordered"
+                )
             }
-            ChainBreak::Unlinked { seq } => write!(f, "record {seq} does not follow the previous record"),
+            ChainBreak::Unlinked { seq } => {
+                write!(f, "record {seq} does not follow the previous record")
+            }
             ChainBreak::Truncated { last_seq, head_seq } => {
-                write!(f, "log ends at record {last_seq} but the head says {head_seq}: records removed")
+                write!(
+                    f,
+                    "log ends at record {last_seq} but the head says {head_seq}: records removed"
+                )
             }
-            ChainBreak::HeadMismatch { seq } => write!(f, "record {seq} differs from the recorded head"),
+            ChainBreak::HeadMismatch { seq } => {
+                write!(f, "record {seq} differs from the recorded head")
+            }
         }
     }
 }
@@ -350,7 +380,10 @@ pub struct Verifier {
 
 impl Default for Verifier {
     fn default() -> Self {
-        Verifier { expected_seq: 1, prev_hash: GENESIS }
+        Verifier {
+            expected_seq: 1,
+            prev_hash: GENESIS,
+        }
     }
 }
 
@@ -358,7 +391,10 @@ impl Verifier {
     /// Checks the next record.
     pub fn push(&mut self, record: &AuditRecord) -> Result<(), ChainBreak> {
         if record.seq != self.expected_seq {
-            return Err(ChainBreak::Gap { expected: self.expected_seq, found: record.seq });
+            return Err(ChainBreak::Gap {
+                expected: self.expected_seq,
+                found: record.seq,
+            });
         }
         if record.prev_hash != self.prev_hash {
             return Err(ChainBreak::Unlinked { seq: record.seq });
@@ -443,7 +479,12 @@ mod tests {
         let mut records = chain(5);
         let h = head(&records);
         records[2].event.item_count = 99;
-        records[2].hash = chain_hash(3, records[2].time_ms, &records[2].event, &records[2].prev_hash);
+        records[2].hash = chain_hash(
+            3,
+            records[2].time_ms,
+            &records[2].event,
+            &records[2].prev_hash,
+        );
         assert_eq!(verify(&records, h), Err(ChainBreak::Unlinked { seq: 4 }));
     }
 
@@ -453,12 +494,24 @@ mod tests {
         let h = head(&records);
         let mut deleted = records.clone();
         deleted.remove(1);
-        assert_eq!(verify(&deleted, h), Err(ChainBreak::Gap { expected: 2, found: 3 }));
+        assert_eq!(
+            verify(&deleted, h),
+            Err(ChainBreak::Gap {
+                expected: 2,
+                found: 3
+            })
+        );
         let mut swapped = records.clone();
         swapped.swap(1, 2);
         assert!(matches!(verify(&swapped, h), Err(ChainBreak::Gap { .. })));
         let truncated = &records[..3];
-        assert_eq!(verify(truncated, h), Err(ChainBreak::Truncated { last_seq: 3, head_seq: 5 }));
+        assert_eq!(
+            verify(truncated, h),
+            Err(ChainBreak::Truncated {
+                last_seq: 3,
+                head_seq: 5
+            })
+        );
     }
 
     #[test]

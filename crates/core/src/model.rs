@@ -19,7 +19,12 @@ pub struct UnknownName {
 impl fmt::Display for UnknownName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name: String = self.name.chars().take(40).collect();
-        write!(f, "unknown {} {name:?}; expected one of: {}", self.what, self.expected.join(", "))
+        write!(
+            f,
+            "unknown {} {name:?}; expected one of: {}",
+            self.what,
+            self.expected.join(", ")
+        )
     }
 }
 

@@ -70,7 +70,9 @@ impl std::fmt::Display for AuthError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AuthError::Failed => f.write_str("authentication failed"),
-            AuthError::TemporarilyBlocked => f.write_str("too many failed attempts; try again later"),
+            AuthError::TemporarilyBlocked => {
+                f.write_str("too many failed attempts; try again later")
+            }
             AuthError::Unavailable(_) => f.write_str("authentication temporarily unavailable"),
         }
     }
@@ -122,7 +124,10 @@ pub struct Directory {
 impl Directory {
     /// A directory over `store` with the given brute-force policy.
     pub fn new(store: Store, policy: LimitPolicy) -> Directory {
-        Directory { store, limiter: Arc::new(RateLimiter::new(policy)) }
+        Directory {
+            store,
+            limiter: Arc::new(RateLimiter::new(policy)),
+        }
     }
 
     /// The store underneath.
@@ -138,7 +143,13 @@ impl Directory {
     /// Checks a login and password (or app password). Blocking: Argon2
     /// takes tens of milliseconds by design; async callers use
     /// `spawn_blocking`. `now` is passed in so tests control the clock.
-    pub fn authenticate(&self, login: &str, secret: &str, ip: IpAddr, now: Instant) -> Result<Authenticated, AuthError> {
+    pub fn authenticate(
+        &self,
+        login: &str,
+        secret: &str,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<Authenticated, AuthError> {
         let account_key = login.trim().to_ascii_lowercase();
         if self.limiter.is_blocked(&account_key, ip, now) {
             // Still costs a hash, so a ban cannot be told apart by timing
@@ -159,7 +170,11 @@ impl Directory {
         }
     }
 
-    fn check_credentials(&self, login: &str, secret: &str) -> Result<Option<Authenticated>, StoreError> {
+    fn check_credentials(
+        &self,
+        login: &str,
+        secret: &str,
+    ) -> Result<Option<Authenticated>, StoreError> {
         if secret.is_empty() || secret.len() > MAX_PASSWORD_LEN {
             password::burn_time(secret);
             return Ok(None);
@@ -187,7 +202,10 @@ impl Directory {
             }
         };
         if password_ok {
-            return Ok(Some(Authenticated { principal, method: AuthMethod::Password }));
+            return Ok(Some(Authenticated {
+                principal,
+                method: AuthMethod::Password,
+            }));
         }
         // App passwords are long random secrets: a SHA-256 digest compared in
         // constant time is enough, and every candidate is compared.
@@ -197,13 +215,19 @@ impl Directory {
                 matched = Some(id);
             }
         }
-        Ok(matched.map(|id| Authenticated { principal, method: AuthMethod::AppPassword(id) }))
+        Ok(matched.map(|id| Authenticated {
+            principal,
+            method: AuthMethod::AppPassword(id),
+        }))
     }
 
     /// Every principal that receives mail sent to `principal`: itself, or
     /// for a group its members, nested groups expanded, each once, loops
     /// and excessive depth cut off.
-    pub fn expand_recipients(&self, principal: PrincipalId) -> Result<Vec<PrincipalId>, StoreError> {
+    pub fn expand_recipients(
+        &self,
+        principal: PrincipalId,
+    ) -> Result<Vec<PrincipalId>, StoreError> {
         expand(&*self.store, principal)
     }
 
@@ -231,7 +255,12 @@ impl Directory {
     }
 
     /// Changes a person's password.
-    pub fn set_password(&self, actor: &Actor, principal: PrincipalId, password: &str) -> Result<(), DirectoryError> {
+    pub fn set_password(
+        &self,
+        actor: &Actor,
+        principal: PrincipalId,
+        password: &str,
+    ) -> Result<(), DirectoryError> {
         check_password_strength(password)?;
         let hash = hash_password(password).map_err(DirectoryError::Refused)?;
         Ok(self.store.set_password_hash(actor, principal, &hash)?)
@@ -246,18 +275,29 @@ impl Directory {
     ) -> Result<(i64, AppPasswordSecret), DirectoryError> {
         let label = label.trim();
         if label.is_empty() || label.len() > 100 || label.chars().any(char::is_control) {
-            return Err(DirectoryError::Refused("an app password label is 1 to 100 printable characters".into()));
+            return Err(DirectoryError::Refused(
+                "an app password label is 1 to 100 printable characters".into(),
+            ));
         }
         let secret = new_app_password().map_err(DirectoryError::Refused)?;
-        let id = self.store.add_app_password(actor, principal, label, &secret.digest())?;
+        let id = self
+            .store
+            .add_app_password(actor, principal, label, &secret.digest())?;
         Ok((id, secret))
     }
 
     /// Adds a member to a group, refusing memberships that would make the
     /// group contain itself.
-    pub fn add_member(&self, actor: &Actor, group: PrincipalId, member: PrincipalId) -> Result<(), DirectoryError> {
+    pub fn add_member(
+        &self,
+        actor: &Actor,
+        group: PrincipalId,
+        member: PrincipalId,
+    ) -> Result<(), DirectoryError> {
         if group == member || contains_group(&*self.store, member, group)? {
-            return Err(DirectoryError::Refused("that membership would make a group contain itself".into()));
+            return Err(DirectoryError::Refused(
+                "that membership would make a group contain itself".into(),
+            ));
         }
         Ok(self.store.add_member(actor, group, member)?)
     }
@@ -266,10 +306,14 @@ impl Directory {
 /// Refuses passwords too short to resist guessing or too long to hash.
 pub fn check_password_strength(password: &str) -> Result<(), DirectoryError> {
     if password.chars().count() < MIN_PASSWORD_LEN {
-        return Err(DirectoryError::Refused(format!("a password needs at least {MIN_PASSWORD_LEN} characters")));
+        return Err(DirectoryError::Refused(format!(
+            "a password needs at least {MIN_PASSWORD_LEN} characters"
+        )));
     }
     if password.len() > MAX_PASSWORD_LEN {
-        return Err(DirectoryError::Refused(format!("a password has at most {MAX_PASSWORD_LEN} bytes")));
+        return Err(DirectoryError::Refused(format!(
+            "a password has at most {MAX_PASSWORD_LEN} bytes"
+        )));
     }
     Ok(())
 }
@@ -283,7 +327,9 @@ fn expand(store: &dyn Backend, start: PrincipalId) -> Result<Vec<PrincipalId>, S
     for _ in 0..=MAX_GROUP_DEPTH {
         let mut next = Vec::new();
         for id in level {
-            let Some(p) = store.principal(id)? else { continue };
+            let Some(p) = store.principal(id)? else {
+                continue;
+            };
             if p.kind == PrincipalKind::Group {
                 for member in store.members(id)? {
                     if seen.insert(member) {
@@ -303,7 +349,11 @@ fn expand(store: &dyn Backend, start: PrincipalId) -> Result<Vec<PrincipalId>, S
 }
 
 /// Whether `target` is `start` or nested anywhere below it.
-fn contains_group(store: &dyn Backend, start: PrincipalId, target: PrincipalId) -> Result<bool, StoreError> {
+fn contains_group(
+    store: &dyn Backend,
+    start: PrincipalId,
+    target: PrincipalId,
+) -> Result<bool, StoreError> {
     let mut seen = HashSet::from([start]);
     let mut stack = vec![start];
     while let Some(id) = stack.pop() {

@@ -47,7 +47,11 @@ impl Entry {
     }
 
     fn fail(&mut self, now: Instant, policy: &LimitPolicy, max: u32) {
-        while self.failures.front().is_some_and(|t| now.duration_since(*t) >= policy.window) {
+        while self
+            .failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= policy.window)
+        {
             self.failures.pop_front();
         }
         self.failures.push_back(now);
@@ -59,7 +63,10 @@ impl Entry {
     }
 
     fn stale(&self, now: Instant, policy: &LimitPolicy) -> bool {
-        !self.banned(now) && self.last_seen.is_none_or(|t| now.duration_since(t) >= policy.window)
+        !self.banned(now)
+            && self
+                .last_seen
+                .is_none_or(|t| now.duration_since(t) >= policy.window)
     }
 }
 
@@ -78,13 +85,21 @@ fn ip_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn make_room<K: Clone + Eq + std::hash::Hash>(map: &mut HashMap<K, Entry>, now: Instant, policy: &LimitPolicy) {
+fn make_room<K: Clone + Eq + std::hash::Hash>(
+    map: &mut HashMap<K, Entry>,
+    now: Instant,
+    policy: &LimitPolicy,
+) {
     if map.len() < MAX_TRACKED {
         return;
     }
     map.retain(|_, e| !e.stale(now, policy));
     if map.len() >= MAX_TRACKED {
-        if let Some(oldest) = map.iter().min_by_key(|(_, e)| e.last_seen).map(|(k, _)| k.clone()) {
+        if let Some(oldest) = map
+            .iter()
+            .min_by_key(|(_, e)| e.last_seen)
+            .map(|(k, _)| k.clone())
+        {
             map.remove(&oldest);
         }
     }
@@ -100,15 +115,27 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// A limiter with `policy`.
     pub fn new(policy: LimitPolicy) -> RateLimiter {
-        RateLimiter { policy, accounts: Mutex::default(), ips: Mutex::default() }
+        RateLimiter {
+            policy,
+            accounts: Mutex::default(),
+            ips: Mutex::default(),
+        }
     }
 
     /// Whether the login or the address is banned now.
     pub fn is_blocked(&self, account: &str, ip: IpAddr, now: Instant) -> bool {
-        let account_banned =
-            self.accounts.lock().unwrap_or_else(|p| p.into_inner()).get(account).is_some_and(|e| e.banned(now));
-        let ip_banned =
-            self.ips.lock().unwrap_or_else(|p| p.into_inner()).get(&ip_key(ip)).is_some_and(|e| e.banned(now));
+        let account_banned = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(account)
+            .is_some_and(|e| e.banned(now));
+        let ip_banned = self
+            .ips
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ip_key(ip))
+            .is_some_and(|e| e.banned(now));
         account_banned || ip_banned
     }
 
@@ -117,23 +144,44 @@ impl RateLimiter {
         {
             let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
             make_room(&mut accounts, now, &self.policy);
-            accounts.entry(account.to_string()).or_default().fail(now, &self.policy, self.policy.max_failures_per_account);
+            accounts.entry(account.to_string()).or_default().fail(
+                now,
+                &self.policy,
+                self.policy.max_failures_per_account,
+            );
         }
         let mut ips = self.ips.lock().unwrap_or_else(|p| p.into_inner());
         make_room(&mut ips, now, &self.policy);
-        ips.entry(ip_key(ip)).or_default().fail(now, &self.policy, self.policy.max_failures_per_ip);
+        ips.entry(ip_key(ip))
+            .or_default()
+            .fail(now, &self.policy, self.policy.max_failures_per_ip);
     }
 
     /// A success clears the login's failure count (not the address's: one
     /// valid account must not launder an attacker's address).
     pub fn record_success(&self, account: &str) {
-        self.accounts.lock().unwrap_or_else(|p| p.into_inner()).remove(account);
+        self.accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(account);
     }
 
     /// Logins and addresses currently banned, for metrics.
     pub fn banned_counts(&self, now: Instant) -> (usize, usize) {
-        let accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|e| e.banned(now)).count();
-        let ips = self.ips.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|e| e.banned(now)).count();
+        let accounts = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|e| e.banned(now))
+            .count();
+        let ips = self
+            .ips
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|e| e.banned(now))
+            .count();
         (accounts, ips)
     }
 }
@@ -153,7 +201,11 @@ mod tests {
 
     #[test]
     fn failures_outside_the_window_do_not_count() {
-        let policy = LimitPolicy { max_failures_per_account: 3, max_failures_per_ip: 100, ..LimitPolicy::default() };
+        let policy = LimitPolicy {
+            max_failures_per_account: 3,
+            max_failures_per_ip: 100,
+            ..LimitPolicy::default()
+        };
         let limiter = RateLimiter::new(policy.clone());
         let ip: IpAddr = "192.0.2.1".parse().expect("ip");
         let t0 = Instant::now();

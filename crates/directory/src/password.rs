@@ -29,7 +29,9 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 /// Checks a password against a PHC string (constant-time inside argon2).
 pub fn verify_password(hash: &str, password: &str) -> bool {
     match PasswordHash::new(hash) {
-        Ok(parsed) => argon2().verify_password(password.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => argon2()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
         Err(_) => {
             burn_time(password);
             false
@@ -86,7 +88,11 @@ pub fn new_app_password() -> Result<AppPasswordSecret, String> {
 }
 
 fn normalize(secret: &str) -> String {
-    secret.chars().filter(|c| !matches!(c, '-' | ' ')).flat_map(char::to_lowercase).collect()
+    secret
+        .chars()
+        .filter(|c| !matches!(c, '-' | ' '))
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 fn digest(secret: &str) -> String {
@@ -114,7 +120,11 @@ mod tests {
         assert!(verify_password(&hash, "correct horse battery"));
         assert!(!verify_password(&hash, "correct horse batterY"));
         assert!(!verify_password("not a phc string", "x"));
-        assert_ne!(hash, hash_password("correct horse battery").expect("hash"), "salted");
+        assert_ne!(
+            hash,
+            hash_password("correct horse battery").expect("hash"),
+            "salted"
+        );
     }
 
     #[test]
@@ -123,8 +133,14 @@ mod tests {
         assert_eq!(secret.expose().len(), 29);
         let stored = secret.digest();
         assert!(app_password_matches(&stored, secret.expose()));
-        assert!(app_password_matches(&stored, &secret.expose().replace('-', "").to_uppercase()));
-        assert!(!app_password_matches(&stored, "aaaa-bbbb-cccc-dddd-eeee-ffff"));
+        assert!(app_password_matches(
+            &stored,
+            &secret.expose().replace('-', "").to_uppercase()
+        ));
+        assert!(!app_password_matches(
+            &stored,
+            "aaaa-bbbb-cccc-dddd-eeee-ffff"
+        ));
         assert!(!format!("{secret:?}").contains(secret.expose()));
     }
 }

@@ -64,13 +64,17 @@ impl BlobDir {
         }
         let mut nonce = [0u8; 8];
         getrandom::getrandom(&mut nonce).map_err(io::Error::other)?;
-        let tmp = self.tmp.join(format!("{}-{}", id.to_hex(), u64::from_le_bytes(nonce)));
+        let tmp = self
+            .tmp
+            .join(format!("{}-{}", id.to_hex(), u64::from_le_bytes(nonce)));
         let result = (|| {
             let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             file.write_all(bytes)?;
             file.sync_all()?;
             fs::rename(&tmp, &path)?;
-            let dir = path.parent().ok_or_else(|| io::Error::other("blob path has no parent"))?;
+            let dir = path
+                .parent()
+                .ok_or_else(|| io::Error::other("blob path has no parent"))?;
             File::open(dir)?.sync_all()
         })();
         if result.is_err() {
@@ -100,7 +104,11 @@ impl BlobDir {
             }
             for entry in fs::read_dir(shard.path())? {
                 let entry = entry?;
-                let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<BlobId>().ok()) else {
+                let Some(id) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<BlobId>().ok())
+                else {
                     continue;
                 };
                 out.push((id, entry.metadata()?.modified()?));

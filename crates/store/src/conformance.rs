@@ -9,7 +9,8 @@ use std::collections::HashSet;
 
 use bulwark_audit::{Actor, LogonType, Outcome, verify};
 use bulwark_core::{
-    ChangeKind, DomainName, EmailAddress, MailboxRole, ModSeq, ObjectType, PrincipalId, PrincipalKind, Right,
+    ChangeKind, DomainName, EmailAddress, MailboxRole, ModSeq, ObjectType, PrincipalId,
+    PrincipalKind, Right,
 };
 
 use crate::{Backend, Delivery, EmailMeta, Error, Grant, KeywordUpdate, NewPrincipal};
@@ -57,7 +58,9 @@ fn principal(b: &dyn Backend, address: &str, kind: PrincipalKind) -> PrincipalId
             kind,
             address: address.parse().unwrap(),
             display_name: address.into(),
-            password_hash: kind.can_log_in().then(|| "$argon2id$placeholder".to_string()),
+            password_hash: kind
+                .can_log_in()
+                .then(|| "$argon2id$placeholder".to_string()),
             quota_bytes: 0,
         },
     )
@@ -65,11 +68,16 @@ fn principal(b: &dyn Backend, address: &str, kind: PrincipalKind) -> PrincipalId
 }
 
 fn inbox(b: &dyn Backend, account: PrincipalId) -> bulwark_core::MailboxId {
-    b.create_mailbox(&admin(), account, "INBOX", Some(MailboxRole::Inbox), None).unwrap().id
+    b.create_mailbox(&admin(), account, "INBOX", Some(MailboxRole::Inbox), None)
+        .unwrap()
+        .id
 }
 
 fn message(n: usize, size: usize) -> Vec<u8> {
-    let mut m = format!("From: a@example.com\r\nSubject: test {n}\r\nMessage-ID: <{n}@example.com>\r\n\r\n").into_bytes();
+    let mut m = format!(
+        "From: a@example.com\r\nSubject: test {n}\r\nMessage-ID: <{n}@example.com>\r\n\r\n"
+    )
+    .into_bytes();
     while m.len() < size {
         m.extend_from_slice(format!("line {n} of filler text for the body\r\n").as_bytes());
     }
@@ -85,24 +93,50 @@ fn meta(n: usize) -> EmailMeta {
     }
 }
 
-fn deliver_to(b: &dyn Backend, raw: &[u8], meta: &EmailMeta, places: &[(PrincipalId, bulwark_core::MailboxId)]) -> Vec<crate::Delivered> {
-    let targets: Vec<Delivery> =
-        places.iter().map(|(account, mailbox)| Delivery { account: *account, mailbox: *mailbox, keywords: vec![] }).collect();
-    b.deliver(&Actor::system("test"), raw, meta, &targets).unwrap()
+fn deliver_to(
+    b: &dyn Backend,
+    raw: &[u8],
+    meta: &EmailMeta,
+    places: &[(PrincipalId, bulwark_core::MailboxId)],
+) -> Vec<crate::Delivered> {
+    let targets: Vec<Delivery> = places
+        .iter()
+        .map(|(account, mailbox)| Delivery {
+            account: *account,
+            mailbox: *mailbox,
+            keywords: vec![],
+        })
+        .collect();
+    b.deliver(&Actor::system("test"), raw, meta, &targets)
+        .unwrap()
 }
 
 fn domains(b: &dyn Backend) {
     let d = domain(b, "example.com");
-    assert!(matches!(b.create_domain(&admin(), &d), Err(Error::AlreadyExists { .. })));
+    assert!(matches!(
+        b.create_domain(&admin(), &d),
+        Err(Error::AlreadyExists { .. })
+    ));
     domain(b, "example.org");
-    let names: Vec<String> = b.domains().unwrap().into_iter().map(|d| d.name.to_string()).collect();
+    let names: Vec<String> = b
+        .domains()
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name.to_string())
+        .collect();
     assert_eq!(names, ["example.com", "example.org"]);
     let u = user(b, "alice@example.com");
-    assert!(matches!(b.remove_domain(&admin(), &d), Err(Error::Conflict(_))));
+    assert!(matches!(
+        b.remove_domain(&admin(), &d),
+        Err(Error::Conflict(_))
+    ));
     b.remove_principal(&admin(), u).unwrap();
     b.remove_domain(&admin(), &d).unwrap();
     assert!(b.domain(&d).unwrap().is_none());
-    assert!(matches!(b.remove_domain(&admin(), &d), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        b.remove_domain(&admin(), &d),
+        Err(Error::NotFound { .. })
+    ));
 }
 
 fn principals_and_aliases(b: &dyn Backend) {
@@ -118,21 +152,40 @@ fn principals_and_aliases(b: &dyn Backend) {
         password_hash: None,
         quota_bytes: 0,
     };
-    assert!(matches!(b.create_principal(&admin(), &unknown_domain), Err(Error::NotFound { .. })));
-    let dup = NewPrincipal { address: "alice@example.com".parse().unwrap(), ..unknown_domain.clone() };
-    assert!(matches!(b.create_principal(&admin(), &dup), Err(Error::AlreadyExists { .. })));
+    assert!(matches!(
+        b.create_principal(&admin(), &unknown_domain),
+        Err(Error::NotFound { .. })
+    ));
+    let dup = NewPrincipal {
+        address: "alice@example.com".parse().unwrap(),
+        ..unknown_domain.clone()
+    };
+    assert!(matches!(
+        b.create_principal(&admin(), &dup),
+        Err(Error::AlreadyExists { .. })
+    ));
 
     let alias: EmailAddress = "a.smith@example.com".parse().unwrap();
     b.add_alias(&admin(), alice, &alias).unwrap();
     assert_eq!(b.principal_by_address(&alias).unwrap().unwrap().id, alice);
     assert_eq!(b.addresses(alice).unwrap()[0].as_str(), "alice@example.com");
-    assert!(matches!(b.add_alias(&admin(), alice, &alias), Err(Error::AlreadyExists { .. })));
-    assert!(matches!(b.remove_alias(&admin(), &p.address), Err(Error::Conflict(_))));
+    assert!(matches!(
+        b.add_alias(&admin(), alice, &alias),
+        Err(Error::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        b.remove_alias(&admin(), &p.address),
+        Err(Error::Conflict(_))
+    ));
     b.remove_alias(&admin(), &alias).unwrap();
     assert!(b.principal_by_address(&alias).unwrap().is_none());
 
-    b.set_password_hash(&admin(), alice, "$argon2id$new").unwrap();
-    assert_eq!(b.password_hash(alice).unwrap().as_deref(), Some("$argon2id$new"));
+    b.set_password_hash(&admin(), alice, "$argon2id$new")
+        .unwrap();
+    assert_eq!(
+        b.password_hash(alice).unwrap().as_deref(),
+        Some("$argon2id$new")
+    );
 
     let room = principal(b, "room1@example.com", PrincipalKind::Room);
     principal(b, "sales@example.com", PrincipalKind::Group);
@@ -150,48 +203,112 @@ fn groups_grants_app_passwords(b: &dyn Backend) {
     b.add_member(&admin(), group, alice).unwrap();
     b.add_member(&admin(), group, bob).unwrap();
     assert!(b.add_member(&admin(), group, bob).is_err());
-    assert!(b.add_member(&admin(), alice, bob).is_err(), "only groups have members");
+    assert!(
+        b.add_member(&admin(), alice, bob).is_err(),
+        "only groups have members"
+    );
     assert_eq!(b.members(group).unwrap(), vec![alice, bob]);
     b.remove_member(&admin(), group, alice).unwrap();
     assert_eq!(b.members(group).unwrap(), vec![bob]);
 
     let shared = principal(b, "support@example.com", PrincipalKind::Shared);
-    let grant = Grant { grantor: shared, grantee: alice, right: Right::FullAccess };
+    let grant = Grant {
+        grantor: shared,
+        grantee: alice,
+        right: Right::FullAccess,
+    };
     b.add_grant(&admin(), &grant).unwrap();
-    b.add_grant(&admin(), &Grant { right: Right::SendAs, ..grant }).unwrap();
-    assert!(matches!(b.add_grant(&admin(), &grant), Err(Error::AlreadyExists { .. })));
+    b.add_grant(
+        &admin(),
+        &Grant {
+            right: Right::SendAs,
+            ..grant
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        b.add_grant(&admin(), &grant),
+        Err(Error::AlreadyExists { .. })
+    ));
     assert_eq!(b.grants(None, Some(alice)).unwrap().len(), 2);
     assert_eq!(b.grants(Some(shared), None).unwrap().len(), 2);
     b.remove_grant(&admin(), &grant).unwrap();
-    assert_eq!(b.grants(Some(shared), Some(alice)).unwrap(), vec![Grant { right: Right::SendAs, ..grant }]);
-    assert!(b.add_grant(&admin(), &Grant { grantor: alice, grantee: alice, right: Right::SendAs }).is_err());
+    assert_eq!(
+        b.grants(Some(shared), Some(alice)).unwrap(),
+        vec![Grant {
+            right: Right::SendAs,
+            ..grant
+        }]
+    );
+    assert!(
+        b.add_grant(
+            &admin(),
+            &Grant {
+                grantor: alice,
+                grantee: alice,
+                right: Right::SendAs
+            }
+        )
+        .is_err()
+    );
 
-    let app = b.add_app_password(&admin(), alice, "phone", "digest").unwrap();
+    let app = b
+        .add_app_password(&admin(), alice, "phone", "digest")
+        .unwrap();
     assert_eq!(b.app_passwords(alice).unwrap()[0].label, "phone");
-    assert_eq!(b.app_password_hashes(alice).unwrap(), vec![(app, "digest".to_string())]);
-    assert!(b.revoke_app_password(&admin(), bob, app).is_err(), "bob cannot revoke alice's password");
+    assert_eq!(
+        b.app_password_hashes(alice).unwrap(),
+        vec![(app, "digest".to_string())]
+    );
+    assert!(
+        b.revoke_app_password(&admin(), bob, app).is_err(),
+        "bob cannot revoke alice's password"
+    );
     b.revoke_app_password(&admin(), alice, app).unwrap();
     assert!(b.app_passwords(alice).unwrap().is_empty());
-    assert!(b.add_app_password(&admin(), shared, "x", "y").is_err(), "shared mailboxes do not log in");
+    assert!(
+        b.add_app_password(&admin(), shared, "x", "y").is_err(),
+        "shared mailboxes do not log in"
+    );
 }
 
 fn mailboxes(b: &dyn Backend) {
     domain(b, "example.com");
     let alice = user(b, "alice@example.com");
-    let inbox = b.create_mailbox(&admin(), alice, "INBOX", Some(MailboxRole::Inbox), None).unwrap();
+    let inbox = b
+        .create_mailbox(&admin(), alice, "INBOX", Some(MailboxRole::Inbox), None)
+        .unwrap();
     assert_eq!(inbox.uid_next, 1);
     assert_ne!(inbox.uid_validity, 0);
     assert!(matches!(
         b.create_mailbox(&admin(), alice, "Other", Some(MailboxRole::Inbox), None),
         Err(Error::AlreadyExists { .. })
     ));
-    assert!(matches!(b.create_mailbox(&admin(), alice, "INBOX", None, None), Err(Error::AlreadyExists { .. })));
-    let parent = b.create_mailbox(&admin(), alice, "Projects", None, None).unwrap();
-    let child = b.create_mailbox(&admin(), alice, "Projects/X", None, Some(parent.id)).unwrap();
-    assert!(b.create_mailbox(&admin(), alice, "bad\nname", None, None).is_err());
-    let names: Vec<String> = b.mailboxes(alice).unwrap().into_iter().map(|m| m.name).collect();
+    assert!(matches!(
+        b.create_mailbox(&admin(), alice, "INBOX", None, None),
+        Err(Error::AlreadyExists { .. })
+    ));
+    let parent = b
+        .create_mailbox(&admin(), alice, "Projects", None, None)
+        .unwrap();
+    let child = b
+        .create_mailbox(&admin(), alice, "Projects/X", None, Some(parent.id))
+        .unwrap();
+    assert!(
+        b.create_mailbox(&admin(), alice, "bad\nname", None, None)
+            .is_err()
+    );
+    let names: Vec<String> = b
+        .mailboxes(alice)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
     assert_eq!(names, ["INBOX", "Projects", "Projects/X"]);
-    assert!(matches!(b.delete_mailbox(&admin(), alice, parent.id), Err(Error::Conflict(_))));
+    assert!(matches!(
+        b.delete_mailbox(&admin(), alice, parent.id),
+        Err(Error::Conflict(_))
+    ));
     b.delete_mailbox(&admin(), alice, child.id).unwrap();
     b.delete_mailbox(&admin(), alice, parent.id).unwrap();
     assert_eq!(b.mailboxes(alice).unwrap().len(), 1);
@@ -199,7 +316,10 @@ fn mailboxes(b: &dyn Backend) {
 
 fn delivery_and_dedup(b: &dyn Backend) {
     domain(b, "example.com");
-    let users: Vec<_> = ["a", "b", "c"].iter().map(|u| user(b, &format!("{u}@example.com"))).collect();
+    let users: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|u| user(b, &format!("{u}@example.com")))
+        .collect();
     let places: Vec<_> = users.iter().map(|u| (*u, inbox(b, *u))).collect();
     let raw = message(1, 2000);
     let delivered = deliver_to(b, &raw, &meta(1), &places);
@@ -221,12 +341,21 @@ fn delivery_and_dedup(b: &dyn Backend) {
 
     // References drop one by one; the last one deletes the blob.
     for (account, mailbox) in &places[..2] {
-        assert_eq!(b.expunge(&admin(), *account, *mailbox, &[1]).unwrap(), vec![1]);
+        assert_eq!(
+            b.expunge(&admin(), *account, *mailbox, &[1]).unwrap(),
+            vec![1]
+        );
         assert_eq!(b.read_blob(&list[0].blob).unwrap(), raw);
     }
     b.expunge(&admin(), places[2].0, places[2].1, &[1]).unwrap();
-    assert!(matches!(b.read_blob(&list[0].blob), Err(Error::NotFound { .. })));
-    assert_eq!(b.expunge(&admin(), places[2].0, places[2].1, &[1]).unwrap(), Vec::<u32>::new());
+    assert!(matches!(
+        b.read_blob(&list[0].blob),
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(
+        b.expunge(&admin(), places[2].0, places[2].1, &[1]).unwrap(),
+        Vec::<u32>::new()
+    );
     // UIDs are never reused.
     let again = deliver_to(b, &raw, &meta(1), &places[2..]);
     assert_eq!(again[0].uid, 2);
@@ -250,7 +379,11 @@ fn large_blobs(b: &dyn Backend) {
     b.expunge(&admin(), c, ic, &[1]).unwrap();
     assert!(b.read_blob(&entry.blob).is_err());
     let check = b.check_blobs().unwrap();
-    assert_eq!((check.referenced, check.orphans), (0, 0), "the file went with the last reference");
+    assert_eq!(
+        (check.referenced, check.orphans),
+        (0, 0),
+        "the file went with the last reference"
+    );
 }
 
 fn keywords_and_modseq(b: &dyn Backend) {
@@ -261,24 +394,70 @@ fn keywords_and_modseq(b: &dyn Backend) {
         deliver_to(b, &message(n, 100), &meta(n), &[(a, ia)]);
     }
     let me = Actor::user("a@example.com", a.0, "password", None, "test");
-    let changed = b.update_keywords(&me, a, ia, &[1, 2], &KeywordUpdate::Add(vec!["$Seen".into()])).unwrap();
+    let changed = b
+        .update_keywords(
+            &me,
+            a,
+            ia,
+            &[1, 2],
+            &KeywordUpdate::Add(vec!["$Seen".into()]),
+        )
+        .unwrap();
     assert_eq!(changed.len(), 2);
     assert_eq!(changed[0].1, changed[1].1, "one write, one modseq");
-    let again = b.update_keywords(&me, a, ia, &[1, 2], &KeywordUpdate::Add(vec!["$seen".into()])).unwrap();
+    let again = b
+        .update_keywords(
+            &me,
+            a,
+            ia,
+            &[1, 2],
+            &KeywordUpdate::Add(vec!["$seen".into()]),
+        )
+        .unwrap();
     assert!(again.is_empty(), "no change, no new modseq");
-    let flagged = b.update_keywords(&me, a, ia, &[2, 3, 99], &KeywordUpdate::Set(vec!["$flagged".into()])).unwrap();
+    let flagged = b
+        .update_keywords(
+            &me,
+            a,
+            ia,
+            &[2, 3, 99],
+            &KeywordUpdate::Set(vec!["$flagged".into()]),
+        )
+        .unwrap();
     assert_eq!(flagged.iter().map(|c| c.0).collect::<Vec<_>>(), [2, 3]);
     assert!(flagged[0].1 > changed[0].1);
     let list = b.messages(a, ia).unwrap();
     assert_eq!(list[0].keywords, ["$seen"]);
     assert_eq!(list[1].keywords, ["$flagged"]);
     assert_eq!(list[1].modseq, flagged[0].1);
-    b.update_keywords(&me, a, ia, &[1], &KeywordUpdate::Remove(vec!["$SEEN".into()])).unwrap();
+    b.update_keywords(
+        &me,
+        a,
+        ia,
+        &[1],
+        &KeywordUpdate::Remove(vec!["$SEEN".into()]),
+    )
+    .unwrap();
     assert!(b.messages(a, ia).unwrap()[0].keywords.is_empty());
-    assert!(b.update_keywords(&me, a, ia, &[1], &KeywordUpdate::Add(vec!["bad word".into()])).is_err());
-    assert!(b.update_keywords(&me, a, ia, &[1], &KeywordUpdate::Add(vec![String::new()])).is_err());
+    assert!(
+        b.update_keywords(
+            &me,
+            a,
+            ia,
+            &[1],
+            &KeywordUpdate::Add(vec!["bad word".into()])
+        )
+        .is_err()
+    );
+    assert!(
+        b.update_keywords(&me, a, ia, &[1], &KeywordUpdate::Add(vec![String::new()]))
+            .is_err()
+    );
     // IMAP system flags are mapped to JMAP keywords by the front end.
-    assert!(b.update_keywords(&me, a, ia, &[1], &KeywordUpdate::Add(vec!["\\Seen".into()])).is_err());
+    assert!(
+        b.update_keywords(&me, a, ia, &[1], &KeywordUpdate::Add(vec!["\\Seen".into()]))
+            .is_err()
+    );
 }
 
 fn change_log_order(b: &dyn Backend) {
@@ -290,22 +469,39 @@ fn change_log_order(b: &dyn Backend) {
     let d2 = deliver_to(b, &message(2, 100), &meta(2), &[(a, ia)]);
     b.expunge(&admin(), a, ia, &[1]).unwrap();
     let all = b.changes_since(a, start, 1000).unwrap();
-    assert!(all.windows(2).all(|w| w[0].modseq <= w[1].modseq), "ordered by modseq");
+    assert!(
+        all.windows(2).all(|w| w[0].modseq <= w[1].modseq),
+        "ordered by modseq"
+    );
     assert_eq!(all.last().unwrap().modseq, b.current_modseq(a).unwrap());
-    let kinds: Vec<(ObjectType, ChangeKind)> = all.iter().map(|c| (c.object_type, c.kind)).collect();
+    let kinds: Vec<(ObjectType, ChangeKind)> =
+        all.iter().map(|c| (c.object_type, c.kind)).collect();
     assert_eq!(kinds[0], (ObjectType::Mailbox, ChangeKind::Created));
-    let email_changes: Vec<_> = all.iter().filter(|c| c.object_type == ObjectType::Email).collect();
+    let email_changes: Vec<_> = all
+        .iter()
+        .filter(|c| c.object_type == ObjectType::Email)
+        .collect();
     assert_eq!(email_changes.len(), 3);
-    assert_eq!((email_changes[2].kind, email_changes[2].uid), (ChangeKind::Destroyed, Some(1)));
+    assert_eq!(
+        (email_changes[2].kind, email_changes[2].uid),
+        (ChangeKind::Destroyed, Some(1))
+    );
     assert_eq!(email_changes[2].mailbox_id, Some(ia.0));
     let after = b.changes_since(a, d1[0].modseq, 1000).unwrap();
     assert!(after.iter().all(|c| c.modseq > d1[0].modseq));
     assert!(after.iter().any(|c| c.modseq == d2[0].modseq));
     // A page never splits one write's changes.
     let first_page = b.changes_since(a, d1[0].modseq, 1).unwrap();
-    let same_write = after.iter().filter(|c| c.modseq == first_page[0].modseq).count();
+    let same_write = after
+        .iter()
+        .filter(|c| c.modseq == first_page[0].modseq)
+        .count();
     assert_eq!(first_page.len(), same_write);
-    assert!(b.changes_since(a, b.current_modseq(a).unwrap(), 10).unwrap().is_empty());
+    assert!(
+        b.changes_since(a, b.current_modseq(a).unwrap(), 10)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 fn notifications(b: &dyn Backend) {
@@ -346,17 +542,26 @@ fn quota(b: &dyn Backend) {
     let ia = inbox(b, a);
     deliver_to(b, &message(1, 600), &meta(1), &[(a, ia)]);
     let big = message(2, 600);
-    let target = [Delivery { account: a, mailbox: ia, keywords: vec![] }];
+    let target = [Delivery {
+        account: a,
+        mailbox: ia,
+        keywords: vec![],
+    }];
     assert!(matches!(
         b.deliver(&Actor::system("test"), &big, &meta(2), &target),
         Err(Error::QuotaExceeded { limit: 1000, .. })
     ));
-    assert_eq!(b.messages(a, ia).unwrap().len(), 1, "nothing stored on refusal");
+    assert_eq!(
+        b.messages(a, ia).unwrap().len(),
+        1,
+        "nothing stored on refusal"
+    );
     let used = b.principal(a).unwrap().unwrap().used_bytes;
     b.expunge(&admin(), a, ia, &[1]).unwrap();
     assert!(used >= 600);
     assert_eq!(b.principal(a).unwrap().unwrap().used_bytes, 0);
-    b.deliver(&Actor::system("test"), &big, &meta(2), &target).unwrap();
+    b.deliver(&Actor::system("test"), &big, &meta(2), &target)
+        .unwrap();
 }
 
 fn threads(b: &dyn Backend) {
@@ -364,7 +569,10 @@ fn threads(b: &dyn Backend) {
     let a = user(b, "a@example.com");
     let ia = inbox(b, a);
     let first = deliver_to(b, &message(1, 100), &meta(1), &[(a, ia)]);
-    let reply_meta = EmailMeta { references: vec!["1@example.com".into()], ..meta(2) };
+    let reply_meta = EmailMeta {
+        references: vec!["1@example.com".into()],
+        ..meta(2)
+    };
     let reply = deliver_to(b, &message(2, 100), &reply_meta, &[(a, ia)]);
     let other = deliver_to(b, &message(3, 100), &meta(3), &[(a, ia)]);
     let thread = |d: &crate::Delivered| b.email(a, d.email).unwrap().unwrap().thread;
@@ -382,10 +590,17 @@ fn accounts_are_isolated(b: &dyn Backend) {
     let mallory = Actor::user("mallory@example.com", m.0, "password", None, "test");
     // Naming another account's mailbox under one's own account finds nothing.
     assert!(matches!(b.messages(m, ia), Err(Error::NotFound { .. })));
-    assert!(b.update_keywords(&mallory, m, ia, &[1], &KeywordUpdate::Add(vec!["x".into()])).is_err());
+    assert!(
+        b.update_keywords(&mallory, m, ia, &[1], &KeywordUpdate::Add(vec!["x".into()]))
+            .is_err()
+    );
     assert!(b.expunge(&mallory, m, ia, &[1]).is_err());
     assert!(b.email(m, d[0].email).unwrap().is_none());
-    let target = [Delivery { account: m, mailbox: ia, keywords: vec![] }];
+    let target = [Delivery {
+        account: m,
+        mailbox: ia,
+        keywords: vec![],
+    }];
     assert!(b.deliver(&mallory, b"x", &meta(9), &target).is_err());
     assert!(b.delete_mailbox(&mallory, m, ia).is_err());
     assert_eq!(b.messages(a, ia).unwrap().len(), 1);
@@ -399,16 +614,55 @@ fn audit_policy_and_chain(b: &dyn Backend) {
     let d = user(b, "delegate@example.com");
     let ia = inbox(b, a);
     let after_admin = b.audit_tail(1000).unwrap();
-    assert_eq!(after_admin.len(), before + 4, "domain, two users and a mailbox by an admin");
-    assert!(after_admin.iter().skip(before).all(|r| r.event.logon_type == LogonType::Admin));
+    assert_eq!(
+        after_admin.len(),
+        before + 4,
+        "domain, two users and a mailbox by an admin"
+    );
+    assert!(
+        after_admin
+            .iter()
+            .skip(before)
+            .all(|r| r.event.logon_type == LogonType::Admin)
+    );
 
     deliver_to(b, &message(1, 100), &meta(1), &[(a, ia)]);
-    let owner = Actor::user("a@example.com", a.0, "password", Some("192.0.2.1".into()), "imap");
-    b.update_keywords(&owner, a, ia, &[1], &KeywordUpdate::Add(vec!["$seen".into()])).unwrap();
-    assert_eq!(b.audit_tail(1000).unwrap().len(), before + 4, "delivery and owner access are not audited");
+    let owner = Actor::user(
+        "a@example.com",
+        a.0,
+        "password",
+        Some("192.0.2.1".into()),
+        "imap",
+    );
+    b.update_keywords(
+        &owner,
+        a,
+        ia,
+        &[1],
+        &KeywordUpdate::Add(vec!["$seen".into()]),
+    )
+    .unwrap();
+    assert_eq!(
+        b.audit_tail(1000).unwrap().len(),
+        before + 4,
+        "delivery and owner access are not audited"
+    );
 
-    let delegate = Actor::user("delegate@example.com", d.0, "app-password", Some("192.0.2.7".into()), "imap");
-    b.update_keywords(&delegate, a, ia, &[1], &KeywordUpdate::Add(vec!["$flagged".into()])).unwrap();
+    let delegate = Actor::user(
+        "delegate@example.com",
+        d.0,
+        "app-password",
+        Some("192.0.2.7".into()),
+        "imap",
+    );
+    b.update_keywords(
+        &delegate,
+        a,
+        ia,
+        &[1],
+        &KeywordUpdate::Add(vec!["$flagged".into()]),
+    )
+    .unwrap();
     let last = b.audit_tail(1).unwrap().remove(0);
     assert_eq!(last.event.logon_type, LogonType::Delegate);
     assert_eq!(last.event.operation, "email.store");
@@ -417,9 +671,15 @@ fn audit_policy_and_chain(b: &dyn Backend) {
     assert_eq!(last.event.item_count, 1);
 
     // A refused admin action is recorded as such.
-    assert!(b.create_domain(&admin(), &"example.com".parse().unwrap()).is_err());
+    assert!(
+        b.create_domain(&admin(), &"example.com".parse().unwrap())
+            .is_err()
+    );
     let refused = b.audit_tail(1).unwrap().remove(0);
-    assert_eq!((refused.event.operation.as_str(), refused.event.outcome), ("domain.add", Outcome::Denied));
+    assert_eq!(
+        (refused.event.operation.as_str(), refused.event.outcome),
+        ("domain.add", Outcome::Denied)
+    );
 
     let mut event = delegate.event("mailbox.fetch", Some(("a@example.com", Some(a.0))));
     event.item_count = 5;
@@ -437,8 +697,17 @@ fn remove_principal(b: &dyn Backend) {
     let keep = user(b, "keep@example.com");
     let group = principal(b, "g@example.com", PrincipalKind::Group);
     b.add_member(&admin(), group, a).unwrap();
-    b.add_grant(&admin(), &Grant { grantor: keep, grantee: a, right: Right::CalendarRead }).unwrap();
-    b.add_alias(&admin(), a, &"alias@example.com".parse().unwrap()).unwrap();
+    b.add_grant(
+        &admin(),
+        &Grant {
+            grantor: keep,
+            grantee: a,
+            right: Right::CalendarRead,
+        },
+    )
+    .unwrap();
+    b.add_alias(&admin(), a, &"alias@example.com".parse().unwrap())
+        .unwrap();
     b.add_app_password(&admin(), a, "phone", "h").unwrap();
     let (ia, ik) = (inbox(b, a), inbox(b, keep));
     let shared = message(1, 100);
@@ -446,11 +715,18 @@ fn remove_principal(b: &dyn Backend) {
     deliver_to(b, &message(2, 200_000), &meta(2), &[(a, ia)]);
     b.remove_principal(&admin(), a).unwrap();
     assert!(b.principal(a).unwrap().is_none());
-    assert!(b.principal_by_address(&"alias@example.com".parse().unwrap()).unwrap().is_none());
+    assert!(
+        b.principal_by_address(&"alias@example.com".parse().unwrap())
+            .unwrap()
+            .is_none()
+    );
     assert!(b.members(group).unwrap().is_empty());
     assert!(b.grants(None, Some(a)).unwrap().is_empty());
     let check = b.check_blobs().unwrap();
-    assert_eq!(check.referenced, 1, "only the blob still used by keep remains");
+    assert_eq!(
+        check.referenced, 1,
+        "only the blob still used by keep remains"
+    );
     assert_eq!(check.orphans, 0);
     assert!(check.miscounted.is_empty());
     let kept = b.messages(keep, ik).unwrap();
@@ -480,14 +756,25 @@ fn concurrent_writers(b: &dyn Backend) {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     let unique: HashSet<u32> = uids.iter().copied().collect();
     assert_eq!(unique.len(), threads * each, "every writer got its own UID");
-    assert_eq!(*unique.iter().max().unwrap() as usize, threads * each, "UIDs are dense");
+    assert_eq!(
+        *unique.iter().max().unwrap() as usize,
+        threads * each,
+        "UIDs are dense"
+    );
     assert_eq!(b.messages(a, ia).unwrap().len(), threads * each);
     let end = b.current_modseq(a).unwrap();
-    assert_eq!(end, ModSeq(start.0 + (threads * each) as u64), "one modseq per write");
+    assert_eq!(
+        end,
+        ModSeq(start.0 + (threads * each) as u64),
+        "one modseq per write"
+    );
     let check = b.check_blobs().unwrap();
     assert!(check.missing.is_empty() && check.corrupt.is_empty() && check.miscounted.is_empty());
 }

@@ -59,11 +59,17 @@ impl Error {
     }
 
     pub(crate) fn not_found(what: &'static str, name: impl fmt::Display) -> Error {
-        Error::NotFound { what, name: name.to_string() }
+        Error::NotFound {
+            what,
+            name: name.to_string(),
+        }
     }
 
     pub(crate) fn exists(what: &'static str, name: impl fmt::Display) -> Error {
-        Error::AlreadyExists { what, name: name.to_string() }
+        Error::AlreadyExists {
+            what,
+            name: name.to_string(),
+        }
     }
 }
 

@@ -64,7 +64,11 @@ pub trait Backend: Send + Sync + 'static {
     /// The principal an address (primary or alias) belongs to.
     fn principal_by_address(&self, address: &EmailAddress) -> Result<Option<Principal>>;
     /// Principals, optionally of one domain and kind, by address.
-    fn principals(&self, domain: Option<DomainId>, kind: Option<PrincipalKind>) -> Result<Vec<Principal>>;
+    fn principals(
+        &self,
+        domain: Option<DomainId>,
+        kind: Option<PrincipalKind>,
+    ) -> Result<Vec<Principal>>;
     /// The stored password hash (PHC string), if the principal has one.
     fn password_hash(&self, id: PrincipalId) -> Result<Option<String>>;
     /// Replaces the password hash.
@@ -95,12 +99,22 @@ pub trait Backend: Send + Sync + 'static {
     /// Withdraws a grant.
     fn remove_grant(&self, actor: &Actor, grant: &Grant) -> Result<()>;
     /// Grants, filtered by grantor and/or grantee.
-    fn grants(&self, grantor: Option<PrincipalId>, grantee: Option<PrincipalId>) -> Result<Vec<Grant>>;
+    fn grants(
+        &self,
+        grantor: Option<PrincipalId>,
+        grantee: Option<PrincipalId>,
+    ) -> Result<Vec<Grant>>;
 
     // ---- app passwords ----
 
     /// Stores a new app password's hash; returns its id.
-    fn add_app_password(&self, actor: &Actor, id: PrincipalId, label: &str, hash: &str) -> Result<i64>;
+    fn add_app_password(
+        &self,
+        actor: &Actor,
+        id: PrincipalId,
+        label: &str,
+        hash: &str,
+    ) -> Result<i64>;
     /// App passwords of a principal, without their hashes.
     fn app_passwords(&self, id: PrincipalId) -> Result<Vec<AppPassword>>;
     /// `(app password id, hash)` pairs, for authentication only.
@@ -123,17 +137,28 @@ pub trait Backend: Send + Sync + 'static {
     fn mailboxes(&self, account: PrincipalId) -> Result<Vec<Mailbox>>;
     /// Deletes a mailbox without children; its messages leave it (and are
     /// destroyed when they were in no other mailbox).
-    fn delete_mailbox(&self, actor: &Actor, account: PrincipalId, mailbox: MailboxId) -> Result<()>;
+    fn delete_mailbox(&self, actor: &Actor, account: PrincipalId, mailbox: MailboxId)
+    -> Result<()>;
 
     // ---- messages ----
 
     /// Stores one message for every target, keeping one copy of its bytes.
     /// Returns only once the message and every mailbox entry are durable.
-    fn deliver(&self, actor: &Actor, raw: &[u8], meta: &EmailMeta, targets: &[Delivery]) -> Result<Vec<Delivered>>;
+    fn deliver(
+        &self,
+        actor: &Actor,
+        raw: &[u8],
+        meta: &EmailMeta,
+        targets: &[Delivery],
+    ) -> Result<Vec<Delivered>>;
     /// Messages of a mailbox in UID order.
     fn messages(&self, account: PrincipalId, mailbox: MailboxId) -> Result<Vec<MessageEntry>>;
     /// One email's stored data.
-    fn email(&self, account: PrincipalId, email: bulwark_core::EmailId) -> Result<Option<EmailRecord>>;
+    fn email(
+        &self,
+        account: PrincipalId,
+        email: bulwark_core::EmailId,
+    ) -> Result<Option<EmailRecord>>;
     /// Changes keywords (flags) of messages; returns those whose keywords changed.
     fn update_keywords(
         &self,
@@ -144,7 +169,13 @@ pub trait Backend: Send + Sync + 'static {
         update: &KeywordUpdate,
     ) -> Result<Vec<(u32, ModSeq)>>;
     /// Removes messages from a mailbox; returns the UIDs removed.
-    fn expunge(&self, actor: &Actor, account: PrincipalId, mailbox: MailboxId, uids: &[u32]) -> Result<Vec<u32>>;
+    fn expunge(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        mailbox: MailboxId,
+        uids: &[u32],
+    ) -> Result<Vec<u32>>;
     /// The bytes of a blob.
     fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>>;
 
@@ -153,7 +184,12 @@ pub trait Backend: Send + Sync + 'static {
     /// The account's current modification sequence.
     fn current_modseq(&self, account: PrincipalId) -> Result<ModSeq>;
     /// Changes after `after`, oldest first, at most `limit`.
-    fn changes_since(&self, account: PrincipalId, after: ModSeq, limit: usize) -> Result<Vec<Change>>;
+    fn changes_since(
+        &self,
+        account: PrincipalId,
+        after: ModSeq,
+        limit: usize,
+    ) -> Result<Vec<Change>>;
     /// Subscribes to durable changes of one account.
     fn subscribe(&self, account: PrincipalId) -> tokio::sync::broadcast::Receiver<ChangeNotice>;
 

@@ -19,7 +19,10 @@ pub struct Notifier {
 impl Notifier {
     /// Subscribes to one account.
     pub fn subscribe(&self, account: PrincipalId) -> broadcast::Receiver<ChangeNotice> {
-        let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         channels
             .entry(account)
             .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
@@ -28,7 +31,10 @@ impl Notifier {
 
     /// Publishes a notice; forgets accounts nobody listens to any more.
     pub fn publish(&self, notice: ChangeNotice) {
-        let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(sender) = channels.get(&notice.account) {
             let account = notice.account;
             if sender.send(notice).is_err() {

@@ -35,7 +35,10 @@ pub struct SqliteOptions {
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { inline_blob_max_bytes: 32 * 1024, busy_timeout: Duration::from_secs(10) }
+        SqliteOptions {
+            inline_blob_max_bytes: 32 * 1024,
+            busy_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -56,7 +59,9 @@ fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Res
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(options.busy_timeout)?;
@@ -75,20 +80,33 @@ impl SqliteBackend {
 
     /// Like `open`, stopping migrations at `version`; for migration tests.
     #[doc(hidden)]
-    pub fn open_at_version(data_dir: &Path, options: SqliteOptions, version: u32) -> Result<SqliteBackend> {
+    pub fn open_at_version(
+        data_dir: &Path,
+        options: SqliteOptions,
+        version: u32,
+    ) -> Result<SqliteBackend> {
         std::fs::create_dir_all(data_dir)?;
         let db_path = data_dir.join("bulwark.sqlite3");
         let mut conn = open_connection(&db_path, &options, false)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::Storage(format!("cannot switch the database to WAL mode (got {mode})")));
+            return Err(Error::Storage(format!(
+                "cannot switch the database to WAL mode (got {mode})"
+            )));
         }
         schema::migrate(&mut conn, version)?;
         let blobs = Arc::new(BlobDir::open(data_dir)?);
         blobs.clean_tmp(Duration::from_secs(3600))?;
         let notifier = Arc::new(Notifier::default());
         let writer = Writer::start(conn, Arc::clone(&blobs), Arc::clone(&notifier))?;
-        Ok(SqliteBackend { db_path, options, blobs, notifier, readers: Mutex::new(Vec::new()), writer })
+        Ok(SqliteBackend {
+            db_path,
+            options,
+            blobs,
+            notifier,
+            readers: Mutex::new(Vec::new()),
+            writer,
+        })
     }
 
     /// The schema version of the open database.
@@ -132,8 +150,19 @@ impl SqliteBackend {
         self.writer.submit(audit, op)
     }
 
-    fn principal_row(row: &Row<'_>) -> rusqlite::Result<(i64, String, String, i64, String, i64, i64, i64)> {
-        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?, row.get(7)?))
+    fn principal_row(
+        row: &Row<'_>,
+    ) -> rusqlite::Result<(i64, String, String, i64, String, i64, i64, i64)> {
+        Ok((
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+            row.get(5)?,
+            row.get(6)?,
+            row.get(7)?,
+        ))
     }
 
     fn principal_query(&self, filter: &str, args: impl rusqlite::Params) -> Result<Vec<Principal>> {
@@ -149,8 +178,12 @@ impl SqliteBackend {
                 let (id, kind, address, domain, display_name, quota, used, created_at) = row?;
                 out.push(Principal {
                     id: PrincipalId(id),
-                    kind: kind.parse().map_err(|e| Error::Corrupt(format!("principal {id}: {e}")))?,
-                    address: address.parse().map_err(|e| Error::Corrupt(format!("principal {id}: {e}")))?,
+                    kind: kind
+                        .parse()
+                        .map_err(|e| Error::Corrupt(format!("principal {id}: {e}")))?,
+                    address: address
+                        .parse()
+                        .map_err(|e| Error::Corrupt(format!("principal {id}: {e}")))?,
                     domain: DomainId(domain),
                     display_name,
                     quota_bytes: quota as u64,
@@ -163,7 +196,11 @@ impl SqliteBackend {
     }
 
     fn principal_name(&self, id: PrincipalId) -> Result<String> {
-        Ok(self.principal(id)?.ok_or_else(|| Error::not_found("principal", id))?.address.to_string())
+        Ok(self
+            .principal(id)?
+            .ok_or_else(|| Error::not_found("principal", id))?
+            .address
+            .to_string())
     }
 }
 
@@ -181,7 +218,9 @@ fn require_account(conn: &Connection, id: PrincipalId) -> Result<()> {
     if principal_kind(conn, id)?.has_account() {
         Ok(())
     } else {
-        Err(Error::Invalid(format!("principal {id} is a group and holds no data")))
+        Err(Error::Invalid(format!(
+            "principal {id} is a group and holds no data"
+        )))
     }
 }
 
@@ -189,7 +228,11 @@ fn require_mailbox(conn: &Connection, account: PrincipalId, mailbox: MailboxId) 
     let found = conn
         .prepare_cached("SELECT 1 FROM mailboxes WHERE id = ?1 AND account_id = ?2")?
         .exists(params![mailbox.0, account.0])?;
-    if found { Ok(()) } else { Err(Error::not_found("mailbox", mailbox)) }
+    if found {
+        Ok(())
+    } else {
+        Err(Error::not_found("mailbox", mailbox))
+    }
 }
 
 /// Keywords are case-insensitive atoms (RFC 9051 flag-keyword, RFC 8621
@@ -197,8 +240,14 @@ fn require_mailbox(conn: &Connection, account: PrincipalId, mailbox: MailboxId) 
 fn normalize_keyword(keyword: &str) -> Result<String> {
     let ok = !keyword.is_empty()
         && keyword.len() <= 128
-        && keyword.bytes().all(|b| b.is_ascii_graphic() && !b"(){%*\"\\]".contains(&b));
-    if ok { Ok(keyword.to_ascii_lowercase()) } else { Err(Error::Invalid(format!("bad keyword {keyword:.40?}"))) }
+        && keyword
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"(){%*\"\\]".contains(&b));
+    if ok {
+        Ok(keyword.to_ascii_lowercase())
+    } else {
+        Err(Error::Invalid(format!("bad keyword {keyword:.40?}")))
+    }
 }
 
 fn join_keywords(set: &std::collections::BTreeSet<String>) -> String {
@@ -206,7 +255,10 @@ fn join_keywords(set: &std::collections::BTreeSet<String>) -> String {
 }
 
 fn split_keywords(text: &str) -> Vec<String> {
-    text.split(' ').filter(|k| !k.is_empty()).map(str::to_string).collect()
+    text.split(' ')
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn random_u32() -> Result<u32> {
@@ -224,21 +276,39 @@ fn destroy_email(ctx: &mut OpCtx<'_>, account: PrincipalId, email: i64) -> Resul
     ctx.conn
         .prepare_cached("UPDATE principals SET used_bytes = max(used_bytes - ?1, 0) WHERE id = ?2")?
         .execute(params![size, account.0])?;
-    let id = BlobId(hash.as_slice().try_into().map_err(|_| Error::Corrupt("blob hash length".into()))?);
+    let id = BlobId(
+        hash.as_slice()
+            .try_into()
+            .map_err(|_| Error::Corrupt("blob hash length".into()))?,
+    );
     ctx.unref_blob(&id, 1)?;
     let thread_empty = !ctx
         .conn
         .prepare_cached("SELECT 1 FROM emails WHERE thread_id = ?1")?
         .exists([thread])?;
     if thread_empty {
-        ctx.conn.prepare_cached("DELETE FROM threads WHERE id = ?1")?.execute([thread])?;
-        ctx.change(account, ObjectType::Thread, thread, ChangeKind::Destroyed, None, None)?;
+        ctx.conn
+            .prepare_cached("DELETE FROM threads WHERE id = ?1")?
+            .execute([thread])?;
+        ctx.change(
+            account,
+            ObjectType::Thread,
+            thread,
+            ChangeKind::Destroyed,
+            None,
+            None,
+        )?;
     }
     Ok(())
 }
 
 /// Takes messages out of a mailbox, destroying emails left in no mailbox.
-fn remove_from_mailbox(ctx: &mut OpCtx<'_>, account: PrincipalId, mailbox: MailboxId, uids: &[u32]) -> Result<Vec<u32>> {
+fn remove_from_mailbox(
+    ctx: &mut OpCtx<'_>,
+    account: PrincipalId,
+    mailbox: MailboxId,
+    uids: &[u32],
+) -> Result<Vec<u32>> {
     let mut removed = Vec::new();
     for &uid in uids {
         let email: Option<i64> = ctx
@@ -247,7 +317,14 @@ fn remove_from_mailbox(ctx: &mut OpCtx<'_>, account: PrincipalId, mailbox: Mailb
             .query_row(params![mailbox.0, uid], |r| r.get(0))
             .optional()?;
         let Some(email) = email else { continue };
-        ctx.change(account, ObjectType::Email, email, ChangeKind::Destroyed, Some(mailbox.0), Some(uid))?;
+        ctx.change(
+            account,
+            ObjectType::Email,
+            email,
+            ChangeKind::Destroyed,
+            Some(mailbox.0),
+            Some(uid),
+        )?;
         let elsewhere = ctx
             .conn
             .prepare_cached("SELECT 1 FROM mailbox_messages WHERE email_id = ?1")?
@@ -267,9 +344,14 @@ fn remove_from_mailbox(ctx: &mut OpCtx<'_>, account: PrincipalId, mailbox: Mailb
 }
 
 fn find_thread(conn: &Connection, account: PrincipalId, meta: &EmailMeta) -> Result<Option<i64>> {
-    let mut stmt = conn.prepare_cached("SELECT thread_id FROM emails WHERE account_id = ?1 AND message_id = ?2 LIMIT 1")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT thread_id FROM emails WHERE account_id = ?1 AND message_id = ?2 LIMIT 1",
+    )?;
     for reference in meta.references.iter().rev() {
-        if let Some(thread) = stmt.query_row(params![account.0, reference], |r| r.get(0)).optional()? {
+        if let Some(thread) = stmt
+            .query_row(params![account.0, reference], |r| r.get(0))
+            .optional()?
+        {
             return Ok(Some(thread));
         }
     }
@@ -299,28 +381,44 @@ fn audit_record(row: &Row<'_>) -> rusqlite::Result<Result<AuditRecord>> {
     })();
     let time_ms: i64 = row.get(1)?;
     Ok(event.and_then(|event| {
-        Ok(AuditRecord { seq: seq as u64, time_ms, event, prev_hash: to_hash(&prev)?, hash: to_hash(&hash)? })
+        Ok(AuditRecord {
+            seq: seq as u64,
+            time_ms,
+            event,
+            prev_hash: to_hash(&prev)?,
+            hash: to_hash(&hash)?,
+        })
     }))
 }
 
-const AUDIT_COLUMNS: &str = "seq, time_ms, actor, auth_method, logon_type, target, operation, object_ids,
+const AUDIT_COLUMNS: &str =
+    "seq, time_ms, actor, auth_method, logon_type, target, operation, object_ids,
                              item_count, client_ip, protocol, outcome, prev_hash, hash";
 
 impl Backend for SqliteBackend {
     fn create_domain(&self, actor: &Actor, name: &DomainName) -> Result<DomainId> {
         let name = name.clone();
-        self.write(actor, "domain.add", Some(name.to_string()), None, move |ctx, event| {
-            let exists = ctx.conn.prepare_cached("SELECT 1 FROM domains WHERE name = ?1")?.exists([name.as_str()])?;
-            if exists {
-                return Err(Error::exists("domain", &name));
-            }
-            ctx.conn
-                .prepare_cached("INSERT INTO domains (name, created_at) VALUES (?1, ?2)")?
-                .execute(params![name.as_str(), ctx.now_ms])?;
-            let id = ctx.conn.last_insert_rowid();
-            event.object_ids.push(id.to_string());
-            Ok(DomainId(id))
-        })
+        self.write(
+            actor,
+            "domain.add",
+            Some(name.to_string()),
+            None,
+            move |ctx, event| {
+                let exists = ctx
+                    .conn
+                    .prepare_cached("SELECT 1 FROM domains WHERE name = ?1")?
+                    .exists([name.as_str()])?;
+                if exists {
+                    return Err(Error::exists("domain", &name));
+                }
+                ctx.conn
+                    .prepare_cached("INSERT INTO domains (name, created_at) VALUES (?1, ?2)")?
+                    .execute(params![name.as_str(), ctx.now_ms])?;
+                let id = ctx.conn.last_insert_rowid();
+                event.object_ids.push(id.to_string());
+                Ok(DomainId(id))
+            },
+        )
     }
 
     fn remove_domain(&self, actor: &Actor, name: &DomainName) -> Result<()> {
@@ -352,13 +450,22 @@ impl Backend for SqliteBackend {
 
     fn domains(&self) -> Result<Vec<Domain>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT id, name, created_at FROM domains ORDER BY name")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get(2)?)))?;
+            let mut stmt =
+                c.prepare_cached("SELECT id, name, created_at FROM domains ORDER BY name")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+            })?;
             let mut out = Vec::new();
             for row in rows {
                 let (id, name, created_at) = row?;
-                let name = name.parse().map_err(|e| Error::Corrupt(format!("domain {id}: {e}")))?;
-                out.push(Domain { id: DomainId(id), name, created_at });
+                let name = name
+                    .parse()
+                    .map_err(|e| Error::Corrupt(format!("domain {id}: {e}")))?;
+                out.push(Domain {
+                    id: DomainId(id),
+                    name,
+                    created_at,
+                });
             }
             Ok(out)
         })
@@ -451,7 +558,11 @@ impl Backend for SqliteBackend {
             .pop())
     }
 
-    fn principals(&self, domain: Option<DomainId>, kind: Option<PrincipalKind>) -> Result<Vec<Principal>> {
+    fn principals(
+        &self,
+        domain: Option<DomainId>,
+        kind: Option<PrincipalKind>,
+    ) -> Result<Vec<Principal>> {
         self.principal_query(
             "WHERE (?1 IS NULL OR domain_id = ?1) AND (?2 IS NULL OR kind = ?2) ORDER BY address",
             params![domain.map(|d| d.0), kind.map(|k| k.name())],
@@ -460,23 +571,35 @@ impl Backend for SqliteBackend {
 
     fn password_hash(&self, id: PrincipalId) -> Result<Option<String>> {
         self.read(|c| {
-            Ok(c.prepare_cached("SELECT password_hash FROM principals WHERE id = ?1")?
-                .query_row([id.0], |r| r.get(0))
-                .optional()?
-                .flatten())
+            Ok(
+                c.prepare_cached("SELECT password_hash FROM principals WHERE id = ?1")?
+                    .query_row([id.0], |r| r.get(0))
+                    .optional()?
+                    .flatten(),
+            )
         })
     }
 
     fn set_password_hash(&self, actor: &Actor, id: PrincipalId, hash: &str) -> Result<()> {
         let hash = hash.to_string();
         let name = self.principal_name(id)?;
-        self.write(actor, "principal.passwd", Some(name), Some(id), move |ctx, _| {
-            let n = ctx
-                .conn
-                .prepare_cached("UPDATE principals SET password_hash = ?1 WHERE id = ?2")?
-                .execute(params![hash, id.0])?;
-            if n == 0 { Err(Error::not_found("principal", id)) } else { Ok(()) }
-        })
+        self.write(
+            actor,
+            "principal.passwd",
+            Some(name),
+            Some(id),
+            move |ctx, _| {
+                let n = ctx
+                    .conn
+                    .prepare_cached("UPDATE principals SET password_hash = ?1 WHERE id = ?2")?
+                    .execute(params![hash, id.0])?;
+                if n == 0 {
+                    Err(Error::not_found("principal", id))
+                } else {
+                    Ok(())
+                }
+            },
+        )
     }
 
     fn add_alias(&self, actor: &Actor, id: PrincipalId, address: &EmailAddress) -> Result<()> {
@@ -502,21 +625,31 @@ impl Backend for SqliteBackend {
 
     fn remove_alias(&self, actor: &Actor, address: &EmailAddress) -> Result<()> {
         let address = address.clone();
-        self.write(actor, "alias.remove", Some(address.to_string()), None, move |ctx, _| {
-            let row: Option<bool> = ctx
-                .conn
-                .prepare_cached("SELECT is_primary FROM addresses WHERE address = ?1")?
-                .query_row([address.as_str()], |r| r.get(0))
-                .optional()?;
-            match row {
-                None => Err(Error::not_found("alias", &address)),
-                Some(true) => Err(Error::Conflict(format!("{address} is a primary address, not an alias"))),
-                Some(false) => {
-                    ctx.conn.prepare_cached("DELETE FROM addresses WHERE address = ?1")?.execute([address.as_str()])?;
-                    Ok(())
+        self.write(
+            actor,
+            "alias.remove",
+            Some(address.to_string()),
+            None,
+            move |ctx, _| {
+                let row: Option<bool> = ctx
+                    .conn
+                    .prepare_cached("SELECT is_primary FROM addresses WHERE address = ?1")?
+                    .query_row([address.as_str()], |r| r.get(0))
+                    .optional()?;
+                match row {
+                    None => Err(Error::not_found("alias", &address)),
+                    Some(true) => Err(Error::Conflict(format!(
+                        "{address} is a primary address, not an alias"
+                    ))),
+                    Some(false) => {
+                        ctx.conn
+                            .prepare_cached("DELETE FROM addresses WHERE address = ?1")?
+                            .execute([address.as_str()])?;
+                        Ok(())
+                    }
                 }
-            }
-        })
+            },
+        )
     }
 
     fn addresses(&self, id: PrincipalId) -> Result<Vec<EmailAddress>> {
@@ -535,44 +668,65 @@ impl Backend for SqliteBackend {
 
     fn add_member(&self, actor: &Actor, group: PrincipalId, member: PrincipalId) -> Result<()> {
         let name = self.principal_name(group)?;
-        self.write(actor, "group.member-add", Some(name), None, move |ctx, event| {
-            if principal_kind(ctx.conn, group)? != PrincipalKind::Group {
-                return Err(Error::Invalid(format!("principal {group} is not a group")));
-            }
-            principal_kind(ctx.conn, member)?;
-            if group == member {
-                return Err(Error::Conflict("a group cannot contain itself".into()));
-            }
-            let n = ctx
-                .conn
-                .prepare_cached("INSERT OR IGNORE INTO group_members (group_id, member_id) VALUES (?1, ?2)")?
-                .execute(params![group.0, member.0])?;
-            if n == 0 {
-                return Err(Error::exists("membership", format!("{member} in {group}")));
-            }
-            event.object_ids.push(member.to_string());
-            Ok(())
-        })
+        self.write(
+            actor,
+            "group.member-add",
+            Some(name),
+            None,
+            move |ctx, event| {
+                if principal_kind(ctx.conn, group)? != PrincipalKind::Group {
+                    return Err(Error::Invalid(format!("principal {group} is not a group")));
+                }
+                principal_kind(ctx.conn, member)?;
+                if group == member {
+                    return Err(Error::Conflict("a group cannot contain itself".into()));
+                }
+                let n = ctx
+                    .conn
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO group_members (group_id, member_id) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![group.0, member.0])?;
+                if n == 0 {
+                    return Err(Error::exists("membership", format!("{member} in {group}")));
+                }
+                event.object_ids.push(member.to_string());
+                Ok(())
+            },
+        )
     }
 
     fn remove_member(&self, actor: &Actor, group: PrincipalId, member: PrincipalId) -> Result<()> {
         let name = self.principal_name(group)?;
-        self.write(actor, "group.member-remove", Some(name), None, move |ctx, event| {
-            let n = ctx
-                .conn
-                .prepare_cached("DELETE FROM group_members WHERE group_id = ?1 AND member_id = ?2")?
-                .execute(params![group.0, member.0])?;
-            if n == 0 {
-                return Err(Error::not_found("membership", format!("{member} in {group}")));
-            }
-            event.object_ids.push(member.to_string());
-            Ok(())
-        })
+        self.write(
+            actor,
+            "group.member-remove",
+            Some(name),
+            None,
+            move |ctx, event| {
+                let n = ctx
+                    .conn
+                    .prepare_cached(
+                        "DELETE FROM group_members WHERE group_id = ?1 AND member_id = ?2",
+                    )?
+                    .execute(params![group.0, member.0])?;
+                if n == 0 {
+                    return Err(Error::not_found(
+                        "membership",
+                        format!("{member} in {group}"),
+                    ));
+                }
+                event.object_ids.push(member.to_string());
+                Ok(())
+            },
+        )
     }
 
     fn members(&self, group: PrincipalId) -> Result<Vec<PrincipalId>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT member_id FROM group_members WHERE group_id = ?1 ORDER BY member_id")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT member_id FROM group_members WHERE group_id = ?1 ORDER BY member_id",
+            )?;
             let rows = stmt.query_map([group.0], |r| Ok(PrincipalId(r.get(0)?)))?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
@@ -617,27 +771,48 @@ impl Backend for SqliteBackend {
         })
     }
 
-    fn grants(&self, grantor: Option<PrincipalId>, grantee: Option<PrincipalId>) -> Result<Vec<Grant>> {
+    fn grants(
+        &self,
+        grantor: Option<PrincipalId>,
+        grantee: Option<PrincipalId>,
+    ) -> Result<Vec<Grant>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT grantor_id, grantee_id, right_name FROM grants
                  WHERE (?1 IS NULL OR grantor_id = ?1) AND (?2 IS NULL OR grantee_id = ?2)
                  ORDER BY grantor_id, grantee_id, right_name",
             )?;
-            let rows = stmt.query_map(params![grantor.map(|p| p.0), grantee.map(|p| p.0)], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
-            })?;
+            let rows =
+                stmt.query_map(params![grantor.map(|p| p.0), grantee.map(|p| p.0)], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })?;
             let mut out = Vec::new();
             for row in rows {
                 let (grantor, grantee, right) = row?;
-                let right: Right = right.parse().map_err(|e| Error::Corrupt(format!("grant: {e}")))?;
-                out.push(Grant { grantor: PrincipalId(grantor), grantee: PrincipalId(grantee), right });
+                let right: Right = right
+                    .parse()
+                    .map_err(|e| Error::Corrupt(format!("grant: {e}")))?;
+                out.push(Grant {
+                    grantor: PrincipalId(grantor),
+                    grantee: PrincipalId(grantee),
+                    right,
+                });
             }
             Ok(out)
         })
     }
 
-    fn add_app_password(&self, actor: &Actor, id: PrincipalId, label: &str, hash: &str) -> Result<i64> {
+    fn add_app_password(
+        &self,
+        actor: &Actor,
+        id: PrincipalId,
+        label: &str,
+        hash: &str,
+    ) -> Result<i64> {
         let (label, hash) = (label.to_string(), hash.to_string());
         let name = self.principal_name(id)?;
         self.write(actor, "app-password.add", Some(name), Some(id), move |ctx, event| {
@@ -669,7 +844,9 @@ impl Backend for SqliteBackend {
 
     fn app_password_hashes(&self, id: PrincipalId) -> Result<Vec<(i64, String)>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT id, password_hash FROM app_passwords WHERE principal_id = ?1")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT id, password_hash FROM app_passwords WHERE principal_id = ?1",
+            )?;
             let rows = stmt.query_map([id.0], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
@@ -677,17 +854,25 @@ impl Backend for SqliteBackend {
 
     fn revoke_app_password(&self, actor: &Actor, id: PrincipalId, app_password: i64) -> Result<()> {
         let name = self.principal_name(id)?;
-        self.write(actor, "app-password.revoke", Some(name), Some(id), move |ctx, event| {
-            let n = ctx
-                .conn
-                .prepare_cached("DELETE FROM app_passwords WHERE id = ?1 AND principal_id = ?2")?
-                .execute(params![app_password, id.0])?;
-            if n == 0 {
-                return Err(Error::not_found("app password", app_password));
-            }
-            event.object_ids.push(app_password.to_string());
-            Ok(())
-        })
+        self.write(
+            actor,
+            "app-password.revoke",
+            Some(name),
+            Some(id),
+            move |ctx, event| {
+                let n = ctx
+                    .conn
+                    .prepare_cached(
+                        "DELETE FROM app_passwords WHERE id = ?1 AND principal_id = ?2",
+                    )?
+                    .execute(params![app_password, id.0])?;
+                if n == 0 {
+                    return Err(Error::not_found("app password", app_password));
+                }
+                event.object_ids.push(app_password.to_string());
+                Ok(())
+            },
+        )
     }
 
     fn create_mailbox(
@@ -788,32 +973,58 @@ impl Backend for SqliteBackend {
         })
     }
 
-    fn delete_mailbox(&self, actor: &Actor, account: PrincipalId, mailbox: MailboxId) -> Result<()> {
+    fn delete_mailbox(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        mailbox: MailboxId,
+    ) -> Result<()> {
         let target = self.principal_name(account)?;
-        self.write(actor, "mailbox.delete", Some(target), Some(account), move |ctx, event| {
-            require_mailbox(ctx.conn, account, mailbox)?;
-            let has_children = ctx
-                .conn
-                .prepare_cached("SELECT 1 FROM mailboxes WHERE parent_id = ?1")?
-                .exists([mailbox.0])?;
-            if has_children {
-                return Err(Error::Conflict("the mailbox has child mailboxes".into()));
-            }
-            let uids: Vec<u32> = ctx
-                .conn
-                .prepare_cached("SELECT uid FROM mailbox_messages WHERE mailbox_id = ?1")?
-                .query_map([mailbox.0], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            let removed = remove_from_mailbox(ctx, account, mailbox, &uids)?;
-            ctx.conn.prepare_cached("DELETE FROM mailboxes WHERE id = ?1")?.execute([mailbox.0])?;
-            ctx.change(account, ObjectType::Mailbox, mailbox.0, ChangeKind::Destroyed, None, None)?;
-            event.object_ids.push(mailbox.to_string());
-            event.item_count = removed.len() as u64;
-            Ok(())
-        })
+        self.write(
+            actor,
+            "mailbox.delete",
+            Some(target),
+            Some(account),
+            move |ctx, event| {
+                require_mailbox(ctx.conn, account, mailbox)?;
+                let has_children = ctx
+                    .conn
+                    .prepare_cached("SELECT 1 FROM mailboxes WHERE parent_id = ?1")?
+                    .exists([mailbox.0])?;
+                if has_children {
+                    return Err(Error::Conflict("the mailbox has child mailboxes".into()));
+                }
+                let uids: Vec<u32> = ctx
+                    .conn
+                    .prepare_cached("SELECT uid FROM mailbox_messages WHERE mailbox_id = ?1")?
+                    .query_map([mailbox.0], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let removed = remove_from_mailbox(ctx, account, mailbox, &uids)?;
+                ctx.conn
+                    .prepare_cached("DELETE FROM mailboxes WHERE id = ?1")?
+                    .execute([mailbox.0])?;
+                ctx.change(
+                    account,
+                    ObjectType::Mailbox,
+                    mailbox.0,
+                    ChangeKind::Destroyed,
+                    None,
+                    None,
+                )?;
+                event.object_ids.push(mailbox.to_string());
+                event.item_count = removed.len() as u64;
+                Ok(())
+            },
+        )
     }
 
-    fn deliver(&self, actor: &Actor, raw: &[u8], meta: &EmailMeta, targets: &[Delivery]) -> Result<Vec<Delivered>> {
+    fn deliver(
+        &self,
+        actor: &Actor,
+        raw: &[u8],
+        meta: &EmailMeta,
+        targets: &[Delivery],
+    ) -> Result<Vec<Delivered>> {
         if targets.is_empty() {
             return Ok(Vec::new());
         }
@@ -824,7 +1035,8 @@ impl Backend for SqliteBackend {
         }
         let id = blob_id(raw);
         let size = raw.len() as u64;
-        let inline: Option<Arc<[u8]>> = (raw.len() <= self.options.inline_blob_max_bytes).then(|| Arc::from(raw));
+        let inline: Option<Arc<[u8]>> =
+            (raw.len() <= self.options.inline_blob_max_bytes).then(|| Arc::from(raw));
         if inline.is_none() {
             self.blobs.write(&id, raw, false)?;
         }
@@ -954,7 +1166,11 @@ impl Backend for SqliteBackend {
                     keywords: split_keywords(&keywords),
                     size: size as u64,
                     received_at,
-                    blob: BlobId(hash.as_slice().try_into().map_err(|_| Error::Corrupt("blob hash length".into()))?),
+                    blob: BlobId(
+                        hash.as_slice()
+                            .try_into()
+                            .map_err(|_| Error::Corrupt("blob hash length".into()))?,
+                    ),
                 });
             }
             Ok(out)
@@ -1007,7 +1223,11 @@ impl Backend for SqliteBackend {
         uids: &[u32],
         update: &KeywordUpdate,
     ) -> Result<Vec<(u32, ModSeq)>> {
-        let normalize = |list: &Vec<String>| list.iter().map(|k| normalize_keyword(k)).collect::<Result<std::collections::BTreeSet<_>>>();
+        let normalize = |list: &Vec<String>| {
+            list.iter()
+                .map(|k| normalize_keyword(k))
+                .collect::<Result<std::collections::BTreeSet<_>>>()
+        };
         let update = match update {
             KeywordUpdate::Set(k) => KeywordUpdate::Set(normalize(k)?.into_iter().collect()),
             KeywordUpdate::Add(k) => KeywordUpdate::Add(normalize(k)?.into_iter().collect()),
@@ -1052,16 +1272,31 @@ impl Backend for SqliteBackend {
         })
     }
 
-    fn expunge(&self, actor: &Actor, account: PrincipalId, mailbox: MailboxId, uids: &[u32]) -> Result<Vec<u32>> {
+    fn expunge(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        mailbox: MailboxId,
+        uids: &[u32],
+    ) -> Result<Vec<u32>> {
         let uids = uids.to_vec();
         let target = self.principal_name(account)?;
-        self.write(actor, "email.expunge", Some(target), Some(account), move |ctx, event| {
-            require_mailbox(ctx.conn, account, mailbox)?;
-            let removed = remove_from_mailbox(ctx, account, mailbox, &uids)?;
-            event.object_ids = removed.iter().map(|uid| format!("{mailbox}:{uid}")).collect();
-            event.item_count = removed.len() as u64;
-            Ok(removed)
-        })
+        self.write(
+            actor,
+            "email.expunge",
+            Some(target),
+            Some(account),
+            move |ctx, event| {
+                require_mailbox(ctx.conn, account, mailbox)?;
+                let removed = remove_from_mailbox(ctx, account, mailbox, &uids)?;
+                event.object_ids = removed
+                    .iter()
+                    .map(|uid| format!("{mailbox}:{uid}"))
+                    .collect();
+                event.item_count = removed.len() as u64;
+                Ok(removed)
+            },
+        )
     }
 
     fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
@@ -1074,7 +1309,9 @@ impl Backend for SqliteBackend {
             None => Err(Error::not_found("blob", id)),
             Some(Some(data)) => Ok(data),
             Some(None) => self.blobs.read(id).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::Corrupt(format!("blob {id} is referenced but its file is gone")),
+                std::io::ErrorKind::NotFound => {
+                    Error::Corrupt(format!("blob {id} is referenced but its file is gone"))
+                }
                 _ => Error::from(e),
             }),
         }
@@ -1086,11 +1323,18 @@ impl Backend for SqliteBackend {
                 .prepare_cached("SELECT modseq FROM principals WHERE id = ?1")?
                 .query_row([account.0], |r| r.get(0))
                 .optional()?;
-            Ok(ModSeq(modseq.ok_or_else(|| Error::not_found("account", account))? as u64))
+            Ok(ModSeq(
+                modseq.ok_or_else(|| Error::not_found("account", account))? as u64,
+            ))
         })
     }
 
-    fn changes_since(&self, account: PrincipalId, after: ModSeq, limit: usize) -> Result<Vec<Change>> {
+    fn changes_since(
+        &self,
+        account: PrincipalId,
+        after: ModSeq,
+        limit: usize,
+    ) -> Result<Vec<Change>> {
         self.read(|c| {
             let map = |r: &Row<'_>| {
                 Ok((
@@ -1148,7 +1392,9 @@ impl Backend for SqliteBackend {
 
     fn audit_records(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>> {
         self.read(|c| {
-            let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2");
+            let sql = format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            );
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(params![after as i64, limit as i64], audit_record)?;
             let mut out = Vec::new();
@@ -1180,7 +1426,8 @@ impl Backend for SqliteBackend {
                 .prepare_cached("SELECT seq, hash FROM audit_head WHERE id = 1")?
                 .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
-            head.map(|(seq, hash)| Ok((seq as u64, to_hash(&hash)?))).transpose()
+            head.map(|(seq, hash)| Ok((seq as u64, to_hash(&hash)?)))
+                .transpose()
         })
     }
 
@@ -1198,7 +1445,11 @@ impl Backend for SqliteBackend {
         let mut check = BlobCheck::default();
         let mut file_backed = std::collections::HashSet::new();
         for (hash, refcount, data, actual) in rows {
-            let id = BlobId(hash.as_slice().try_into().map_err(|_| Error::Corrupt("blob hash length".into()))?);
+            let id = BlobId(
+                hash.as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("blob hash length".into()))?,
+            );
             check.referenced += 1;
             if refcount != actual {
                 check.miscounted.push(id);
@@ -1230,9 +1481,18 @@ impl Backend for SqliteBackend {
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })?;
         for hash in dangling {
-            check.missing.push(BlobId(hash.as_slice().try_into().map_err(|_| Error::Corrupt("blob hash length".into()))?));
+            check.missing.push(BlobId(
+                hash.as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("blob hash length".into()))?,
+            ));
         }
-        check.orphans = self.blobs.list()?.iter().filter(|(id, _)| !file_backed.contains(id)).count() as u64;
+        check.orphans = self
+            .blobs
+            .list()?
+            .iter()
+            .filter(|(id, _)| !file_backed.contains(id))
+            .count() as u64;
         Ok(check)
     }
 
@@ -1242,7 +1502,10 @@ impl Backend for SqliteBackend {
             .blobs
             .list()?
             .into_iter()
-            .filter(|(_, modified)| now.duration_since(*modified).is_ok_and(|age| age >= min_age))
+            .filter(|(_, modified)| {
+                now.duration_since(*modified)
+                    .is_ok_and(|age| age >= min_age)
+            })
             .map(|(id, _)| id)
             .collect();
         // Checked and removed by the writer, so no write can reference a
@@ -1250,7 +1513,10 @@ impl Backend for SqliteBackend {
         self.writer.submit(None, move |ctx, _| {
             let mut removed = 0;
             for id in candidates {
-                let used = ctx.conn.prepare_cached("SELECT 1 FROM blobs WHERE hash = ?1")?.exists([&id.0[..]])?;
+                let used = ctx
+                    .conn
+                    .prepare_cached("SELECT 1 FROM blobs WHERE hash = ?1")?
+                    .exists([&id.0[..]])?;
                 if !used {
                     ctx.blobs.remove(&id)?;
                     removed += 1;

@@ -48,7 +48,9 @@ impl OpCtx<'_> {
         }
         let next: Option<i64> = self
             .conn
-            .prepare_cached("UPDATE principals SET modseq = modseq + 1 WHERE id = ?1 RETURNING modseq")?
+            .prepare_cached(
+                "UPDATE principals SET modseq = modseq + 1 WHERE id = ?1 RETURNING modseq",
+            )?
             .query_row([account.0], |r| r.get(0))
             .optional()?;
         let next = ModSeq(next.ok_or_else(|| Error::not_found("account", account))? as u64);
@@ -100,7 +102,13 @@ impl OpCtx<'_> {
     /// Adds `count` references to a blob. `inline` carries the bytes when the
     /// blob is small enough to live in the database; otherwise the caller has
     /// already made the blob file durable.
-    pub fn ref_blob(&mut self, id: &BlobId, size: u64, inline: Option<&[u8]>, count: u64) -> Result<()> {
+    pub fn ref_blob(
+        &mut self,
+        id: &BlobId,
+        size: u64,
+        inline: Option<&[u8]>,
+        count: u64,
+    ) -> Result<()> {
         let updated = self
             .conn
             .prepare_cached("UPDATE blobs SET refcount = refcount + ?1 WHERE hash = ?2")?
@@ -112,7 +120,9 @@ impl OpCtx<'_> {
                 return Err(Error::BlobMissing(*id));
             }
             self.conn
-                .prepare_cached("INSERT INTO blobs (hash, size, refcount, data) VALUES (?1, ?2, ?3, ?4)")?
+                .prepare_cached(
+                    "INSERT INTO blobs (hash, size, refcount, data) VALUES (?1, ?2, ?3, ?4)",
+                )?
                 .execute(params![&id.0[..], size as i64, count as i64, inline])?;
         }
         Ok(())
@@ -122,9 +132,13 @@ impl OpCtx<'_> {
     pub fn unref_blob(&mut self, id: &BlobId, count: u64) -> Result<()> {
         let row: Option<(i64, bool)> = self
             .conn
-            .prepare_cached("UPDATE blobs SET refcount = refcount - ?1 WHERE hash = ?2 AND refcount > ?1
-                             RETURNING refcount, data IS NULL")?
-            .query_row(params![count as i64, &id.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+            .prepare_cached(
+                "UPDATE blobs SET refcount = refcount - ?1 WHERE hash = ?2 AND refcount > ?1
+                             RETURNING refcount, data IS NULL",
+            )?
+            .query_row(params![count as i64, &id.0[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
         if row.is_some() {
             return Ok(());
@@ -162,7 +176,11 @@ pub(crate) fn decode_ids(mut bytes: &[u8]) -> Result<Vec<String>> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
         let bad = || Error::Corrupt("audit object ids are malformed".into());
-        let len_bytes: [u8; 4] = bytes.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?;
+        let len_bytes: [u8; 4] = bytes
+            .get(..4)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?;
         let len = u32::from_be_bytes(len_bytes) as usize;
         let id = bytes.get(4..4 + len).ok_or_else(bad)?;
         out.push(String::from_utf8(id.to_vec()).map_err(|_| bad())?);
@@ -208,7 +226,13 @@ struct BatchEffects {
 type Completion = Box<dyn FnOnce(&Result<()>) + Send>;
 
 trait Job: Send {
-    fn run(self: Box<Self>, conn: &Connection, now_ms: i64, blobs: &BlobDir, fx: &mut BatchEffects) -> Completion;
+    fn run(
+        self: Box<Self>,
+        conn: &Connection,
+        now_ms: i64,
+        blobs: &BlobDir,
+        fx: &mut BatchEffects,
+    ) -> Completion;
     fn fail(self: Box<Self>, error: Error);
 }
 
@@ -224,7 +248,13 @@ where
     T: Send + 'static,
     F: FnOnce(&mut OpCtx<'_>, &mut AuditEvent) -> Result<T> + Send,
 {
-    fn run(self: Box<Self>, conn: &Connection, now_ms: i64, blobs: &BlobDir, fx: &mut BatchEffects) -> Completion {
+    fn run(
+        self: Box<Self>,
+        conn: &Connection,
+        now_ms: i64,
+        blobs: &BlobDir,
+        fx: &mut BatchEffects,
+    ) -> Completion {
         let Write { audit, op, reply } = *self;
         let result = run_in_savepoint(conn, now_ms, blobs, fx, audit, op);
         Box::new(move |commit: &Result<()>| {
@@ -283,7 +313,11 @@ fn run_in_savepoint<T>(
             conn.execute_batch("ROLLBACK TO op; RELEASE op")?;
             if must_audit {
                 // A refused or failed admin action is still worth a record.
-                event.outcome = if error.is_user_error() { Outcome::Denied } else { Outcome::Failed };
+                event.outcome = if error.is_user_error() {
+                    Outcome::Denied
+                } else {
+                    Outcome::Failed
+                };
                 let mut ctx = OpCtx {
                     conn,
                     now_ms,
@@ -311,7 +345,10 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("bulwark-store-writer".into())
             .spawn(move || writer_loop(conn, rx, &blobs, &notifier))?;
-        Ok(Writer { jobs: Some(jobs), thread: Some(thread) })
+        Ok(Writer {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
     }
 
     /// Runs `op` in the next group commit and waits until it is durable.
@@ -323,8 +360,12 @@ impl Writer {
     {
         let (reply, answer) = mpsc::sync_channel(1);
         let job: Box<dyn Job> = Box::new(Write { audit, op, reply });
-        let jobs = self.jobs.as_ref().ok_or_else(|| Error::Unavailable("store is closed".into()))?;
-        jobs.send(job).map_err(|_| Error::Unavailable("writer stopped".into()))?;
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| Error::Unavailable("store is closed".into()))?;
+        jobs.send(job)
+            .map_err(|_| Error::Unavailable("writer stopped".into()))?;
         answer
             .recv()
             .map_err(|_| Error::Unavailable("writer stopped before answering".into()))?
@@ -366,17 +407,27 @@ fn writer_loop(conn: Connection, rx: Receiver<Box<dyn Job>>, blobs: &BlobDir, no
         }
         let now = now_ms();
         let mut fx = BatchEffects::default();
-        let completions: Vec<Completion> = batch.into_iter().map(|job| job.run(&conn, now, blobs, &mut fx)).collect();
+        let completions: Vec<Completion> = batch
+            .into_iter()
+            .map(|job| job.run(&conn, now, blobs, &mut fx))
+            .collect();
         let commit = conn.execute_batch("COMMIT").map_err(Error::from);
         if commit.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }
         if commit.is_ok() {
             for (account, (modseq, types)) in fx.notices {
-                notifier.publish(ChangeNotice { account, modseq, types: types.into_iter().collect() });
+                notifier.publish(ChangeNotice {
+                    account,
+                    modseq,
+                    types: types.into_iter().collect(),
+                });
             }
         }
-        let durable = commit.as_ref().map(|_| ()).map_err(|e| Error::Storage(e.to_string()));
+        let durable = commit
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| Error::Storage(e.to_string()));
         for complete in completions {
             complete(&durable);
         }
