@@ -94,14 +94,13 @@ fn make_room<K: Clone + Eq + std::hash::Hash>(
         return;
     }
     map.retain(|_, e| !e.stale(now, policy));
-    if map.len() >= MAX_TRACKED {
-        if let Some(oldest) = map
+    if map.len() >= MAX_TRACKED
+        && let Some(oldest) = map
             .iter()
             .min_by_key(|(_, e)| e.last_seen)
             .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
-        }
+    {
+        map.remove(&oldest);
     }
 }
 

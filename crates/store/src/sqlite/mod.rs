@@ -42,6 +42,12 @@ impl Default for SqliteOptions {
     }
 }
 
+/// `id, kind, address, domain_id, display_name, quota, used, created_at`.
+type PrincipalRow = (i64, String, String, i64, String, i64, i64, i64);
+
+/// `hash, refcount, inline data, references counted`.
+type BlobRow = (Vec<u8>, i64, Option<Vec<u8>>, i64);
+
 /// SQLite + blob directory backend rooted at a data directory.
 pub struct SqliteBackend {
     db_path: PathBuf,
@@ -150,9 +156,7 @@ impl SqliteBackend {
         self.writer.submit(audit, op)
     }
 
-    fn principal_row(
-        row: &Row<'_>,
-    ) -> rusqlite::Result<(i64, String, String, i64, String, i64, i64, i64)> {
+    fn principal_row(row: &Row<'_>) -> rusqlite::Result<PrincipalRow> {
         Ok((
             row.get(0)?,
             row.get(1)?,
@@ -1354,26 +1358,30 @@ impl Backend for SqliteBackend {
                 .query_map(params![account.0, after.0 as i64, limit as i64], map)?
                 .collect::<rusqlite::Result<_>>()?;
             // Never split one write's changes across pages.
-            if rows.len() == limit {
-                if let Some(last) = rows.last().map(|r| r.0) {
-                    let taken = rows.iter().filter(|r| r.0 == last).count();
-                    let rest: Vec<_> = c
-                        .prepare_cached(
-                            "SELECT modseq, object_type, object_id, kind, mailbox_id, uid FROM changes
-                             WHERE account_id = ?1 AND modseq = ?2 ORDER BY rowid LIMIT -1 OFFSET ?3",
-                        )?
-                        .query_map(params![account.0, last, taken as i64], map)?
-                        .collect::<rusqlite::Result<_>>()?;
-                    rows.extend(rest);
-                }
+            if rows.len() == limit
+                && let Some(last) = rows.last().map(|r| r.0)
+            {
+                let taken = rows.iter().filter(|r| r.0 == last).count();
+                let rest: Vec<_> = c
+                    .prepare_cached(
+                        "SELECT modseq, object_type, object_id, kind, mailbox_id, uid FROM changes
+                         WHERE account_id = ?1 AND modseq = ?2 ORDER BY rowid LIMIT -1 OFFSET ?3",
+                    )?
+                    .query_map(params![account.0, last, taken as i64], map)?
+                    .collect::<rusqlite::Result<_>>()?;
+                rows.extend(rest);
             }
             rows.into_iter()
                 .map(|(modseq, ty, id, kind, mailbox_id, uid)| {
                     Ok(Change {
                         modseq: ModSeq(modseq as u64),
-                        object_type: ty.parse().map_err(|e| Error::Corrupt(format!("change log: {e}")))?,
+                        object_type: ty
+                            .parse()
+                            .map_err(|e| Error::Corrupt(format!("change log: {e}")))?,
                         object_id: id,
-                        kind: kind.parse().map_err(|e| Error::Corrupt(format!("change log: {e}")))?,
+                        kind: kind
+                            .parse()
+                            .map_err(|e| Error::Corrupt(format!("change log: {e}")))?,
                         mailbox_id,
                         uid,
                     })
@@ -1432,7 +1440,7 @@ impl Backend for SqliteBackend {
     }
 
     fn check_blobs(&self) -> Result<BlobCheck> {
-        let rows: Vec<(Vec<u8>, i64, Option<Vec<u8>>, i64)> = self.read(|c| {
+        let rows: Vec<BlobRow> = self.read(|c| {
             let mut stmt = c.prepare(
                 "SELECT b.hash, b.refcount, b.data,
                         (SELECT count(*) FROM emails e WHERE e.blob_hash = b.hash)

@@ -428,14 +428,16 @@ fn writer_loop(conn: Connection, rx: Receiver<Box<dyn Job>>, blobs: &BlobDir, no
             .as_ref()
             .map(|_| ())
             .map_err(|e| Error::Storage(e.to_string()));
+        if durable.is_ok()
+            && !fx.freed.is_empty()
+            && let Err(e) = remove_freed_blobs(&conn, blobs, &fx.freed)
+        {
+            // The files stay as orphans; `collect_orphan_blobs` removes them later.
+            tracing::warn!(error = %e, "could not remove unreferenced blob files");
+        }
+        // Answered after the cleanup, so a returned delete has freed its space.
         for complete in completions {
             complete(&durable);
-        }
-        if durable.is_ok() && !fx.freed.is_empty() {
-            if let Err(e) = remove_freed_blobs(&conn, blobs, &fx.freed) {
-                // The files stay as orphans; `collect_orphan_blobs` removes them later.
-                tracing::warn!(error = %e, "could not remove unreferenced blob files");
-            }
         }
     }
 }
@@ -454,6 +456,10 @@ fn remove_freed_blobs(conn: &Connection, blobs: &BlobDir, freed: &[BlobId]) -> R
         }
         Ok(())
     })();
-    conn.execute_batch("COMMIT")?;
+    let commit = conn.execute_batch("COMMIT");
+    if commit.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    commit?;
     result
 }
