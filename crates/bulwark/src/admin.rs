@@ -130,8 +130,28 @@ fn print_principals(list: &[Principal]) {
     }
 }
 
+/// The audit name of a command that only reads; changes are audited by the
+/// store itself, in the same transaction as the change.
+fn read_only_operation(command: &Command) -> Option<&'static str> {
+    Some(match command {
+        Command::Domain(DomainCmd::List) => "domain.list",
+        Command::User(UserCmd::List { .. }) => "principal.list",
+        Command::Alias(AliasCmd::List { .. }) => "alias.list",
+        Command::Group(GroupCmd::Members { .. }) => "group.members",
+        Command::Grant(GrantCmd::List { .. }) => "grant.list",
+        Command::AppPassword(AppPasswordCmd::List { .. }) => "app-password.list",
+        Command::Audit(AuditCmd::Tail { .. }) => "audit.tail",
+        Command::Audit(AuditCmd::Verify) => "audit.verify",
+        _ => return None,
+    })
+}
+
 pub fn run(config_path: &Path, command: Command) -> CmdResult {
     let d = load(config_path)?;
+    if let Some(operation) = read_only_operation(&command) {
+        // Recorded before the read, so a verify covers its own record.
+        d.store().append_audit(operator().event(operation, None))?;
+    }
     match command {
         Command::Domain(cmd) => match cmd {
             DomainCmd::Add { name } => {

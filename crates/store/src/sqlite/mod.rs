@@ -120,6 +120,17 @@ impl SqliteBackend {
         self.read(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
     }
 
+    /// `(transactions, writes)` committed by the writer so far; their ratio
+    /// is the group-commit factor.
+    pub fn commit_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        let stats = &self.writer.stats;
+        (
+            stats.batches.load(Ordering::Relaxed),
+            stats.writes.load(Ordering::Relaxed),
+        )
+    }
+
     /// The schema version this binary writes.
     pub fn latest_schema_version() -> u32 {
         schema::LATEST

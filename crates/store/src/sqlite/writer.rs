@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::thread::JoinHandle;
 
@@ -333,21 +334,34 @@ fn run_in_savepoint<T>(
     }
 }
 
+/// Counters of the group commit, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Transactions committed (or attempted).
+    pub batches: AtomicU64,
+    /// Writes carried by those transactions.
+    pub writes: AtomicU64,
+}
+
 /// Handle on the writer thread.
 pub struct Writer {
     jobs: Option<Sender<Box<dyn Job>>>,
     thread: Option<JoinHandle<()>>,
+    pub stats: Arc<WriterStats>,
 }
 
 impl Writer {
     pub fn start(conn: Connection, blobs: Arc<BlobDir>, notifier: Arc<Notifier>) -> Result<Writer> {
         let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
+        let stats = Arc::new(WriterStats::default());
+        let counters = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("bulwark-store-writer".into())
-            .spawn(move || writer_loop(conn, rx, &blobs, &notifier))?;
+            .spawn(move || writer_loop(conn, rx, &blobs, &notifier, &counters))?;
         Ok(Writer {
             jobs: Some(jobs),
             thread: Some(thread),
+            stats,
         })
     }
 
@@ -389,7 +403,13 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn writer_loop(conn: Connection, rx: Receiver<Box<dyn Job>>, blobs: &BlobDir, notifier: &Notifier) {
+fn writer_loop(
+    conn: Connection,
+    rx: Receiver<Box<dyn Job>>,
+    blobs: &BlobDir,
+    notifier: &Notifier,
+    stats: &WriterStats,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -398,6 +418,10 @@ fn writer_loop(conn: Connection, rx: Receiver<Box<dyn Job>>, blobs: &BlobDir, no
                 Err(_) => break,
             }
         }
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .writes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             tracing::error!(error = %e, "cannot start a write transaction");
             for job in batch {
