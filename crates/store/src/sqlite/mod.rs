@@ -55,11 +55,56 @@ pub struct SqliteBackend {
     blobs: Arc<BlobDir>,
     notifier: Arc<Notifier>,
     readers: Mutex<Vec<Connection>>,
+    // Field order is drop order: the writer finishes queued writes before
+    // the checkpointer stops.
     writer: Writer,
+    _checkpointer: Checkpointer,
+}
+
+/// Copies committed WAL frames into the database file in the background.
+struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    const INTERVAL: Duration = Duration::from_millis(500);
+
+    fn start(conn: Connection) -> Result<Checkpointer> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("bulwark-store-checkpoint".into())
+            .spawn(move || {
+                let checkpoint = |mode: &str| {
+                    if let Err(e) = conn.execute_batch(&format!("PRAGMA wal_checkpoint({mode})")) {
+                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    }
+                };
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(Self::INTERVAL)
+                {
+                    checkpoint("PASSIVE");
+                }
+                checkpoint("PASSIVE");
+            })?;
+        Ok(Checkpointer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Read connections kept open for reuse.
-const POOLED_READERS: usize = 16;
+const POOLED_READERS: usize = 64;
 
 fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Result<Connection> {
     let flags = if read_only {
@@ -72,7 +117,10 @@ fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Res
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(options.busy_timeout)?;
     // FULL: the WAL is fsynced at every commit, so "committed" means "on disk".
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;
+         PRAGMA cache_size = -32768; PRAGMA mmap_size = 268435456; PRAGMA temp_store = MEMORY;",
+    )?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
@@ -101,6 +149,9 @@ impl SqliteBackend {
             )));
         }
         schema::migrate(&mut conn, version)?;
+        // Checkpoints run on their own thread so commits never wait for one.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+        let checkpointer = Checkpointer::start(open_connection(&db_path, &options, false)?)?;
         let blobs = Arc::new(BlobDir::open(data_dir)?);
         blobs.clean_tmp(Duration::from_secs(3600))?;
         let notifier = Arc::new(Notifier::default());
@@ -112,6 +163,7 @@ impl SqliteBackend {
             notifier,
             readers: Mutex::new(Vec::new()),
             writer,
+            _checkpointer: checkpointer,
         })
     }
 
@@ -208,6 +260,21 @@ impl SqliteBackend {
             }
             Ok(out)
         })
+    }
+
+    /// The principal's address for the audit record, looked up only when
+    /// the write will be audited (routine writes skip the read).
+    fn audit_name(
+        &self,
+        actor: &Actor,
+        id: PrincipalId,
+        target_account: Option<PrincipalId>,
+    ) -> Result<Option<String>> {
+        if actor.must_audit(target_account.map(|a| a.0)) {
+            self.principal_name(id).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     fn principal_name(&self, id: PrincipalId) -> Result<String> {
@@ -532,8 +599,8 @@ impl Backend for SqliteBackend {
     }
 
     fn remove_principal(&self, actor: &Actor, id: PrincipalId) -> Result<()> {
-        let name = self.principal_name(id)?;
-        self.write(actor, "principal.remove", Some(name), Some(id), move |ctx, event| {
+        let name = self.audit_name(actor, id, Some(id))?;
+        self.write(actor, "principal.remove", name, Some(id), move |ctx, event| {
             principal_kind(ctx.conn, id)?;
             let blobs: Vec<(Vec<u8>, i64)> = ctx
                 .conn
@@ -597,24 +664,18 @@ impl Backend for SqliteBackend {
 
     fn set_password_hash(&self, actor: &Actor, id: PrincipalId, hash: &str) -> Result<()> {
         let hash = hash.to_string();
-        let name = self.principal_name(id)?;
-        self.write(
-            actor,
-            "principal.passwd",
-            Some(name),
-            Some(id),
-            move |ctx, _| {
-                let n = ctx
-                    .conn
-                    .prepare_cached("UPDATE principals SET password_hash = ?1 WHERE id = ?2")?
-                    .execute(params![hash, id.0])?;
-                if n == 0 {
-                    Err(Error::not_found("principal", id))
-                } else {
-                    Ok(())
-                }
-            },
-        )
+        let name = self.audit_name(actor, id, Some(id))?;
+        self.write(actor, "principal.passwd", name, Some(id), move |ctx, _| {
+            let n = ctx
+                .conn
+                .prepare_cached("UPDATE principals SET password_hash = ?1 WHERE id = ?2")?
+                .execute(params![hash, id.0])?;
+            if n == 0 {
+                Err(Error::not_found("principal", id))
+            } else {
+                Ok(())
+            }
+        })
     }
 
     fn add_alias(&self, actor: &Actor, id: PrincipalId, address: &EmailAddress) -> Result<()> {
@@ -682,41 +743,35 @@ impl Backend for SqliteBackend {
     }
 
     fn add_member(&self, actor: &Actor, group: PrincipalId, member: PrincipalId) -> Result<()> {
-        let name = self.principal_name(group)?;
-        self.write(
-            actor,
-            "group.member-add",
-            Some(name),
-            None,
-            move |ctx, event| {
-                if principal_kind(ctx.conn, group)? != PrincipalKind::Group {
-                    return Err(Error::Invalid(format!("principal {group} is not a group")));
-                }
-                principal_kind(ctx.conn, member)?;
-                if group == member {
-                    return Err(Error::Conflict("a group cannot contain itself".into()));
-                }
-                let n = ctx
-                    .conn
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO group_members (group_id, member_id) VALUES (?1, ?2)",
-                    )?
-                    .execute(params![group.0, member.0])?;
-                if n == 0 {
-                    return Err(Error::exists("membership", format!("{member} in {group}")));
-                }
-                event.object_ids.push(member.to_string());
-                Ok(())
-            },
-        )
+        let name = self.audit_name(actor, group, None)?;
+        self.write(actor, "group.member-add", name, None, move |ctx, event| {
+            if principal_kind(ctx.conn, group)? != PrincipalKind::Group {
+                return Err(Error::Invalid(format!("principal {group} is not a group")));
+            }
+            principal_kind(ctx.conn, member)?;
+            if group == member {
+                return Err(Error::Conflict("a group cannot contain itself".into()));
+            }
+            let n = ctx
+                .conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO group_members (group_id, member_id) VALUES (?1, ?2)",
+                )?
+                .execute(params![group.0, member.0])?;
+            if n == 0 {
+                return Err(Error::exists("membership", format!("{member} in {group}")));
+            }
+            event.object_ids.push(member.to_string());
+            Ok(())
+        })
     }
 
     fn remove_member(&self, actor: &Actor, group: PrincipalId, member: PrincipalId) -> Result<()> {
-        let name = self.principal_name(group)?;
+        let name = self.audit_name(actor, group, None)?;
         self.write(
             actor,
             "group.member-remove",
-            Some(name),
+            name,
             None,
             move |ctx, event| {
                 let n = ctx
@@ -749,8 +804,8 @@ impl Backend for SqliteBackend {
 
     fn add_grant(&self, actor: &Actor, grant: &Grant) -> Result<()> {
         let grant = *grant;
-        let name = self.principal_name(grant.grantor)?;
-        self.write(actor, "grant.add", Some(name), Some(grant.grantor), move |ctx, event| {
+        let name = self.audit_name(actor, grant.grantor, Some(grant.grantor))?;
+        self.write(actor, "grant.add", name, Some(grant.grantor), move |ctx, event| {
             require_account(ctx.conn, grant.grantor)?;
             principal_kind(ctx.conn, grant.grantee)?;
             if grant.grantor == grant.grantee {
@@ -772,8 +827,8 @@ impl Backend for SqliteBackend {
 
     fn remove_grant(&self, actor: &Actor, grant: &Grant) -> Result<()> {
         let grant = *grant;
-        let name = self.principal_name(grant.grantor)?;
-        self.write(actor, "grant.remove", Some(name), Some(grant.grantor), move |ctx, event| {
+        let name = self.audit_name(actor, grant.grantor, Some(grant.grantor))?;
+        self.write(actor, "grant.remove", name, Some(grant.grantor), move |ctx, event| {
             let n = ctx
                 .conn
                 .prepare_cached("DELETE FROM grants WHERE grantor_id = ?1 AND grantee_id = ?2 AND right_name = ?3")?
@@ -829,8 +884,8 @@ impl Backend for SqliteBackend {
         hash: &str,
     ) -> Result<i64> {
         let (label, hash) = (label.to_string(), hash.to_string());
-        let name = self.principal_name(id)?;
-        self.write(actor, "app-password.add", Some(name), Some(id), move |ctx, event| {
+        let name = self.audit_name(actor, id, Some(id))?;
+        self.write(actor, "app-password.add", name, Some(id), move |ctx, event| {
             if !principal_kind(ctx.conn, id)?.can_log_in() {
                 return Err(Error::Invalid(format!("principal {id} cannot log in")));
             }
@@ -868,11 +923,11 @@ impl Backend for SqliteBackend {
     }
 
     fn revoke_app_password(&self, actor: &Actor, id: PrincipalId, app_password: i64) -> Result<()> {
-        let name = self.principal_name(id)?;
+        let name = self.audit_name(actor, id, Some(id))?;
         self.write(
             actor,
             "app-password.revoke",
-            Some(name),
+            name,
             Some(id),
             move |ctx, event| {
                 let n = ctx
@@ -902,8 +957,8 @@ impl Backend for SqliteBackend {
             return Err(Error::Invalid(format!("bad mailbox name {name:.40?}")));
         }
         let name = name.to_string();
-        let target = self.principal_name(account)?;
-        self.write(actor, "mailbox.create", Some(target), Some(account), move |ctx, event| {
+        let target = self.audit_name(actor, account, Some(account))?;
+        self.write(actor, "mailbox.create", target, Some(account), move |ctx, event| {
             require_account(ctx.conn, account)?;
             if let Some(parent) = parent {
                 require_mailbox(ctx.conn, account, parent)?;
@@ -994,11 +1049,11 @@ impl Backend for SqliteBackend {
         account: PrincipalId,
         mailbox: MailboxId,
     ) -> Result<()> {
-        let target = self.principal_name(account)?;
+        let target = self.audit_name(actor, account, Some(account))?;
         self.write(
             actor,
             "mailbox.delete",
-            Some(target),
+            target,
             Some(account),
             move |ctx, event| {
                 require_mailbox(ctx.conn, account, mailbox)?;
@@ -1043,11 +1098,23 @@ impl Backend for SqliteBackend {
         if targets.is_empty() {
             return Ok(Vec::new());
         }
-        for target in targets {
-            for keyword in &target.keywords {
-                normalize_keyword(keyword)?;
-            }
-        }
+        // Keywords are checked and normalised before the write reaches the
+        // writer thread, which every delivery shares.
+        let targets: Vec<Delivery> = targets
+            .iter()
+            .map(|t| {
+                let keywords: std::collections::BTreeSet<String> = t
+                    .keywords
+                    .iter()
+                    .map(|k| normalize_keyword(k))
+                    .collect::<Result<_>>()?;
+                Ok(Delivery {
+                    account: t.account,
+                    mailbox: t.mailbox,
+                    keywords: keywords.into_iter().collect(),
+                })
+            })
+            .collect::<Result<_>>()?;
         let id = blob_id(raw);
         let size = raw.len() as u64;
         let inline: Option<Arc<[u8]>> =
@@ -1061,13 +1128,13 @@ impl Backend for SqliteBackend {
             .map(|t| t.account)
             .find(|a| Some(a.0) != actor.principal)
             .unwrap_or(targets[0].account);
-        let target_name = self.principal_name(foreign)?;
+        let target_name = self.audit_name(actor, foreign, Some(foreign))?;
         let attempt = |force_write: bool| {
             if force_write {
                 self.blobs.write(&id, raw, true)?;
             }
-            let (meta, targets, inline) = (meta.clone(), targets.to_vec(), inline.clone());
-            self.write(actor, "email.append", Some(target_name.clone()), Some(foreign), move |ctx, event| {
+            let (meta, targets, inline) = (meta.clone(), targets.clone(), inline.clone());
+            self.write(actor, "email.append", target_name.clone(), Some(foreign), move |ctx, event| {
                 let mut by_account: BTreeMap<PrincipalId, Vec<&Delivery>> = BTreeMap::new();
                 for target in &targets {
                     by_account.entry(target.account).or_default().push(target);
@@ -1077,17 +1144,32 @@ impl Backend for SqliteBackend {
                 let mut delivered = Vec::new();
                 for (account, places) in &by_account {
                     let account = *account;
-                    require_account(ctx.conn, account)?;
-                    let (quota, used): (i64, i64) = ctx
+                    let row: Option<(String, i64, i64)> = ctx
                         .conn
-                        .prepare_cached("SELECT quota_bytes, used_bytes FROM principals WHERE id = ?1")?
-                        .query_row([account.0], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                        .prepare_cached("SELECT kind, quota_bytes, used_bytes FROM principals WHERE id = ?1")?
+                        .query_row([account.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()?;
+                    let (kind, quota, used) = row.ok_or_else(|| Error::not_found("principal", account))?;
+                    if kind == PrincipalKind::Group.name() {
+                        return Err(Error::Invalid(format!("principal {account} is a group and holds no data")));
+                    }
                     let needed = used as u64 + size;
                     if quota > 0 && needed > quota as u64 {
                         return Err(Error::QuotaExceeded { limit: quota as u64, needed });
                     }
+                    let modseq = ctx.modseq_with_usage(account, size as i64)?;
+                    // Taking the UIDs first also proves every mailbox is this account's.
+                    let mut uids = Vec::with_capacity(places.len());
                     for place in places {
-                        require_mailbox(ctx.conn, account, place.mailbox)?;
+                        let uid: Option<u32> = ctx
+                            .conn
+                            .prepare_cached(
+                                "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = ?3
+                                 WHERE id = ?1 AND account_id = ?2 RETURNING uid_next - 1",
+                            )?
+                            .query_row(params![place.mailbox.0, account.0, modseq.0 as i64], |r| r.get(0))
+                            .optional()?;
+                        uids.push(uid.ok_or_else(|| Error::not_found("mailbox", place.mailbox))?);
                     }
                     let thread = match find_thread(ctx.conn, account, &meta)? {
                         Some(thread) => thread,
@@ -1118,26 +1200,13 @@ impl Backend for SqliteBackend {
                             meta.references.join(" "),
                         ])?;
                     let email = ctx.conn.last_insert_rowid();
-                    ctx.conn
-                        .prepare_cached("UPDATE principals SET used_bytes = used_bytes + ?1 WHERE id = ?2")?
-                        .execute(params![size as i64, account.0])?;
-                    for place in places {
-                        let uid: u32 = ctx
-                            .conn
-                            .prepare_cached("UPDATE mailboxes SET uid_next = uid_next + 1 WHERE id = ?1 RETURNING uid_next - 1")?
-                            .query_row([place.mailbox.0], |r| r.get(0))?;
-                        let modseq =
-                            ctx.change(account, ObjectType::Email, email, ChangeKind::Created, Some(place.mailbox.0), Some(uid))?;
-                        let keywords: std::collections::BTreeSet<String> =
-                            place.keywords.iter().map(|k| normalize_keyword(k)).collect::<Result<_>>()?;
+                    for (place, uid) in places.iter().zip(uids) {
+                        ctx.change(account, ObjectType::Email, email, ChangeKind::Created, Some(place.mailbox.0), Some(uid))?;
                         ctx.conn
                             .prepare_cached(
                                 "INSERT INTO mailbox_messages (mailbox_id, uid, email_id, modseq, keywords) VALUES (?1, ?2, ?3, ?4, ?5)",
                             )?
-                            .execute(params![place.mailbox.0, uid, email, modseq.0 as i64, join_keywords(&keywords)])?;
-                        ctx.conn
-                            .prepare_cached("UPDATE mailboxes SET highest_modseq = ?1 WHERE id = ?2")?
-                            .execute(params![modseq.0 as i64, place.mailbox.0])?;
+                            .execute(params![place.mailbox.0, uid, email, modseq.0 as i64, place.keywords.join(" ")])?;
                         delivered.push(Delivered { account, email: EmailId(email), mailbox: place.mailbox, uid, modseq });
                     }
                 }
@@ -1249,8 +1318,8 @@ impl Backend for SqliteBackend {
             KeywordUpdate::Remove(k) => KeywordUpdate::Remove(normalize(k)?.into_iter().collect()),
         };
         let uids = uids.to_vec();
-        let target = self.principal_name(account)?;
-        self.write(actor, "email.store", Some(target), Some(account), move |ctx, event| {
+        let target = self.audit_name(actor, account, Some(account))?;
+        self.write(actor, "email.store", target, Some(account), move |ctx, event| {
             require_mailbox(ctx.conn, account, mailbox)?;
             let mut changed = Vec::new();
             for uid in uids {
@@ -1295,11 +1364,11 @@ impl Backend for SqliteBackend {
         uids: &[u32],
     ) -> Result<Vec<u32>> {
         let uids = uids.to_vec();
-        let target = self.principal_name(account)?;
+        let target = self.audit_name(actor, account, Some(account))?;
         self.write(
             actor,
             "email.expunge",
-            Some(target),
+            target,
             Some(account),
             move |ctx, event| {
                 require_mailbox(ctx.conn, account, mailbox)?;

@@ -59,6 +59,28 @@ impl OpCtx<'_> {
         Ok(next)
     }
 
+    /// Like [`Self::modseq`], adding `bytes` to the account's usage in the
+    /// same statement (the delivery path runs this once per message).
+    pub fn modseq_with_usage(&mut self, account: PrincipalId, bytes: i64) -> Result<ModSeq> {
+        if self.modseqs.contains_key(&account) {
+            self.conn
+                .prepare_cached("UPDATE principals SET used_bytes = used_bytes + ?2 WHERE id = ?1")?
+                .execute(params![account.0, bytes])?;
+            return self.modseq(account);
+        }
+        let next: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "UPDATE principals SET modseq = modseq + 1, used_bytes = used_bytes + ?2 WHERE id = ?1
+                 RETURNING modseq",
+            )?
+            .query_row(params![account.0, bytes], |r| r.get(0))
+            .optional()?;
+        let next = ModSeq(next.ok_or_else(|| Error::not_found("account", account))? as u64);
+        self.modseqs.insert(account, next);
+        Ok(next)
+    }
+
     /// Records one change in the account's change log.
     pub fn change(
         &mut self,
@@ -110,21 +132,21 @@ impl OpCtx<'_> {
         inline: Option<&[u8]>,
         count: u64,
     ) -> Result<()> {
-        let updated = self
+        let refcount: i64 = self
             .conn
-            .prepare_cached("UPDATE blobs SET refcount = refcount + ?1 WHERE hash = ?2")?
-            .execute(params![count as i64, &id.0[..]])?;
-        if updated == 0 {
-            // A new row for a file blob must see the file: a concurrent
-            // delete may have removed it after the caller skipped writing.
-            if inline.is_none() && !self.blobs.exists(id) {
-                return Err(Error::BlobMissing(*id));
-            }
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO blobs (hash, size, refcount, data) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![&id.0[..], size as i64, count as i64, inline])?;
+            .prepare_cached(
+                "INSERT INTO blobs (hash, size, refcount, data) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (hash) DO UPDATE SET refcount = refcount + excluded.refcount
+                 RETURNING refcount",
+            )?
+            .query_row(params![&id.0[..], size as i64, count as i64, inline], |r| {
+                r.get(0)
+            })?;
+        // A new row for a file blob must see the file: a concurrent delete
+        // may have removed it after the caller skipped writing it. The
+        // savepoint rollback then takes the row back out.
+        if refcount == count as i64 && inline.is_none() && !self.blobs.exists(id) {
+            return Err(Error::BlobMissing(*id));
         }
         Ok(())
     }
@@ -273,6 +295,13 @@ where
     }
 }
 
+/// Runs a parameterless statement through the statement cache; savepoints
+/// run once per write, so re-parsing them each time shows in profiles.
+fn run_cached(conn: &Connection, sql: &str) -> Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
 fn run_in_savepoint<T>(
     conn: &Connection,
     now_ms: i64,
@@ -289,7 +318,7 @@ fn run_in_savepoint<T>(
         touched: HashMap::new(),
         freed: Vec::new(),
     };
-    conn.execute_batch("SAVEPOINT op")?;
+    run_cached(conn, "SAVEPOINT op")?;
     let must_audit = audit.is_some();
     let mut event = audit.unwrap_or_else(|| Actor::system("internal").event("internal", None));
     let outcome = op(&mut ctx, &mut event).and_then(|value| {
@@ -300,7 +329,7 @@ fn run_in_savepoint<T>(
     });
     match outcome {
         Ok(value) => {
-            conn.execute_batch("RELEASE op")?;
+            run_cached(conn, "RELEASE op")?;
             for (account, types) in ctx.touched {
                 let modseq = ctx.modseqs.get(&account).copied().unwrap_or_default();
                 let entry = fx.notices.entry(account).or_default();
@@ -311,7 +340,8 @@ fn run_in_savepoint<T>(
             Ok(value)
         }
         Err(error) => {
-            conn.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            run_cached(conn, "ROLLBACK TO op")?;
+            run_cached(conn, "RELEASE op")?;
             if must_audit {
                 // A refused or failed admin action is still worth a record.
                 event.outcome = if error.is_user_error() {
