@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-BIN = os.environ.get("BULWARK_BIN", "target/debug/bulwark")
+BIN = os.path.abspath(os.environ.get("BULWARK_BIN", "target/debug/bulwark"))
 ADMIN = "http://127.0.0.1:8080"
 
 
@@ -28,7 +28,7 @@ def quickstart():
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
-            env={**os.environ, "BULWARK_CONFIG": ""},
+            env={k: v for k, v in os.environ.items() if k != "BULWARK_CONFIG"},
         )
         banner = []
         deadline = time.time() + 60
