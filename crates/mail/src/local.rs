@@ -1,0 +1,156 @@
+//! Local delivery: from a recipient address to durable Inbox entries.
+
+use std::collections::BTreeSet;
+
+use bulwark_audit::Actor;
+use bulwark_core::{EmailAddress, MailboxId, MailboxRole, PrincipalId, PrincipalKind};
+use bulwark_directory::Directory;
+use bulwark_store::{Delivered, Delivery, Error as StoreError};
+
+use crate::meta::parse_meta;
+
+/// What an envelope recipient means here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// A local address; these accounts receive the message (a group is
+    /// already expanded, each member once).
+    Deliver(Vec<PrincipalId>),
+    /// The domain is ours but nobody has this address.
+    UnknownLocal,
+    /// Not one of our domains.
+    NotLocal,
+}
+
+/// The outcome of one local delivery.
+#[derive(Debug, Default)]
+pub struct DeliveryReport {
+    /// Where the message landed.
+    pub delivered: Vec<Delivered>,
+    /// Accounts that could not take it (over quota, removed meanwhile).
+    pub failed: Vec<(PrincipalId, StoreError)>,
+}
+
+/// Resolves recipients and stores messages in their Inboxes.
+#[derive(Clone)]
+pub struct LocalDelivery {
+    directory: Directory,
+}
+
+impl LocalDelivery {
+    /// Delivery through `directory` and its store.
+    pub fn new(directory: Directory) -> LocalDelivery {
+        LocalDelivery { directory }
+    }
+
+    /// The directory underneath.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// Looks a recipient up: users, aliases, shared mailboxes and resources
+    /// directly; groups expanded. `local+tag@domain` falls back to
+    /// `local@domain` (sub-addressing) when the tagged form is unknown.
+    pub fn resolve(&self, recipient: &EmailAddress) -> Result<Resolution, StoreError> {
+        let store = self.directory.store();
+        if store.domain(&recipient.domain())?.is_none() {
+            return Ok(Resolution::NotLocal);
+        }
+        let mut principal = store.principal_by_address(recipient)?;
+        if principal.is_none()
+            && let Some((base, _tag)) = recipient.local_part().split_once('+')
+            && let Ok(untagged) = EmailAddress::new(base, &recipient.domain())
+        {
+            principal = store.principal_by_address(&untagged)?;
+        }
+        let Some(principal) = principal else {
+            return Ok(Resolution::UnknownLocal);
+        };
+        let accounts = if principal.kind == PrincipalKind::Group {
+            self.directory.expand_recipients(principal.id)?
+        } else {
+            vec![principal.id]
+        };
+        if accounts.is_empty() {
+            // An empty group delivers to nobody; refusing says so to the sender.
+            return Ok(Resolution::UnknownLocal);
+        }
+        Ok(Resolution::Deliver(accounts))
+    }
+
+    /// The account's Inbox, created on first delivery.
+    pub fn inbox(&self, account: PrincipalId) -> Result<MailboxId, StoreError> {
+        let store = self.directory.store();
+        let find = || -> Result<Option<MailboxId>, StoreError> {
+            Ok(store
+                .mailboxes(account)?
+                .into_iter()
+                .find(|m| m.role == Some(MailboxRole::Inbox))
+                .map(|m| m.id))
+        };
+        if let Some(id) = find()? {
+            return Ok(id);
+        }
+        match store.create_mailbox(
+            &Actor::system("delivery"),
+            account,
+            "INBOX",
+            Some(MailboxRole::Inbox),
+            None,
+        ) {
+            Ok(mailbox) => Ok(mailbox.id),
+            // A concurrent delivery created it first.
+            Err(StoreError::AlreadyExists { .. }) => {
+                find()?.ok_or_else(|| StoreError::Conflict("Inbox vanished".into()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stores `raw` once and files it in the Inbox of every account (each
+    /// once, whatever the envelope repeats). Returns when every entry is
+    /// durable. Accounts that refuse it (quota) are reported, not fatal.
+    pub fn deliver(
+        &self,
+        raw: &[u8],
+        accounts: &[PrincipalId],
+        received_at: i64,
+    ) -> Result<DeliveryReport, StoreError> {
+        let accounts: BTreeSet<PrincipalId> = accounts.iter().copied().collect();
+        let meta = parse_meta(raw, received_at);
+        let mut report = DeliveryReport::default();
+        let mut targets = Vec::with_capacity(accounts.len());
+        for account in accounts {
+            match self.inbox(account) {
+                Ok(mailbox) => targets.push(Delivery {
+                    account,
+                    mailbox,
+                    keywords: Vec::new(),
+                }),
+                Err(e) if e.is_user_error() => report.failed.push((account, e)),
+                Err(e) => return Err(e),
+            }
+        }
+        let store = self.directory.store();
+        let system = Actor::system("delivery");
+        match store.deliver(&system, raw, &meta, &targets) {
+            Ok(delivered) => report.delivered = delivered,
+            // One refusing account must not stop the others: retry one by one.
+            Err(e) if e.is_user_error() && targets.len() > 1 => {
+                for target in targets {
+                    match store.deliver(&system, raw, &meta, std::slice::from_ref(&target)) {
+                        Ok(mut delivered) => report.delivered.append(&mut delivered),
+                        Err(e) if e.is_user_error() => report.failed.push((target.account, e)),
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Err(e) if e.is_user_error() => {
+                if let Some(target) = targets.first() {
+                    report.failed.push((target.account, e));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(report)
+    }
+}
