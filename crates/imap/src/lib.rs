@@ -1,0 +1,1 @@
+//! IMAP front end (work in progress).

@@ -1,0 +1,1 @@
+//! SMTP front end (work in progress).
