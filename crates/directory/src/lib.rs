@@ -111,6 +111,9 @@ pub const MIN_PASSWORD_LEN: usize = 12;
 /// Longest password accepted (hashing cost is bounded regardless).
 pub const MAX_PASSWORD_LEN: usize = 1024;
 
+/// Longest login kept as a rate-limit key.
+pub const MAX_LOGIN_CHARS: usize = 320;
+
 /// Nested group levels followed before expansion stops.
 pub const MAX_GROUP_DEPTH: usize = 32;
 
@@ -150,7 +153,14 @@ impl Directory {
         ip: IpAddr,
         now: Instant,
     ) -> Result<Authenticated, AuthError> {
-        let account_key = login.trim().to_ascii_lowercase();
+        // Bounded: the key is kept in the limiter, and logins are addresses
+        // of at most 254 characters anyway.
+        let account_key: String = login
+            .trim()
+            .chars()
+            .take(MAX_LOGIN_CHARS)
+            .collect::<String>()
+            .to_ascii_lowercase();
         if self.limiter.is_blocked(&account_key, ip, now) {
             // Still costs a hash, so a ban cannot be told apart by timing
             // from a failure either.
