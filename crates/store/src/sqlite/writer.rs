@@ -40,7 +40,18 @@ pub struct OpCtx<'a> {
     freed: Vec<BlobId>,
 }
 
-impl OpCtx<'_> {
+impl<'a> OpCtx<'a> {
+    fn new(conn: &'a Connection, now_ms: i64, blobs: &'a BlobDir) -> OpCtx<'a> {
+        OpCtx {
+            conn,
+            now_ms,
+            blobs,
+            modseqs: HashMap::new(),
+            touched: HashMap::new(),
+            freed: Vec::new(),
+        }
+    }
+
     /// The account's modification sequence for this write: bumped on first
     /// use, then shared by every change the write makes to the account.
     pub fn modseq(&mut self, account: PrincipalId) -> Result<ModSeq> {
@@ -310,14 +321,7 @@ fn run_in_savepoint<T>(
     audit: Option<AuditEvent>,
     op: impl FnOnce(&mut OpCtx<'_>, &mut AuditEvent) -> Result<T>,
 ) -> Result<T> {
-    let mut ctx = OpCtx {
-        conn,
-        now_ms,
-        blobs,
-        modseqs: HashMap::new(),
-        touched: HashMap::new(),
-        freed: Vec::new(),
-    };
+    let mut ctx = OpCtx::new(conn, now_ms, blobs);
     run_cached(conn, "SAVEPOINT op")?;
     let must_audit = audit.is_some();
     let mut event = audit.unwrap_or_else(|| Actor::system("internal").event("internal", None));
@@ -349,14 +353,7 @@ fn run_in_savepoint<T>(
                 } else {
                     Outcome::Failed
                 };
-                let mut ctx = OpCtx {
-                    conn,
-                    now_ms,
-                    blobs,
-                    modseqs: HashMap::new(),
-                    touched: HashMap::new(),
-                    freed: Vec::new(),
-                };
+                let mut ctx = OpCtx::new(conn, now_ms, blobs);
                 ctx.audit(event)?;
             }
             Err(error)
