@@ -49,6 +49,12 @@ pub struct Config {
     /// `[log]`
     #[serde(default)]
     pub log: LogSection,
+    /// `[smtp]`
+    #[serde(default)]
+    pub smtp: SmtpSection,
+    /// `[imap]`
+    #[serde(default)]
+    pub imap: ImapSection,
 }
 
 /// `[server]`: who this server is and where it keeps data.
@@ -228,6 +234,18 @@ pub enum LogFormat {
 
 mod defaults {
     use super::*;
+    pub fn max_message_bytes() -> u64 {
+        50 * 1024 * 1024
+    }
+    pub fn max_recipients() -> u32 {
+        100
+    }
+    pub fn max_errors() -> u32 {
+        10
+    }
+    pub fn max_line_bytes() -> u32 {
+        64 * 1024
+    }
     pub fn shutdown_grace_secs() -> u64 {
         30
     }
@@ -296,6 +314,52 @@ impl Default for AuthSection {
             max_failures_per_ip: defaults::max_failures_per_ip(),
             failure_window_secs: defaults::failure_window_secs(),
             ban_secs: defaults::ban_secs(),
+        }
+    }
+}
+
+/// `[smtp]`: limits of the SMTP listeners (inbound and submission).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSection {
+    /// Largest message accepted, bytes (announced with SIZE).
+    #[serde(default = "defaults::max_message_bytes")]
+    pub max_message_bytes: u64,
+    /// Recipients accepted per message.
+    #[serde(default = "defaults::max_recipients")]
+    pub max_recipients: u32,
+    /// Protocol errors tolerated per session before it is closed.
+    #[serde(default = "defaults::max_errors")]
+    pub max_errors: u32,
+}
+
+impl Default for SmtpSection {
+    fn default() -> Self {
+        SmtpSection {
+            max_message_bytes: defaults::max_message_bytes(),
+            max_recipients: defaults::max_recipients(),
+            max_errors: defaults::max_errors(),
+        }
+    }
+}
+
+/// `[imap]`: limits of the IMAP listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImapSection {
+    /// Largest literal accepted (APPENDLIMIT), bytes.
+    #[serde(default = "defaults::max_message_bytes")]
+    pub max_literal_bytes: u64,
+    /// Longest command line, bytes.
+    #[serde(default = "defaults::max_line_bytes")]
+    pub max_line_bytes: u32,
+}
+
+impl Default for ImapSection {
+    fn default() -> Self {
+        ImapSection {
+            max_literal_bytes: defaults::max_message_bytes(),
+            max_line_bytes: defaults::max_line_bytes(),
         }
     }
 }

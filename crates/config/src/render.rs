@@ -113,6 +113,20 @@ failure_window_secs = {window}
 # How long a ban lasts, seconds.
 ban_secs = {ban}
 
+[smtp]
+# Largest message accepted, in bytes (announced with the SIZE extension).
+max_message_bytes = {max_message}
+# Recipients accepted per message.
+max_recipients = {max_rcpt}
+# Protocol errors tolerated per session before it is closed.
+max_errors = {max_errors}
+
+[imap]
+# Largest literal (and so message for APPEND) accepted, in bytes.
+max_literal_bytes = {max_message}
+# Longest command line, in bytes.
+max_line_bytes = {max_line}
+
 [admin]
 # The admin listener is loopback-only by default. Setting this to true
 # allows it on another address; do so only behind a firewall you control.
@@ -134,6 +148,10 @@ level = {level}
         window = defaults::failure_window_secs(),
         ban = defaults::ban_secs(),
         level = toml_string(&defaults::log_level()),
+        max_message = defaults::max_message_bytes(),
+        max_rcpt = defaults::max_recipients(),
+        max_errors = defaults::max_errors(),
+        max_line = defaults::max_line_bytes(),
     );
     out
 }

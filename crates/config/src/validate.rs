@@ -96,6 +96,38 @@ pub(crate) fn validate(config: &Config, file: &Path) -> Result<(), ConfigError> 
     at_least_one(file, "auth.failure_window_secs", auth.failure_window_secs)?;
     at_least_one(file, "auth.ban_secs", auth.ban_secs)?;
 
+    let smtp = &config.smtp;
+    in_range(
+        file,
+        "smtp.max_message_bytes",
+        smtp.max_message_bytes,
+        1024,
+        1 << 30,
+    )?;
+    in_range(
+        file,
+        "smtp.max_recipients",
+        u64::from(smtp.max_recipients),
+        1,
+        10_000,
+    )?;
+    in_range(file, "smtp.max_errors", u64::from(smtp.max_errors), 1, 1000)?;
+    let imap = &config.imap;
+    in_range(
+        file,
+        "imap.max_literal_bytes",
+        imap.max_literal_bytes,
+        1024,
+        1 << 30,
+    )?;
+    in_range(
+        file,
+        "imap.max_line_bytes",
+        u64::from(imap.max_line_bytes),
+        1024,
+        16 << 20,
+    )?;
+
     let level = &config.log.level;
     if level.is_empty() {
         return Err(error(
@@ -115,6 +147,17 @@ pub(crate) fn validate(config: &Config, file: &Path) -> Result<(), ConfigError> 
                 "`{level}` contains {bad:?}; a filter uses only letters, digits and `_ : = , . -` \
                  (for example \"info\" or \"bulwark_store=debug,info\")"
             ),
+        ));
+    }
+    Ok(())
+}
+
+fn in_range(file: &Path, key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(error(
+            file,
+            key,
+            format!("{value} is out of range; it must be between {min} and {max}"),
         ));
     }
     Ok(())

@@ -715,3 +715,31 @@ fn documented_example_is_valid_and_documents_every_key() {
         );
     }
 }
+
+#[test]
+fn protocol_limits_have_defaults_and_ranges() {
+    let dir = dir_with_certs();
+    let config = parse_in(dir.path(), &minimal("")).expect("defaults");
+    assert_eq!(config.smtp.max_message_bytes, 50 * 1024 * 1024);
+    assert_eq!(config.smtp.max_recipients, 100);
+    assert_eq!(config.imap.max_line_bytes, 65536);
+    let set = parse_in(
+        dir.path(),
+        &minimal("[smtp]\nmax_recipients = 5\n[imap]\nmax_literal_bytes = 4096\n"),
+    )
+    .expect("valid limits");
+    assert_eq!(
+        (set.smtp.max_recipients, set.imap.max_literal_bytes),
+        (5, 4096)
+    );
+    let err = expect_error(
+        &minimal("[smtp]\nmax_recipients = 0\n"),
+        "smtp.max_recipients",
+    );
+    assert!(err.to_string().contains("between 1 and 10000"), "{err}");
+    expect_error(
+        &minimal("[imap]\nmax_line_bytes = 10\n"),
+        "imap.max_line_bytes",
+    );
+    expect_error(&minimal("[smtp]\nmax_size = 10\n"), "smtp.max_size");
+}
