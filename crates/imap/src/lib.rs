@@ -1,1 +1,70 @@
-//! IMAP front end (work in progress).
+//! The IMAP front end: IMAP4rev1 (RFC 3501) and IMAP4rev2 (RFC 9051) over
+//! the shared account data model.
+//!
+//! What this crate owns:
+//! * [`ImapHandler`], the [`bulwark_server::ConnectionHandler`] for the
+//!   `imap` (STARTTLS) and `imaps` listeners;
+//! * the IMAP session: framing of lines and literals with caps, parsing
+//!   with `imap-codec`, the state machine (not authenticated →
+//!   authenticated → selected → logout), response encoding;
+//! * the IMAP views of the data model: mailbox names (modified UTF-7),
+//!   flags ↔ keywords, message sequence numbers, FETCH sections, ENVELOPE
+//!   and BODYSTRUCTURE computed from the stored bytes, SEARCH.
+//!
+//! What it must not do:
+//! * store anything of its own: every mailbox, message and flag lives in
+//!   the store, so JMAP, POP3 and other sessions see the same data;
+//! * decide who may log in or count failures itself: that is the
+//!   directory's job ([`bulwark_directory::Directory::authenticate`]),
+//!   called for every attempt;
+//! * reach another account's data: mailbox names are resolved in one
+//!   place (`handler::resolve`), today against the user's own account only;
+//! * accept a password before TLS (LOGINDISABLED, RFC 9051 section 6.2.3);
+//! * hold unbounded client input: see [`Limits`].
+//!
+//! # Design
+//!
+//! Sans-I/O where it matters (DESIGN.md "Protocol codecs are sans-I/O"):
+//! `framing` (lines and literals with caps, decided before literal bytes
+//! are accepted), `session` (parsing, state rules, capabilities), `view`
+//! (MSN/UID bookkeeping and when expunges may be announced), `fetch`,
+//! `mime`, `search`, `names`, `flags` and `out` have no tokio, sockets or
+//! storage and are unit-tested with transcripts and known answers.
+//! `handler` is the thin async layer that reads, writes and calls the
+//! store. Commands are executed there rather than emitted as storage
+//! requests from the state machine: most commands interleave MSN
+//! bookkeeping with several storage calls, and modelling each as a
+//! request/response pair would have doubled this first slice. The pure
+//! pieces the executor calls are where the protocol logic lives.
+//!
+//! # Status against RFC 9051
+//!
+//! Implemented: CAPABILITY, NOOP, LOGOUT, STARTTLS, LOGIN and
+//! AUTHENTICATE PLAIN (SASL-IR) after TLS, ENABLE (IMAP4rev2), ID,
+//! NAMESPACE, LIST/LSUB (CHILDREN, SPECIAL-USE attributes), STATUS,
+//! SELECT/EXAMINE, CREATE, DELETE, SUBSCRIBE/UNSUBSCRIBE (no-ops: every
+//! mailbox is subscribed), APPEND (APPENDLIMIT, LITERAL+), FETCH and UID
+//! FETCH, STORE, EXPUNGE, UID EXPUNGE (UIDPLUS), CLOSE, UNSELECT, COPY,
+//! MOVE, SEARCH (ESEARCH form after ENABLE IMAP4rev2), IDLE, CHECK.
+//!
+//! Not yet: RENAME (answered NO), SEARCH RETURN options and LIST-EXTENDED
+//! selection/return options (imap-codec 2.0.0-alpha.10 does not parse
+//! them; answered BAD), BINARY, CONDSTORE/QRESYNC responses, SORT, THREAD,
+//! QUOTA, ACL and shared namespaces, UTF8=ACCEPT quoted strings, POP3.
+
+#![forbid(unsafe_code)]
+
+mod fetch;
+mod flags;
+mod framing;
+mod handler;
+mod limits;
+mod mime;
+mod names;
+mod out;
+mod search;
+mod session;
+mod view;
+
+pub use handler::ImapHandler;
+pub use limits::Limits;

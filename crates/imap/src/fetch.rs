@@ -1,0 +1,652 @@
+//! FETCH: which data items a command asks for, and rendering them for one
+//! message (RFC 9051 section 6.4.5, response syntax section 7.5.2).
+//! Sans-I/O: the caller supplies the stored entry and, when needed, the
+//! message bytes.
+
+use std::fmt::Write as _;
+
+use bulwark_store::MessageEntry;
+use imap_codec::imap_types::fetch::{
+    MacroOrMessageDataItemNames, MessageDataItemName, Part, Section,
+};
+use mail_parser::{Address, MessageParser};
+
+use crate::flags;
+use crate::mime::{self, Entity, Kind};
+use crate::out::{self, Wrap};
+
+/// One requested data item.
+#[derive(Debug, Clone)]
+enum Item {
+    Flags,
+    Uid,
+    InternalDate,
+    Size,
+    Envelope,
+    /// BODYSTRUCTURE (`extended`) or BODY.
+    Structure {
+        extended: bool,
+    },
+    /// BODY[...] / BODY.PEEK[...].
+    Section {
+        section: Option<Section<'static>>,
+        partial: Option<(u32, u32)>,
+    },
+    Rfc822,
+    Rfc822Header,
+    Rfc822Text,
+}
+
+/// What a FETCH command asks for.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    items: Vec<Item>,
+    /// Whether the message bytes are needed.
+    pub needs_body: bool,
+    /// Whether fetching sets `\Seen` (BODY[...] without PEEK, RFC822,
+    /// RFC822.TEXT).
+    pub sets_seen: bool,
+}
+
+/// Builds the plan; `uid` adds UID (RFC 9051 section 6.4.9). Items this
+/// server does not offer (BINARY, MODSEQ) are refused with the text
+/// returned.
+pub(crate) fn plan(
+    names: &MacroOrMessageDataItemNames<'_>,
+    uid: bool,
+) -> Result<Plan, &'static str> {
+    let names: Vec<MessageDataItemName<'_>> = match names {
+        MacroOrMessageDataItemNames::Macro(m) => m.expand(),
+        MacroOrMessageDataItemNames::MessageDataItemNames(n) => n.clone(),
+    };
+    let mut items = Vec::new();
+    let mut sets_seen = false;
+    if uid {
+        items.push(Item::Uid);
+    }
+    for name in names {
+        let item = match name {
+            MessageDataItemName::Flags => Item::Flags,
+            MessageDataItemName::Uid => Item::Uid,
+            MessageDataItemName::InternalDate => Item::InternalDate,
+            MessageDataItemName::Rfc822Size => Item::Size,
+            MessageDataItemName::Envelope => Item::Envelope,
+            MessageDataItemName::BodyStructure => Item::Structure { extended: true },
+            MessageDataItemName::Body => Item::Structure { extended: false },
+            MessageDataItemName::BodyExt {
+                section,
+                partial,
+                peek,
+            } => {
+                sets_seen |= !peek;
+                Item::Section {
+                    section: section.map(imap_codec::imap_types::IntoStatic::into_static),
+                    partial: partial.map(|(o, n)| (o, n.get())),
+                }
+            }
+            MessageDataItemName::Rfc822 => {
+                sets_seen = true;
+                Item::Rfc822
+            }
+            MessageDataItemName::Rfc822Header => Item::Rfc822Header,
+            MessageDataItemName::Rfc822Text => {
+                sets_seen = true;
+                Item::Rfc822Text
+            }
+            MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {
+                return Err("BINARY is not supported");
+            }
+            #[allow(unreachable_patterns)]
+            _ => return Err("FETCH item not supported"),
+        };
+        let duplicate = matches!(item, Item::Uid) && items.iter().any(|i| matches!(i, Item::Uid));
+        if !duplicate {
+            items.push(item);
+        }
+    }
+    let needs_body = items
+        .iter()
+        .any(|i| !matches!(i, Item::Flags | Item::Uid | Item::InternalDate | Item::Size));
+    Ok(Plan {
+        items,
+        needs_body,
+        sets_seen,
+    })
+}
+
+/// Renders `* msn FETCH (...)\r\n`. `with_flags` adds FLAGS even when not
+/// asked for (after an implicit `\Seen`). `raw` must be given when
+/// [`Plan::needs_body`].
+pub(crate) fn render(
+    msn: u32,
+    entry: &MessageEntry,
+    plan: &Plan,
+    with_flags: bool,
+    raw: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + raw.map_or(0, <[u8]>::len));
+    let _ = write!(Wrap(&mut out), "* {msn} FETCH (");
+    let tree = if plan.needs_body {
+        raw.map(mime::parse)
+    } else {
+        None
+    };
+    let empty: &[u8] = b"";
+    let raw = raw.unwrap_or(empty);
+    let mut first = true;
+    let mut sep = |out: &mut Vec<u8>| {
+        if !first {
+            out.push(b' ');
+        }
+        first = false;
+    };
+    let mut flags_done = false;
+    for item in &plan.items {
+        sep(&mut out);
+        match item {
+            Item::Flags => {
+                flags_done = true;
+                let _ = write!(
+                    Wrap(&mut out),
+                    "FLAGS {}",
+                    flags::flag_list(&entry.keywords)
+                );
+            }
+            Item::Uid => {
+                let _ = write!(Wrap(&mut out), "UID {}", entry.uid);
+            }
+            Item::InternalDate => {
+                let _ = write!(
+                    Wrap(&mut out),
+                    "INTERNALDATE \"{}\"",
+                    out::internal_date(entry.received_at)
+                );
+            }
+            Item::Size => {
+                let _ = write!(Wrap(&mut out), "RFC822.SIZE {}", entry.size);
+            }
+            Item::Envelope => {
+                out.extend_from_slice(b"ENVELOPE ");
+                if let Some(tree) = &tree {
+                    envelope(&mut out, raw, tree);
+                } else {
+                    out.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)");
+                }
+            }
+            Item::Structure { extended } => {
+                out.extend_from_slice(if *extended {
+                    b"BODYSTRUCTURE "
+                } else {
+                    b"BODY "
+                });
+                match &tree {
+                    Some(tree) => structure(&mut out, raw, tree, *extended),
+                    None => out.extend_from_slice(
+                        b"(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0)",
+                    ),
+                }
+            }
+            Item::Section { section, partial } => {
+                out.extend_from_slice(b"BODY[");
+                section_name(&mut out, section.as_ref());
+                out.push(b']');
+                let data = tree
+                    .as_ref()
+                    .and_then(|t| section_bytes(raw, t, section.as_ref()));
+                match (data, partial) {
+                    (Some(data), Some((origin, count))) => {
+                        let _ = write!(Wrap(&mut out), "<{origin}> ");
+                        let start = (*origin as usize).min(data.len());
+                        let end = start.saturating_add(*count as usize).min(data.len());
+                        out::literal(&mut out, &data[start..end]);
+                    }
+                    (Some(data), None) => {
+                        out.push(b' ');
+                        out::literal(&mut out, &data);
+                    }
+                    (None, _) => out.extend_from_slice(b" NIL"),
+                }
+            }
+            Item::Rfc822 => {
+                out.extend_from_slice(b"RFC822 ");
+                out::literal(&mut out, raw);
+            }
+            Item::Rfc822Header => {
+                out.extend_from_slice(b"RFC822.HEADER ");
+                let end = mime::header_end(raw, 0, raw.len());
+                out::literal(&mut out, &raw[..end]);
+            }
+            Item::Rfc822Text => {
+                out.extend_from_slice(b"RFC822.TEXT ");
+                let end = mime::header_end(raw, 0, raw.len());
+                out::literal(&mut out, &raw[end..]);
+            }
+        }
+    }
+    if with_flags && !flags_done {
+        sep(&mut out);
+        let _ = write!(
+            Wrap(&mut out),
+            "FLAGS {}",
+            flags::flag_list(&entry.keywords)
+        );
+    }
+    out.extend_from_slice(b")\r\n");
+    out
+}
+
+fn part_prefix(out: &mut Vec<u8>, part: Option<&Part>) {
+    if let Some(part) = part {
+        let numbers: Vec<String> = part.0.as_ref().iter().map(|n| n.to_string()).collect();
+        out.extend_from_slice(numbers.join(".").as_bytes());
+        out.push(b'.');
+    }
+}
+
+/// The section spec echoed in the response, as the client wrote it.
+fn section_name(out: &mut Vec<u8>, section: Option<&Section<'_>>) {
+    let Some(section) = section else { return };
+    match section {
+        Section::Part(part) => {
+            let numbers: Vec<String> = part.0.as_ref().iter().map(|n| n.to_string()).collect();
+            out.extend_from_slice(numbers.join(".").as_bytes());
+        }
+        Section::Header(part) => {
+            part_prefix(out, part.as_ref());
+            out.extend_from_slice(b"HEADER");
+        }
+        Section::Text(part) => {
+            part_prefix(out, part.as_ref());
+            out.extend_from_slice(b"TEXT");
+        }
+        Section::Mime(part) => {
+            part_prefix(out, Some(part));
+            out.extend_from_slice(b"MIME");
+        }
+        Section::HeaderFields(part, names) | Section::HeaderFieldsNot(part, names) => {
+            part_prefix(out, part.as_ref());
+            out.extend_from_slice(if matches!(section, Section::HeaderFields(..)) {
+                b"HEADER.FIELDS ("
+            } else {
+                b"HEADER.FIELDS.NOT ("
+            });
+            for (i, name) in names.as_ref().iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                out::astring(out, name.as_ref());
+            }
+            out.push(b')');
+        }
+    }
+}
+
+fn path(part: &Part) -> Vec<u32> {
+    part.0.as_ref().iter().map(|n| n.get()).collect()
+}
+
+/// The bytes a section names; `None` for a part that does not exist.
+fn section_bytes(raw: &[u8], root: &Entity, section: Option<&Section<'_>>) -> Option<Vec<u8>> {
+    // The message whose header/text a section without part number (or
+    // with a message/rfc822 part number) addresses.
+    let message = |part: Option<&Part>| -> Option<&Entity> {
+        match part {
+            None => Some(root),
+            Some(p) => root.part(&path(p))?.message(),
+        }
+    };
+    Some(match section {
+        None => raw.to_vec(),
+        Some(Section::Part(part)) => raw[root.part(&path(part))?.body.clone()].to_vec(),
+        Some(Section::Header(part)) => raw[message(part.as_ref())?.header.clone()].to_vec(),
+        Some(Section::Text(part)) => raw[message(part.as_ref())?.body.clone()].to_vec(),
+        Some(Section::Mime(part)) => raw[root.part(&path(part))?.header.clone()].to_vec(),
+        Some(Section::HeaderFields(part, names)) | Some(Section::HeaderFieldsNot(part, names)) => {
+            let keep = matches!(section, Some(Section::HeaderFields(..)));
+            let block = &raw[message(part.as_ref())?.header.clone()];
+            let wanted: Vec<&[u8]> = names.as_ref().iter().map(|n| n.as_ref()).collect();
+            let mut data = Vec::new();
+            for (name, _, range) in mime::fields(block) {
+                let listed = wanted
+                    .iter()
+                    .any(|w| w.eq_ignore_ascii_case(name.as_bytes()));
+                if listed == keep {
+                    data.extend_from_slice(&block[range]);
+                }
+            }
+            // RFC 9051 section 6.4.5: the blank line is included.
+            data.extend_from_slice(b"\r\n");
+            data
+        }
+    })
+}
+
+/// RFC 2047 encoded word for text that is not plain ASCII.
+fn encode_word(text: &str) -> String {
+    use base64::Engine as _;
+    if text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        text.to_string()
+    } else {
+        format!(
+            "=?utf-8?b?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(text.as_bytes())
+        )
+    }
+}
+
+fn nstring_text(out: &mut Vec<u8>, value: Option<&str>) {
+    out::nstring(out, value.map(str::as_bytes));
+}
+
+fn address_list(out: &mut Vec<u8>, address: Option<&Address<'_>>) {
+    let Some(address) = address else {
+        out.extend_from_slice(b"NIL");
+        return;
+    };
+    let one = |out: &mut Vec<u8>, name: Option<&str>, addr: Option<&str>| {
+        out.push(b'(');
+        nstring_text(out, name.map(encode_word).as_deref());
+        out.extend_from_slice(b" NIL ");
+        let (mailbox, host) = match addr.and_then(|a| a.rsplit_once('@')) {
+            Some((m, h)) => (Some(m), Some(h)),
+            None => (addr, None),
+        };
+        nstring_text(out, mailbox.map(encode_word).as_deref());
+        out.push(b' ');
+        nstring_text(out, host);
+        out.push(b')');
+    };
+    let mut any = false;
+    let mut body = Vec::new();
+    match address {
+        Address::List(list) => {
+            for a in list {
+                any = true;
+                one(&mut body, a.name.as_deref(), a.address.as_deref());
+            }
+        }
+        Address::Group(groups) => {
+            for g in groups {
+                any = true;
+                if let Some(name) = g.name.as_deref() {
+                    // RFC 9051 section 7.5.2: group start and end markers.
+                    body.extend_from_slice(b"(NIL NIL ");
+                    out::nstring(&mut body, Some(encode_word(name).as_bytes()));
+                    body.extend_from_slice(b" NIL)");
+                    for a in &g.addresses {
+                        one(&mut body, a.name.as_deref(), a.address.as_deref());
+                    }
+                    body.extend_from_slice(b"(NIL NIL NIL NIL)");
+                } else {
+                    for a in &g.addresses {
+                        one(&mut body, a.name.as_deref(), a.address.as_deref());
+                    }
+                }
+            }
+        }
+    }
+    if any {
+        out.push(b'(');
+        out.extend_from_slice(&body);
+        out.push(b')');
+    } else {
+        out.extend_from_slice(b"NIL");
+    }
+}
+
+/// ENVELOPE of the message whose entity is `entity` (RFC 9051 section
+/// 7.5.2): date, subject, from, sender, reply-to, to, cc, bcc, in-reply-to,
+/// message-id. Strings are the header values as sent; addresses are
+/// parsed, with non-ASCII names re-encoded as RFC 2047 words.
+fn envelope(out: &mut Vec<u8>, raw: &[u8], entity: &Entity) {
+    let block = &raw[entity.header.clone()];
+    let fields = mime::fields(block);
+    let parsed = MessageParser::default().parse_headers(block);
+    let from = parsed.as_ref().and_then(|m| m.from());
+    let sender = parsed.as_ref().and_then(|m| m.sender()).or(from);
+    let reply_to = parsed.as_ref().and_then(|m| m.reply_to()).or(from);
+    out.push(b'(');
+    nstring_text(out, mime::field(&fields, "Date"));
+    out.push(b' ');
+    nstring_text(out, mime::field(&fields, "Subject"));
+    for address in [
+        from,
+        sender,
+        reply_to,
+        parsed.as_ref().and_then(|m| m.to()),
+        parsed.as_ref().and_then(|m| m.cc()),
+        parsed.as_ref().and_then(|m| m.bcc()),
+    ] {
+        out.push(b' ');
+        address_list(out, address);
+    }
+    out.push(b' ');
+    nstring_text(out, mime::field(&fields, "In-Reply-To"));
+    out.push(b' ');
+    nstring_text(out, mime::field(&fields, "Message-ID"));
+    out.push(b')');
+}
+
+fn params(out: &mut Vec<u8>, params: &[(String, String)]) {
+    if params.is_empty() {
+        out.extend_from_slice(b"NIL");
+        return;
+    }
+    out.push(b'(');
+    for (i, (name, value)) in params.iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out::string(out, name.as_bytes());
+        out.push(b' ');
+        out::string(out, value.as_bytes());
+    }
+    out.push(b')');
+}
+
+/// `("inline" ("filename" "a.txt"))` or NIL.
+fn disposition(out: &mut Vec<u8>, fields: &[(String, String, std::ops::Range<usize>)]) {
+    let Some(value) = mime::field(fields, "Content-Disposition") else {
+        out.extend_from_slice(b"NIL");
+        return;
+    };
+    let mut pieces = value.split(';');
+    let kind = pieces
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let list: Vec<(String, String)> = pieces
+        .filter_map(|p| p.split_once('='))
+        .map(|(n, v)| {
+            (
+                n.trim().to_ascii_lowercase(),
+                v.trim().trim_matches('"').to_string(),
+            )
+        })
+        .collect();
+    out.push(b'(');
+    out::string(out, kind.as_bytes());
+    out.push(b' ');
+    params(out, &list);
+    out.push(b')');
+}
+
+fn count_lines(body: &[u8]) -> usize {
+    body.iter().filter(|&&b| b == b'\n').count()
+}
+
+/// BODY / BODYSTRUCTURE (RFC 9051 section 7.5.2 `body`).
+fn structure(out: &mut Vec<u8>, raw: &[u8], entity: &Entity, extended: bool) {
+    let fields = mime::fields(&raw[entity.header.clone()]);
+    out.push(b'(');
+    match &entity.kind {
+        Kind::Multipart(children) => {
+            for child in children {
+                structure(out, raw, child, extended);
+            }
+            out.push(b' ');
+            out::string(out, entity.media.1.as_bytes());
+            if extended {
+                out.push(b' ');
+                params(out, &entity.params);
+                out.push(b' ');
+                disposition(out, &fields);
+                out.push(b' ');
+                nstring_text(out, mime::field(&fields, "Content-Language"));
+                out.push(b' ');
+                nstring_text(out, mime::field(&fields, "Content-Location"));
+            }
+        }
+        kind => {
+            out::string(out, entity.media.0.as_bytes());
+            out.push(b' ');
+            out::string(out, entity.media.1.as_bytes());
+            out.push(b' ');
+            params(out, &entity.params);
+            out.push(b' ');
+            nstring_text(out, mime::field(&fields, "Content-ID"));
+            out.push(b' ');
+            nstring_text(out, mime::field(&fields, "Content-Description"));
+            out.push(b' ');
+            let encoding = mime::field(&fields, "Content-Transfer-Encoding")
+                .map_or_else(|| "7bit".to_string(), |e| e.to_ascii_lowercase());
+            out::string(out, encoding.as_bytes());
+            let body = &raw[entity.body.clone()];
+            let _ = write!(Wrap(out), " {}", body.len());
+            if let Kind::Message(inner) = kind {
+                out.push(b' ');
+                envelope(out, raw, inner);
+                out.push(b' ');
+                structure(out, raw, inner, extended);
+                let _ = write!(Wrap(out), " {}", count_lines(body));
+            } else if entity.media.0 == "text" {
+                let _ = write!(Wrap(out), " {}", count_lines(body));
+            }
+            if extended {
+                out.push(b' ');
+                nstring_text(out, mime::field(&fields, "Content-MD5"));
+                out.push(b' ');
+                disposition(out, &fields);
+                out.push(b' ');
+                nstring_text(out, mime::field(&fields, "Content-Language"));
+                out.push(b' ');
+                nstring_text(out, mime::field(&fields, "Content-Location"));
+            }
+        }
+    }
+    out.push(b')');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulwark_core::{BlobId, EmailId, ModSeq};
+    use imap_codec::CommandCodec;
+    use imap_codec::decode::Decoder;
+    use imap_codec::imap_types::command::CommandBody;
+
+    const MSG: &[u8] = b"Date: Tue, 1 Jul 2025 10:00:00 +0000\r\nFrom: =?utf-8?q?Ren=C3=A9?= <rene@example.com>\r\nTo: bob@example.com, Team: a@x.org, b@x.org;\r\nSubject: Hello \"world\"\r\nMessage-ID: <m1@example.com>\r\n\r\nBody line\r\n";
+
+    fn entry() -> MessageEntry {
+        MessageEntry {
+            uid: 7,
+            email: EmailId(1),
+            modseq: ModSeq(1),
+            keywords: vec!["$seen".into()],
+            size: MSG.len() as u64,
+            received_at: 1_751_364_000_000,
+            blob: BlobId([0; 32]),
+        }
+    }
+
+    fn fetch(items: &str, uid: bool) -> String {
+        let line = format!("a FETCH 1 {items}\r\n");
+        let (_, cmd) = CommandCodec::default()
+            .decode(line.as_bytes())
+            .expect("parses");
+        let CommandBody::Fetch {
+            macro_or_item_names,
+            ..
+        } = cmd.body
+        else {
+            panic!("not a fetch")
+        };
+        let plan = plan(&macro_or_item_names, uid).expect("plan");
+        String::from_utf8(render(1, &entry(), &plan, false, Some(MSG))).expect("utf-8")
+    }
+
+    #[test]
+    fn simple_items() {
+        assert_eq!(
+            fetch("(FLAGS UID RFC822.SIZE INTERNALDATE)", false),
+            format!(
+                "* 1 FETCH (FLAGS (\\Seen) UID 7 RFC822.SIZE {} INTERNALDATE \"01-Jul-2025 10:00:00 +0000\")\r\n",
+                MSG.len()
+            )
+        );
+        assert!(fetch("FLAGS", true).starts_with("* 1 FETCH (UID 7 FLAGS"));
+    }
+
+    #[test]
+    fn envelope_fields() {
+        let got = fetch("ENVELOPE", false);
+        assert_eq!(
+            got,
+            "* 1 FETCH (ENVELOPE (\"Tue, 1 Jul 2025 10:00:00 +0000\" \"Hello \\\"world\\\"\" \
+((\"=?utf-8?b?UmVuw6k=?=\" NIL \"rene\" \"example.com\")) \
+((\"=?utf-8?b?UmVuw6k=?=\" NIL \"rene\" \"example.com\")) \
+((\"=?utf-8?b?UmVuw6k=?=\" NIL \"rene\" \"example.com\")) \
+((NIL NIL \"bob\" \"example.com\")(NIL NIL \"Team\" NIL)(NIL NIL \"a\" \"x.org\")(NIL NIL \"b\" \"x.org\")(NIL NIL NIL NIL)) \
+NIL NIL NIL \"<m1@example.com>\"))\r\n"
+        );
+    }
+
+    #[test]
+    fn sections() {
+        let got = fetch(
+            "(BODY.PEEK[HEADER.FIELDS (Subject FROM)] BODY[TEXT] BODY[]<0.4>)",
+            false,
+        );
+        assert!(
+            got.contains("BODY[HEADER.FIELDS (Subject FROM)] {"),
+            "{got}"
+        );
+        assert!(got.contains(
+            "From: =?utf-8?q?Ren=C3=A9?= <rene@example.com>\r\nSubject: Hello \"world\"\r\n\r\n"
+        ));
+        assert!(got.contains("BODY[TEXT] {11}\r\nBody line\r\n"));
+        assert!(got.contains("BODY[]<0> {4}\r\nDate"));
+        let got = fetch("BODY[5]", false);
+        assert!(got.contains("BODY[5] NIL"), "{got}");
+        let got = fetch("BODYSTRUCTURE", false);
+        assert_eq!(
+            got,
+            "* 1 FETCH (BODYSTRUCTURE (\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 11 1 NIL NIL NIL NIL))\r\n"
+        );
+    }
+
+    #[test]
+    fn nested_structure() {
+        let line = b"a FETCH 1 (BODYSTRUCTURE BODY[2.2] BODY[2.HEADER.FIELDS (SUBJECT)])\r\n";
+        let (_, cmd) = CommandCodec::default().decode(line).expect("parses");
+        let CommandBody::Fetch {
+            macro_or_item_names,
+            ..
+        } = cmd.body
+        else {
+            panic!("not a fetch")
+        };
+        let plan = plan(&macro_or_item_names, false).expect("plan");
+        let raw = crate::mime::tests_support::NESTED;
+        let got =
+            String::from_utf8_lossy(&render(1, &entry(), &plan, false, Some(raw))).into_owned();
+        assert!(got.contains("\"mixed\" (\"boundary\" \"XX\")"), "{got}");
+        assert!(got.contains("\"alternative\""), "{got}");
+        assert!(got.contains("BODY[2.2] {9}\r\n<p>hi</p>"), "{got}");
+        assert!(
+            got.contains("BODY[2.HEADER.FIELDS (SUBJECT)] {18}\r\nSubject: inner\r\n\r\n"),
+            "{got}"
+        );
+    }
+}

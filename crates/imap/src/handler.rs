@@ -1,0 +1,1706 @@
+//! The connection loop and command execution: the only part of the crate
+//! that touches sockets, tokio and the store.
+//!
+//! Implementation notes:
+//! * Store calls are blocking and run through [`Store::run`]; Argon2 runs
+//!   on a blocking thread too.
+//! * Every store write passes the session's [`Actor`].
+//! * Mailbox names are resolved by [`resolve`], today against the user's
+//!   own account only: the seam where shared mailboxes and ACL rights
+//!   (RFC 4314) plug in later. Nothing else looks up mailboxes, so no
+//!   command can reach another account's data.
+//! * After every command the selected view is refreshed when the account's
+//!   change notifier reported a write; expunges are held back during
+//!   FETCH, STORE and SEARCH (see `view.rs`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bulwark_audit::Actor;
+use bulwark_core::{ChangeNotice, MailboxId, MailboxRole, PrincipalId};
+use bulwark_directory::{AuthError, Directory};
+use bulwark_server::{Connection, ConnectionHandler};
+use bulwark_store::{Delivery, Error as StoreError, KeywordUpdate, Mailbox, MessageEntry, Store};
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::core::Vec1;
+use imap_codec::imap_types::fetch::MacroOrMessageDataItemNames;
+use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox as WireMailbox};
+use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::sequence::SequenceSet;
+use imap_codec::imap_types::status::StatusDataItemName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::broadcast;
+
+use crate::fetch;
+use crate::flags;
+use crate::limits::Limits;
+use crate::names::{self, NameError};
+use crate::out;
+use crate::search;
+use crate::session::{self, Input, Session, State};
+use crate::view::{ResolveError, View};
+
+/// The IMAP front end, for [`bulwark_server::Server::register`] on
+/// `Protocol::Imap` and `Protocol::Imaps`.
+#[derive(Clone)]
+pub struct ImapHandler {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    directory: Directory,
+    store: Store,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for ImapHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImapHandler")
+            .field("limits", &self.shared.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ImapHandler {
+    /// A handler authenticating against `directory` and serving mail from
+    /// its store.
+    pub fn new(directory: Directory, limits: Limits) -> ImapHandler {
+        let store = directory.store().clone();
+        ImapHandler {
+            shared: Arc::new(Shared {
+                directory,
+                store,
+                limits,
+            }),
+        }
+    }
+}
+
+impl ConnectionHandler for ImapHandler {
+    fn handle(&self, conn: Connection) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        Box::pin(serve(Arc::clone(&self.shared), conn))
+    }
+
+    fn busy_reply(&self) -> Option<&'static [u8]> {
+        Some(b"* BYE too many connections\r\n")
+    }
+}
+
+/// The logged-in user.
+struct User {
+    account: PrincipalId,
+    actor: Actor,
+}
+
+/// The selected mailbox.
+struct Selected {
+    mailbox: Mailbox,
+    read_only: bool,
+    view: View,
+}
+
+/// How the loop goes on after a command.
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// Everything one connection keeps.
+struct Conn {
+    shared: Arc<Shared>,
+    session: Session,
+    user: Option<User>,
+    selected: Option<Selected>,
+    changes: Option<broadcast::Receiver<ChangeNotice>>,
+    /// The store reported writes the view has not caught up with.
+    dirty: bool,
+}
+
+/// A failed command: its answer.
+struct Refusal {
+    kind: &'static str,
+    code: Option<String>,
+    text: String,
+}
+
+impl Refusal {
+    fn no(code: Option<&str>, text: impl Into<String>) -> Refusal {
+        Refusal {
+            kind: "NO",
+            code: code.map(str::to_string),
+            text: text.into(),
+        }
+    }
+
+    fn bad(text: impl Into<String>) -> Refusal {
+        Refusal {
+            kind: "BAD",
+            code: None,
+            text: text.into(),
+        }
+    }
+}
+
+impl From<StoreError> for Refusal {
+    /// User errors become NO with their text; server faults are logged and
+    /// answered without detail (mox's split, STYLE.md).
+    fn from(e: StoreError) -> Refusal {
+        match &e {
+            StoreError::NotFound { .. } => Refusal::no(Some("NONEXISTENT"), e.to_string()),
+            StoreError::AlreadyExists { .. } => Refusal::no(Some("ALREADYEXISTS"), e.to_string()),
+            StoreError::QuotaExceeded { .. } => Refusal::no(Some("OVERQUOTA"), e.to_string()),
+            _ if e.is_user_error() => Refusal::no(Some("CANNOT"), e.to_string()),
+            _ => {
+                tracing::error!(error = %e, "storage failure in IMAP command");
+                Refusal::no(Some("SERVERBUG"), "Internal error; try again later")
+            }
+        }
+    }
+}
+
+impl From<NameError> for Refusal {
+    fn from(e: NameError) -> Refusal {
+        Refusal::no(Some("CANNOT"), e.text())
+    }
+}
+
+type CmdResult = Result<(Vec<u8>, String), Refusal>;
+
+async fn send(conn: &mut Connection, bytes: &[u8]) -> bool {
+    if bytes.is_empty() {
+        return true;
+    }
+    conn.stream.write_all(bytes).await.is_ok() && conn.stream.flush().await.is_ok()
+}
+
+async fn serve(shared: Arc<Shared>, mut conn: Connection) {
+    let session = Session::new(shared.limits.clone(), conn.info.tls, conn.tls_available());
+    let mut c = Conn {
+        shared,
+        session,
+        user: None,
+        selected: None,
+        changes: None,
+        dirty: false,
+    };
+    if !send(&mut conn, &c.session.greeting()).await {
+        return;
+    }
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        while let Some(input) = c.session.next_input() {
+            match input {
+                Input::Write(bytes) => {
+                    if !send(&mut conn, &bytes).await {
+                        return;
+                    }
+                }
+                Input::Close(bytes) => {
+                    let _ = send(&mut conn, &bytes).await;
+                    return;
+                }
+                Input::StartTls(tag) => {
+                    if c.session.tls || !conn.tls_available() {
+                        let reply = out::status(&tag, "BAD", None, "STARTTLS not available");
+                        if !send(&mut conn, &reply).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    if c.session.state != State::NotAuthenticated {
+                        let reply = out::status(&tag, "BAD", None, "Already authenticated");
+                        if !send(&mut conn, &reply).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    let reply = out::status(&tag, "OK", None, "Begin TLS negotiation now");
+                    if !send(&mut conn, &reply).await {
+                        return;
+                    }
+                    // RFC 9051 section 6.2.1: nothing sent before the
+                    // handshake counts.
+                    c.session.start_tls();
+                    conn = match conn.start_tls().await {
+                        Ok(upgraded) => upgraded,
+                        Err(_) => return,
+                    };
+                }
+                Input::Command(command) => match c.execute(&mut conn, command).await {
+                    Flow::Continue => {}
+                    Flow::Close => return,
+                },
+            }
+        }
+        tokio::select! {
+            read = conn.stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => c.session.feed(&buf[..n]),
+            },
+            () = conn.shutdown.wait() => {
+                let _ = send(&mut conn, &session::bye("Server shutting down")).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Mailbox bytes from the wire.
+fn wire_name(mailbox: &WireMailbox<'_>) -> Vec<u8> {
+    match mailbox {
+        WireMailbox::Inbox => b"INBOX".to_vec(),
+        WireMailbox::Other(other) => other.as_ref().to_vec(),
+    }
+}
+
+/// Finds a mailbox by its stored name. The seam for shared mailboxes and
+/// ACLs: today only `user`'s own account is searched.
+async fn resolve(
+    store: &Store,
+    account: PrincipalId,
+    name: &str,
+) -> Result<Option<Mailbox>, StoreError> {
+    let name = name.to_string();
+    store
+        .run(move |b| Ok(b.mailboxes(account)?.into_iter().find(|m| m.name == name)))
+        .await
+}
+
+/// Every mailbox the user can see. The seam for shared namespaces.
+async fn visible_mailboxes(
+    store: &Store,
+    account: PrincipalId,
+) -> Result<Vec<Mailbox>, StoreError> {
+    store.run(move |b| b.mailboxes(account)).await
+}
+
+/// The standard mailboxes (RFC 6154 special use), created on first login.
+const STANDARD: [(&str, MailboxRole); 6] = [
+    ("INBOX", MailboxRole::Inbox),
+    ("Drafts", MailboxRole::Drafts),
+    ("Sent", MailboxRole::Sent),
+    ("Junk", MailboxRole::Junk),
+    ("Trash", MailboxRole::Trash),
+    ("Archive", MailboxRole::Archive),
+];
+
+fn role_attribute(role: Option<MailboxRole>) -> Option<&'static str> {
+    match role? {
+        MailboxRole::Inbox => None,
+        MailboxRole::Drafts => Some("\\Drafts"),
+        MailboxRole::Sent => Some("\\Sent"),
+        MailboxRole::Junk => Some("\\Junk"),
+        MailboxRole::Trash => Some("\\Trash"),
+        MailboxRole::Archive => Some("\\Archive"),
+    }
+}
+
+fn ensure_standard(
+    b: &dyn bulwark_store::Backend,
+    actor: &Actor,
+    account: PrincipalId,
+) -> Result<(), StoreError> {
+    let existing = b.mailboxes(account)?;
+    for (name, role) in STANDARD {
+        let taken = existing
+            .iter()
+            .any(|m| m.role == Some(role) || m.name == name);
+        if taken {
+            continue;
+        }
+        match b.create_mailbox(actor, account, name, Some(role), None) {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `AUTHENTICATE PLAIN` message (RFC 4616): authzid NUL authcid NUL passwd.
+fn sasl_plain(message: &[u8]) -> Option<(String, String)> {
+    let mut parts = message.split(|&b| b == 0);
+    let authz = parts.next()?;
+    let authc = std::str::from_utf8(parts.next()?).ok()?;
+    let password = std::str::from_utf8(parts.next()?).ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    // Acting as someone else needs delegation, which is not offered yet.
+    if !authz.is_empty() && authz != authc.as_bytes() {
+        return None;
+    }
+    Some((authc.to_string(), password.to_string()))
+}
+
+impl Conn {
+    fn utf8(&self) -> bool {
+        self.session.rev2
+    }
+
+    fn account(&self) -> Result<PrincipalId, Refusal> {
+        self.user
+            .as_ref()
+            .map(|u| u.account)
+            .ok_or_else(|| Refusal::bad("Log in first"))
+    }
+
+    fn actor(&self) -> Result<Actor, Refusal> {
+        self.user
+            .as_ref()
+            .map(|u| u.actor.clone())
+            .ok_or_else(|| Refusal::bad("Log in first"))
+    }
+
+    fn name(&self, mailbox: &WireMailbox<'_>) -> Result<String, Refusal> {
+        Ok(names::from_client(&wire_name(mailbox), self.utf8())?)
+    }
+
+    async fn mailbox(&self, name: &str) -> Result<Mailbox, Refusal> {
+        resolve(&self.shared.store, self.account()?, name)
+            .await?
+            .ok_or_else(|| Refusal::no(Some("NONEXISTENT"), "No such mailbox"))
+    }
+
+    /// Takes notices off the channel; true when any arrived.
+    fn drain_notices(&mut self) {
+        let Some(rx) = self.changes.as_mut() else {
+            return;
+        };
+        while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = rx.try_recv() {
+            self.dirty = true;
+        }
+    }
+
+    /// Brings the selected view up to date and returns the untagged
+    /// responses; `Err` carries a BYE when the mailbox vanished.
+    async fn refresh(&mut self, allow_expunge: bool, uid: bool) -> Result<Vec<u8>, Vec<u8>> {
+        self.drain_notices();
+        let Some(selected) = self.selected.as_mut() else {
+            self.dirty = false;
+            return Ok(Vec::new());
+        };
+        if !self.dirty {
+            return Ok(Vec::new());
+        }
+        let (account, mailbox) = (selected.mailbox.account, selected.mailbox.id);
+        let listing = match self
+            .shared
+            .store
+            .run(move |b| b.messages(account, mailbox))
+            .await
+        {
+            Ok(listing) => listing,
+            Err(StoreError::NotFound { .. }) => {
+                return Err(session::bye("The selected mailbox was deleted"));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot refresh the selected mailbox");
+                return Ok(Vec::new());
+            }
+        };
+        let mut out = Vec::new();
+        for u in selected.view.apply(listing, allow_expunge) {
+            out.extend_from_slice(u.render(uid).as_bytes());
+        }
+        self.dirty = selected.view.messages().iter().any(|m| m.gone);
+        Ok(out)
+    }
+
+    async fn execute(&mut self, conn: &mut Connection, command: Command<'static>) -> Flow {
+        let tag = command.tag.inner().to_string();
+        // RFC 9051 section 7.5.1: no EXPUNGE while answering FETCH, STORE
+        // or SEARCH by sequence number.
+        let (allow_expunge, uid) = match &command.body {
+            CommandBody::Fetch { uid, .. }
+            | CommandBody::Store { uid, .. }
+            | CommandBody::Search { uid, .. } => (*uid, *uid),
+            CommandBody::Copy { uid, .. } | CommandBody::Move { uid, .. } => (true, *uid),
+            _ => (true, false),
+        };
+        let result = match command.body {
+            CommandBody::Capability => Ok((
+                format!("* CAPABILITY {}\r\n", self.session.capabilities()).into_bytes(),
+                "CAPABILITY completed".into(),
+            )),
+            CommandBody::Noop | CommandBody::Check => Ok((Vec::new(), "NOOP completed".into())),
+            CommandBody::Logout => {
+                self.session.state = State::Logout;
+                let mut bytes = session::bye("Logging out");
+                bytes.extend_from_slice(&out::status(&tag, "OK", None, "LOGOUT completed"));
+                let _ = send(conn, &bytes).await;
+                return Flow::Close;
+            }
+            CommandBody::Id { .. } => Ok((
+                b"* ID (\"name\" \"Bulwark\")\r\n".to_vec(),
+                "ID completed".into(),
+            )),
+            CommandBody::Namespace => Ok((
+                b"* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n".to_vec(),
+                "NAMESPACE completed".into(),
+            )),
+            CommandBody::Enable { capabilities } => {
+                let mut enabled = Vec::new();
+                for cap in capabilities.as_ref() {
+                    let text = cap.to_string();
+                    if text.eq_ignore_ascii_case("IMAP4rev2") {
+                        self.session.rev2 = true;
+                        enabled.push("IMAP4rev2");
+                    }
+                }
+                Ok((
+                    format!("* ENABLED {}\r\n", enabled.join(" "))
+                        .replace(" \r\n", "\r\n")
+                        .into_bytes(),
+                    "ENABLE completed".into(),
+                ))
+            }
+            CommandBody::Login { username, password } => {
+                let login = String::from_utf8_lossy(username.as_ref()).into_owned();
+                let secret = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
+                return self.login(conn, &tag, login, secret).await;
+            }
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            } => {
+                return self
+                    .authenticate(
+                        conn,
+                        &tag,
+                        mechanism.to_string(),
+                        initial_response.map(|r| r.declassify().to_vec()),
+                    )
+                    .await;
+            }
+            CommandBody::Select { mailbox, .. } => self.select(&mailbox, false).await,
+            CommandBody::Examine { mailbox, .. } => self.select(&mailbox, true).await,
+            CommandBody::Create { mailbox } => self.create(&mailbox).await,
+            CommandBody::Delete { mailbox } => self.delete(&mailbox).await,
+            CommandBody::Rename { .. } => {
+                Err(Refusal::no(Some("CANNOT"), "RENAME is not supported yet"))
+            }
+            CommandBody::Subscribe { .. } | CommandBody::Unsubscribe { .. } => {
+                // Every mailbox counts as subscribed (LSUB lists them all).
+                Ok((Vec::new(), "Done".into()))
+            }
+            CommandBody::List {
+                reference,
+                mailbox_wildcard,
+            } => self.list(&reference, &mailbox_wildcard, false).await,
+            CommandBody::Lsub {
+                reference,
+                mailbox_wildcard,
+            } => self.list(&reference, &mailbox_wildcard, true).await,
+            CommandBody::Status {
+                mailbox,
+                item_names,
+            } => self.status(&mailbox, &item_names).await,
+            CommandBody::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => {
+                let received_at = date.map(|d| d.as_ref().timestamp_millis());
+                let raw = match message {
+                    imap_codec::imap_types::extensions::binary::LiteralOrLiteral8::Literal(l) => {
+                        l.into_inner().into_owned()
+                    }
+                    imap_codec::imap_types::extensions::binary::LiteralOrLiteral8::Literal8(l) => {
+                        l.data.into_owned()
+                    }
+                };
+                self.append(&mailbox, &flags, received_at, raw).await
+            }
+            CommandBody::Idle => return self.idle(conn, &tag).await,
+            CommandBody::Close => self.close(true).await,
+            CommandBody::Unselect => self.close(false).await,
+            CommandBody::Expunge => self.expunge(None).await,
+            CommandBody::ExpungeUid { sequence_set } => self.expunge(Some(sequence_set)).await,
+            CommandBody::Search {
+                charset,
+                criteria,
+                uid,
+            } => {
+                self.search(
+                    &tag,
+                    charset.map(|c| match c {
+                        imap_codec::imap_types::core::Charset::Atom(a) => a.inner().to_string(),
+                        imap_codec::imap_types::core::Charset::Quoted(q) => q.inner().to_string(),
+                    }),
+                    criteria,
+                    uid,
+                )
+                .await
+            }
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+                ..
+            } => {
+                return self
+                    .fetch(conn, &tag, &sequence_set, &macro_or_item_names, uid)
+                    .await;
+            }
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+                ..
+            } => self.store(&sequence_set, kind, response, &flags, uid).await,
+            CommandBody::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(&sequence_set, &mailbox, uid, false).await,
+            CommandBody::Move {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(&sequence_set, &mailbox, uid, true).await,
+            _ => Err(Refusal::bad("Command not supported")),
+        };
+        self.finish(conn, &tag, result, allow_expunge, uid).await
+    }
+
+    /// Writes a command's data, the view's updates and the tagged answer.
+    async fn finish(
+        &mut self,
+        conn: &mut Connection,
+        tag: &str,
+        result: CmdResult,
+        allow_expunge: bool,
+        uid: bool,
+    ) -> Flow {
+        let mut bytes = Vec::new();
+        let mut bye = None;
+        match result {
+            Ok((data, text)) => {
+                self.session.good();
+                bytes.extend_from_slice(&data);
+                match self.refresh(allow_expunge, uid).await {
+                    Ok(updates) => bytes.extend_from_slice(&updates),
+                    Err(b) => bye = Some(b),
+                }
+                bytes.extend_from_slice(&out::status(tag, "OK", None, &text));
+            }
+            Err(refusal) => {
+                if refusal.kind == "BAD" {
+                    bye = self.session.bad();
+                } else {
+                    self.session.good();
+                    match self.refresh(allow_expunge, uid).await {
+                        Ok(updates) => bytes.extend_from_slice(&updates),
+                        Err(b) => bye = Some(b),
+                    }
+                }
+                bytes.extend_from_slice(&out::status(
+                    tag,
+                    refusal.kind,
+                    refusal.code.as_deref(),
+                    &refusal.text,
+                ));
+            }
+        }
+        if let Some(b) = &bye {
+            bytes.extend_from_slice(b);
+        }
+        if !send(conn, &bytes).await || bye.is_some() {
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    async fn login(
+        &mut self,
+        conn: &mut Connection,
+        tag: &str,
+        login: String,
+        secret: String,
+    ) -> Flow {
+        if !self.session.tls {
+            // RFC 9051 section 6.2.3 with LOGINDISABLED.
+            let reply = out::status(
+                tag,
+                "NO",
+                Some("PRIVACYREQUIRED"),
+                "Log in over TLS (STARTTLS first)",
+            );
+            return if send(conn, &reply).await {
+                Flow::Continue
+            } else {
+                Flow::Close
+            };
+        }
+        self.check_credentials(conn, tag, login, secret).await
+    }
+
+    async fn authenticate(
+        &mut self,
+        conn: &mut Connection,
+        tag: &str,
+        mechanism: String,
+        initial: Option<Vec<u8>>,
+    ) -> Flow {
+        if !mechanism.eq_ignore_ascii_case("PLAIN") {
+            let reply = out::status(tag, "NO", Some("CANNOT"), "Unsupported mechanism");
+            return if send(conn, &reply).await {
+                Flow::Continue
+            } else {
+                Flow::Close
+            };
+        }
+        if !self.session.tls {
+            let reply = out::status(tag, "NO", Some("PRIVACYREQUIRED"), "Authenticate over TLS");
+            return if send(conn, &reply).await {
+                Flow::Continue
+            } else {
+                Flow::Close
+            };
+        }
+        let message = match initial {
+            // SASL-IR (RFC 4959).
+            Some(message) => message,
+            None => {
+                if !send(conn, b"+ \r\n").await {
+                    return Flow::Close;
+                }
+                let line = match self.read_line(conn).await {
+                    Some(Ok(line)) => line,
+                    Some(Err(bye)) => {
+                        let _ = send(conn, &bye).await;
+                        return Flow::Close;
+                    }
+                    None => return Flow::Close,
+                };
+                if line == b"*" {
+                    let reply = out::status(tag, "BAD", None, "Authentication cancelled");
+                    return if send(conn, &reply).await {
+                        Flow::Continue
+                    } else {
+                        Flow::Close
+                    };
+                }
+                use base64::Engine as _;
+                match base64::engine::general_purpose::STANDARD.decode(&line) {
+                    Ok(message) => message,
+                    Err(_) => {
+                        let reply = out::status(tag, "BAD", None, "Invalid base64");
+                        return if send(conn, &reply).await {
+                            Flow::Continue
+                        } else {
+                            Flow::Close
+                        };
+                    }
+                }
+            }
+        };
+        match sasl_plain(&message) {
+            Some((login, secret)) => self.check_credentials(conn, tag, login, secret).await,
+            None => {
+                // Malformed or a foreign authorization identity: counted
+                // like a wrong password.
+                self.shared.directory.limiter().record_failure(
+                    "",
+                    conn.info.peer.ip(),
+                    Instant::now(),
+                );
+                self.auth_failed(conn, tag, "Authentication failed").await
+            }
+        }
+    }
+
+    async fn read_line(&mut self, conn: &mut Connection) -> Option<Result<Vec<u8>, Vec<u8>>> {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            if let Some(line) = self.session.next_line() {
+                return Some(line);
+            }
+            match conn.stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.session.feed(&buf[..n]),
+            }
+        }
+    }
+
+    async fn auth_failed(&mut self, conn: &mut Connection, tag: &str, text: &str) -> Flow {
+        self.session.auth_failures += 1;
+        let mut reply = out::status(tag, "NO", Some("AUTHENTICATIONFAILED"), text);
+        let over = self.session.auth_failures >= self.session.limits().max_auth_failures;
+        if over {
+            reply.extend_from_slice(&session::bye("Too many failed authentications"));
+        }
+        if !send(conn, &reply).await || over {
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    async fn check_credentials(
+        &mut self,
+        conn: &mut Connection,
+        tag: &str,
+        login: String,
+        secret: String,
+    ) -> Flow {
+        let directory = self.shared.directory.clone();
+        let ip = conn.info.peer.ip();
+        let check = tokio::task::spawn_blocking(move || {
+            directory.authenticate(&login, &secret, ip, Instant::now())
+        })
+        .await;
+        let authenticated = match check {
+            Ok(Ok(ok)) => ok,
+            Ok(Err(e @ (AuthError::Failed | AuthError::TemporarilyBlocked))) => {
+                return self.auth_failed(conn, tag, &e.to_string()).await;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "authentication unavailable");
+                let reply = out::status(tag, "NO", Some("UNAVAILABLE"), &e.to_string());
+                return if send(conn, &reply).await {
+                    Flow::Continue
+                } else {
+                    Flow::Close
+                };
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "authentication task failed");
+                let reply = out::status(tag, "NO", Some("UNAVAILABLE"), "Try again later");
+                return if send(conn, &reply).await {
+                    Flow::Continue
+                } else {
+                    Flow::Close
+                };
+            }
+        };
+        let principal = authenticated.principal;
+        let actor = Actor::user(
+            principal.address.as_str(),
+            principal.id.0,
+            authenticated.method.name(),
+            Some(ip.to_string()),
+            "imap",
+        );
+        let account = principal.id;
+        let setup_actor = actor.clone();
+        if let Err(e) = self
+            .shared
+            .store
+            .run(move |b| ensure_standard(b, &setup_actor, account))
+            .await
+        {
+            let refusal = Refusal::from(e);
+            let reply = out::status(tag, "NO", refusal.code.as_deref(), &refusal.text);
+            return if send(conn, &reply).await {
+                Flow::Continue
+            } else {
+                Flow::Close
+            };
+        }
+        self.changes = Some(self.shared.store.subscribe(account));
+        self.user = Some(User { account, actor });
+        self.session.state = State::Authenticated;
+        let code = format!("CAPABILITY {}", self.session.capabilities());
+        let reply = out::status(tag, "OK", Some(&code), "Logged in");
+        if send(conn, &reply).await {
+            Flow::Continue
+        } else {
+            Flow::Close
+        }
+    }
+
+    async fn select(&mut self, mailbox: &WireMailbox<'_>, read_only: bool) -> CmdResult {
+        let mut data = Vec::new();
+        if self.selected.take().is_some() {
+            // RFC 9051 section 6.3.2: the previous mailbox is closed first.
+            data.extend_from_slice(b"* OK [CLOSED] Previous mailbox closed\r\n");
+            self.session.state = State::Authenticated;
+        }
+        let name = self.name(mailbox)?;
+        let mailbox = self.mailbox(&name).await?;
+        let account = self.account()?;
+        self.drain_notices();
+        let id = mailbox.id;
+        let listing = self
+            .shared
+            .store
+            .run(move |b| b.messages(account, id))
+            .await?;
+        let mut keywords: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+        let mut first_unseen = None;
+        for (i, m) in listing.iter().enumerate() {
+            for k in &m.keywords {
+                if !flags::is_system(k) && keywords.len() < 100 {
+                    keywords.insert(k);
+                }
+            }
+            if first_unseen.is_none() && !m.keywords.iter().any(|k| k == flags::SEEN) {
+                first_unseen = Some(i + 1);
+            }
+        }
+        let mut flag_list = flags::SYSTEM_FLAGS.to_string();
+        for k in &keywords {
+            flag_list.push(' ');
+            flag_list.push_str(k);
+        }
+        let exists = listing.len();
+        let mut text = format!("* FLAGS ({flag_list})\r\n");
+        if read_only {
+            text.push_str("* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n");
+        } else {
+            text.push_str(&format!(
+                "* OK [PERMANENTFLAGS ({flag_list} \\*)] Flags permitted\r\n"
+            ));
+        }
+        text.push_str(&format!("* {exists} EXISTS\r\n"));
+        if !self.session.rev2 {
+            text.push_str("* 0 RECENT\r\n");
+            if let Some(n) = first_unseen {
+                text.push_str(&format!("* OK [UNSEEN {n}] First unseen\r\n"));
+            }
+        }
+        text.push_str(&format!(
+            "* OK [UIDVALIDITY {}] UIDs valid\r\n* OK [UIDNEXT {}] Predicted next UID\r\n* OK [HIGHESTMODSEQ {}] Highest\r\n",
+            mailbox.uid_validity,
+            mailbox.uid_next,
+            mailbox.highest_modseq.0.max(1)
+        ));
+        data.extend_from_slice(text.as_bytes());
+        if self.session.rev2 {
+            data.extend_from_slice(b"* LIST () \"/\" ");
+            out::astring(&mut data, names::to_client(&mailbox.name, true).as_bytes());
+            data.extend_from_slice(b"\r\n");
+        }
+        self.selected = Some(Selected {
+            mailbox,
+            read_only,
+            view: View::new(listing),
+        });
+        self.dirty = false;
+        self.session.state = State::Selected;
+        let done = if read_only {
+            "[READ-ONLY] EXAMINE completed"
+        } else {
+            "[READ-WRITE] SELECT completed"
+        };
+        Ok((data, done.into()))
+    }
+
+    async fn create(&mut self, mailbox: &WireMailbox<'_>) -> CmdResult {
+        let raw = wire_name(mailbox);
+        // RFC 9051 section 6.3.4: a trailing delimiter only says the name
+        // will have children.
+        let trimmed = raw.strip_suffix(b"/").unwrap_or(&raw);
+        let name = names::from_client(trimmed, self.utf8())?;
+        let account = self.account()?;
+        let actor = self.actor()?;
+        self.shared
+            .store
+            .run(move |b| {
+                let existing = b.mailboxes(account)?;
+                if existing.iter().any(|m| m.name == name) {
+                    return Err(StoreError::AlreadyExists {
+                        what: "mailbox",
+                        name: name.clone(),
+                    });
+                }
+                let mut parent: Option<MailboxId> = None;
+                for level in names::parents(&name) {
+                    parent = Some(match existing.iter().find(|m| m.name == level) {
+                        Some(m) => m.id,
+                        None => b.create_mailbox(&actor, account, level, None, parent)?.id,
+                    });
+                }
+                b.create_mailbox(&actor, account, &name, None, parent)?;
+                Ok(())
+            })
+            .await?;
+        Ok((Vec::new(), "CREATE completed".into()))
+    }
+
+    async fn delete(&mut self, mailbox: &WireMailbox<'_>) -> CmdResult {
+        let name = self.name(mailbox)?;
+        if name == "INBOX" {
+            return Err(Refusal::no(Some("CANNOT"), "The Inbox cannot be deleted"));
+        }
+        let target = self.mailbox(&name).await?;
+        if self
+            .selected
+            .as_ref()
+            .is_some_and(|s| s.mailbox.id == target.id)
+        {
+            self.selected = None;
+            self.session.state = State::Authenticated;
+        }
+        let account = self.account()?;
+        let actor = self.actor()?;
+        match self
+            .shared
+            .store
+            .run(move |b| b.delete_mailbox(&actor, account, target.id))
+            .await
+        {
+            Ok(()) => Ok((Vec::new(), "DELETE completed".into())),
+            Err(StoreError::Conflict(_)) => Err(Refusal::no(
+                Some("INUSE"),
+                "The mailbox has child mailboxes; delete them first",
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn list(
+        &mut self,
+        reference: &WireMailbox<'_>,
+        pattern: &ListMailbox<'_>,
+        lsub: bool,
+    ) -> CmdResult {
+        let utf8 = self.utf8();
+        let reference = match reference {
+            WireMailbox::Inbox => "INBOX".to_string(),
+            other => names::decode_wire(&wire_name(other), utf8)?,
+        };
+        let pattern_bytes: Vec<u8> = match pattern {
+            ListMailbox::Token(t) => t.as_ref().to_vec(),
+            ListMailbox::String(s) => s.as_ref().to_vec(),
+        };
+        let pattern = names::decode_wire(&pattern_bytes, utf8)?;
+        let verb = if lsub { "LSUB" } else { "LIST" };
+        if pattern.is_empty() {
+            // RFC 9051 section 6.3.9: the delimiter and root.
+            return Ok((
+                format!("* {verb} (\\Noselect) \"/\" \"\"\r\n").into_bytes(),
+                format!("{verb} completed"),
+            ));
+        }
+        let limits = self.session.limits();
+        let matcher = names::Pattern::new(&reference, &pattern);
+        if reference.len() + pattern.len() > limits.max_list_pattern_bytes
+            || matcher.wildcards() > limits.max_list_wildcards
+        {
+            return Err(Refusal::bad("LIST pattern too complex"));
+        }
+        let mailboxes = visible_mailboxes(&self.shared.store, self.account()?).await?;
+        let mut data = Vec::new();
+        for m in &mailboxes {
+            if !matcher.matches(&m.name) {
+                continue;
+            }
+            let prefix = format!("{}/", m.name);
+            let children = mailboxes.iter().any(|o| o.name.starts_with(&prefix));
+            let mut attrs = vec![if children {
+                "\\HasChildren"
+            } else {
+                "\\HasNoChildren"
+            }];
+            attrs.extend(role_attribute(m.role));
+            data.extend_from_slice(format!("* {verb} ({}) \"/\" ", attrs.join(" ")).as_bytes());
+            out::astring(&mut data, names::to_client(&m.name, utf8).as_bytes());
+            data.extend_from_slice(b"\r\n");
+        }
+        Ok((data, format!("{verb} completed")))
+    }
+
+    async fn status(
+        &mut self,
+        mailbox: &WireMailbox<'_>,
+        items: &[StatusDataItemName],
+    ) -> CmdResult {
+        let name = self.name(mailbox)?;
+        let mailbox = self.mailbox(&name).await?;
+        let account = self.account()?;
+        let id = mailbox.id;
+        let listing = self
+            .shared
+            .store
+            .run(move |b| b.messages(account, id))
+            .await?;
+        let mut parts = Vec::new();
+        for item in items {
+            let has = |m: &MessageEntry, k: &str| m.keywords.iter().any(|x| x == k);
+            parts.push(match item {
+                StatusDataItemName::Messages => format!("MESSAGES {}", listing.len()),
+                StatusDataItemName::Recent => "RECENT 0".into(),
+                StatusDataItemName::UidNext => format!("UIDNEXT {}", mailbox.uid_next),
+                StatusDataItemName::UidValidity => format!("UIDVALIDITY {}", mailbox.uid_validity),
+                StatusDataItemName::Unseen => format!(
+                    "UNSEEN {}",
+                    listing.iter().filter(|m| !has(m, flags::SEEN)).count()
+                ),
+                StatusDataItemName::Deleted => format!(
+                    "DELETED {}",
+                    listing.iter().filter(|m| has(m, flags::DELETED)).count()
+                ),
+                StatusDataItemName::Size => {
+                    format!("SIZE {}", listing.iter().map(|m| m.size).sum::<u64>())
+                }
+                StatusDataItemName::HighestModSeq => {
+                    format!("HIGHESTMODSEQ {}", mailbox.highest_modseq.0)
+                }
+                #[allow(unreachable_patterns)]
+                _ => return Err(Refusal::bad("STATUS item not supported")),
+            });
+        }
+        let mut data = b"* STATUS ".to_vec();
+        out::astring(
+            &mut data,
+            names::to_client(&mailbox.name, self.utf8()).as_bytes(),
+        );
+        data.extend_from_slice(format!(" ({})\r\n", parts.join(" ")).as_bytes());
+        Ok((data, "STATUS completed".into()))
+    }
+
+    async fn append(
+        &mut self,
+        mailbox: &WireMailbox<'_>,
+        flag_list: &[Flag<'_>],
+        received_at: Option<i64>,
+        raw: Vec<u8>,
+    ) -> CmdResult {
+        let name = self.name(mailbox)?;
+        let target = match resolve(&self.shared.store, self.account()?, &name).await? {
+            Some(m) => m,
+            // RFC 9051 section 6.3.12.
+            None => return Err(Refusal::no(Some("TRYCREATE"), "No such mailbox")),
+        };
+        let mut keywords = Vec::new();
+        for flag in flag_list {
+            keywords
+                .push(flags::to_keyword(flag).ok_or_else(|| Refusal::bad("Unknown system flag"))?);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let received_at = received_at.unwrap_or(now);
+        let account = self.account()?;
+        let actor = self.actor()?;
+        let delivered = self
+            .shared
+            .store
+            .run(move |b| {
+                let meta = bulwark_mail::parse_meta(&raw, received_at);
+                b.deliver(
+                    &actor,
+                    &raw,
+                    &meta,
+                    &[Delivery {
+                        account,
+                        mailbox: target.id,
+                        keywords,
+                    }],
+                )
+            })
+            .await?;
+        let uid = delivered.first().map_or(0, |d| d.uid);
+        Ok((
+            Vec::new(),
+            format!("[APPENDUID {} {uid}] APPEND completed", target.uid_validity),
+        ))
+    }
+
+    async fn close(&mut self, expunge: bool) -> CmdResult {
+        let Some(selected) = self.selected.take() else {
+            return Err(Refusal::bad("No mailbox selected"));
+        };
+        self.session.state = State::Authenticated;
+        if expunge && !selected.read_only {
+            // RFC 9051 section 6.4.1: silently expunge.
+            let (account, id) = (selected.mailbox.account, selected.mailbox.id);
+            let actor = self.actor()?;
+            self.shared
+                .store
+                .run(move |b| {
+                    let deleted: Vec<u32> = b
+                        .messages(account, id)?
+                        .into_iter()
+                        .filter(|m| m.keywords.iter().any(|k| k == flags::DELETED))
+                        .map(|m| m.uid)
+                        .collect();
+                    if !deleted.is_empty() {
+                        b.expunge(&actor, account, id, &deleted)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        self.drain_notices();
+        self.dirty = false;
+        Ok((
+            Vec::new(),
+            if expunge {
+                "CLOSE completed"
+            } else {
+                "UNSELECT completed"
+            }
+            .into(),
+        ))
+    }
+
+    fn selected(&self) -> Result<&Selected, Refusal> {
+        self.selected
+            .as_ref()
+            .ok_or_else(|| Refusal::bad("No mailbox selected"))
+    }
+
+    fn writable(&self) -> Result<&Selected, Refusal> {
+        let selected = self.selected()?;
+        if selected.read_only {
+            return Err(Refusal::no(
+                Some("READ-ONLY"),
+                "The mailbox is open read-only",
+            ));
+        }
+        Ok(selected)
+    }
+
+    fn resolve_set(&self, set: &SequenceSet, uid: bool) -> Result<Vec<usize>, Refusal> {
+        let selected = self.selected()?;
+        selected
+            .view
+            .resolve(set, uid, self.session.limits().max_sequence_items)
+            .map_err(|e| match e {
+                ResolveError::NoSuchMessage => Refusal::bad("Invalid message sequence number"),
+                ResolveError::TooMany => Refusal::bad("Too many elements in the sequence set"),
+            })
+    }
+
+    async fn expunge(&mut self, only: Option<SequenceSet>) -> CmdResult {
+        let selected = self.writable()?;
+        let (account, id) = (selected.mailbox.account, selected.mailbox.id);
+        let actor = self.actor()?;
+        self.shared
+            .store
+            .run(move |b| {
+                let deleted: Vec<u32> = b
+                    .messages(account, id)?
+                    .into_iter()
+                    .filter(|m| m.keywords.iter().any(|k| k == flags::DELETED))
+                    .filter(|m| {
+                        only.as_ref().is_none_or(|set| {
+                            search::matches(
+                                &SearchKey::Uid(set.clone()),
+                                &search::Candidate {
+                                    msn: 0,
+                                    entry: m,
+                                    meta: None,
+                                    raw: None,
+                                },
+                                &search::Scope {
+                                    exists: 0,
+                                    last_uid: u32::MAX,
+                                },
+                            )
+                        })
+                    })
+                    .map(|m| m.uid)
+                    .collect();
+                if !deleted.is_empty() {
+                    b.expunge(&actor, account, id, &deleted)?;
+                }
+                Ok(())
+            })
+            .await?;
+        // The notice marks the view dirty; the refresh in `finish` sends
+        // the EXPUNGE responses (RFC 9051 section 6.4.3).
+        self.dirty = true;
+        Ok((Vec::new(), "EXPUNGE completed".into()))
+    }
+
+    async fn search(
+        &mut self,
+        tag: &str,
+        charset: Option<String>,
+        criteria: Vec1<SearchKey<'static>>,
+        uid: bool,
+    ) -> CmdResult {
+        if let Some(charset) = charset
+            && !charset.eq_ignore_ascii_case("UTF-8")
+            && !charset.eq_ignore_ascii_case("US-ASCII")
+        {
+            return Err(Refusal::no(
+                Some("BADCHARSET (UTF-8 US-ASCII)"),
+                "Unsupported charset",
+            ));
+        }
+        let key = SearchKey::And(criteria);
+        let need = search::needs(&key);
+        let selected = self.selected()?;
+        let account = selected.mailbox.account;
+        let entries: Vec<(u32, MessageEntry)> = selected
+            .view
+            .messages()
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| need == search::Need::Listing || !m.gone)
+            .map(|(i, m)| (i as u32 + 1, m.entry.clone()))
+            .collect();
+        let scope = search::Scope {
+            exists: selected.view.exists(),
+            last_uid: selected.view.messages().last().map_or(0, |m| m.entry.uid),
+        };
+        let hits: Vec<u32> = self
+            .shared
+            .store
+            .run(move |b| {
+                let mut hits = Vec::new();
+                for (msn, entry) in &entries {
+                    let meta = if need >= search::Need::Meta {
+                        b.email(account, entry.email)?.map(|r| r.meta)
+                    } else {
+                        None
+                    };
+                    let raw = if need >= search::Need::Raw {
+                        b.read_blob(&entry.blob).ok()
+                    } else {
+                        None
+                    };
+                    let candidate = search::Candidate {
+                        msn: *msn,
+                        entry,
+                        meta: meta.as_ref(),
+                        raw: raw.as_deref(),
+                    };
+                    if search::matches(&key, &candidate, &scope) {
+                        hits.push(if uid { entry.uid } else { *msn });
+                    }
+                }
+                Ok(hits)
+            })
+            .await?;
+        let data = if self.session.rev2 {
+            // RFC 9051 section 7.3.4: ESEARCH replaces SEARCH.
+            let mut line = format!("* ESEARCH (TAG \"{tag}\")");
+            if uid {
+                line.push_str(" UID");
+            }
+            if !hits.is_empty() {
+                let mut sorted = hits.clone();
+                sorted.sort_unstable();
+                line.push_str(" ALL ");
+                line.push_str(&out::compact_set(&sorted));
+            }
+            line.push_str("\r\n");
+            line
+        } else {
+            let mut line = String::from("* SEARCH");
+            for h in &hits {
+                line.push(' ');
+                line.push_str(&h.to_string());
+            }
+            line.push_str("\r\n");
+            line
+        };
+        Ok((data.into_bytes(), "SEARCH completed".into()))
+    }
+
+    async fn fetch(
+        &mut self,
+        conn: &mut Connection,
+        tag: &str,
+        set: &SequenceSet,
+        names: &MacroOrMessageDataItemNames<'_>,
+        uid: bool,
+    ) -> Flow {
+        let prepared = (|| {
+            let indices = self.resolve_set(set, uid)?;
+            let plan = fetch::plan(names, uid).map_err(Refusal::bad)?;
+            Ok::<_, Refusal>((indices, plan))
+        })();
+        let (indices, plan) = match prepared {
+            Ok(p) => p,
+            Err(r) => return self.finish(conn, tag, Err(r), uid, uid).await,
+        };
+        // Implicit \Seen (RFC 9051 section 6.4.5), not in EXAMINE.
+        let mut flagged_now: Vec<u32> = Vec::new();
+        if plan.sets_seen
+            && let Some(selected) = self.selected.as_ref()
+            && !selected.read_only
+        {
+            let unseen: Vec<u32> = indices
+                .iter()
+                .filter_map(|&i| selected.view.get(i))
+                .filter(|m| !m.gone && !m.entry.keywords.iter().any(|k| k == flags::SEEN))
+                .map(|m| m.entry.uid)
+                .collect();
+            if !unseen.is_empty() {
+                let (account, id) = (selected.mailbox.account, selected.mailbox.id);
+                let actor = match self.actor() {
+                    Ok(a) => a,
+                    Err(r) => return self.finish(conn, tag, Err(r), uid, uid).await,
+                };
+                let uids = unseen.clone();
+                let stored = self
+                    .shared
+                    .store
+                    .run(move |b| {
+                        b.update_keywords(
+                            &actor,
+                            account,
+                            id,
+                            &uids,
+                            &KeywordUpdate::Add(vec![flags::SEEN.into()]),
+                        )
+                    })
+                    .await;
+                match stored {
+                    Ok(changed) => {
+                        if let Some(selected) = self.selected.as_mut() {
+                            for (u, _) in changed {
+                                let mut keywords = selected
+                                    .view
+                                    .messages()
+                                    .iter()
+                                    .find(|m| m.entry.uid == u)
+                                    .map(|m| m.entry.keywords.clone())
+                                    .unwrap_or_default();
+                                keywords.push(flags::SEEN.into());
+                                keywords.sort();
+                                keywords.dedup();
+                                selected.view.set_keywords(u, keywords);
+                                flagged_now.push(u);
+                            }
+                        }
+                    }
+                    Err(e) => return self.finish(conn, tag, Err(e.into()), uid, uid).await,
+                }
+            }
+        }
+        let Some(selected) = self.selected.as_ref() else {
+            return self
+                .finish(
+                    conn,
+                    tag,
+                    Err(Refusal::bad("No mailbox selected")),
+                    uid,
+                    uid,
+                )
+                .await;
+        };
+        let jobs: Vec<(u32, MessageEntry, bool, bool)> = indices
+            .iter()
+            .filter_map(|&i| {
+                selected.view.get(i).map(|m| {
+                    (
+                        i as u32 + 1,
+                        m.entry.clone(),
+                        flagged_now.contains(&m.entry.uid),
+                        m.gone,
+                    )
+                })
+            })
+            .collect();
+        let chunk_budget = self.session.limits().max_fetch_chunk_bytes as u64;
+        let mut missing = false;
+        let mut start = 0;
+        while start < jobs.len() {
+            let mut end = start;
+            let mut budget = 0u64;
+            while end < jobs.len() && (end == start || budget < chunk_budget) {
+                if plan.needs_body {
+                    budget += jobs[end].1.size;
+                }
+                end += 1;
+            }
+            let chunk: Vec<_> = jobs[start..end].to_vec();
+            start = end;
+            let plan = plan.clone();
+            let rendered = self
+                .shared
+                .store
+                .run(move |b| {
+                    let mut bytes = Vec::new();
+                    let mut missing = false;
+                    for (msn, entry, with_flags, gone) in &chunk {
+                        let raw = if plan.needs_body {
+                            match b.read_blob(&entry.blob) {
+                                Ok(raw) => Some(raw),
+                                Err(e) => {
+                                    if !gone {
+                                        tracing::warn!(error = %e, uid = entry.uid, "message bytes unreadable");
+                                    }
+                                    missing = true;
+                                    continue;
+                                }
+                            }
+                        } else {
+                            None
+                        };
+                        bytes.extend_from_slice(&fetch::render(
+                            *msn,
+                            entry,
+                            &plan,
+                            *with_flags,
+                            raw.as_deref(),
+                        ));
+                    }
+                    Ok((bytes, missing))
+                })
+                .await;
+            match rendered {
+                Ok((bytes, m)) => {
+                    missing |= m;
+                    if !send(conn, &bytes).await {
+                        return Flow::Close;
+                    }
+                }
+                Err(e) => return self.finish(conn, tag, Err(e.into()), uid, uid).await,
+            }
+        }
+        let result = if missing {
+            Err(Refusal::no(
+                Some("EXPUNGEISSUED"),
+                "Some messages were expunged meanwhile",
+            ))
+        } else {
+            Ok((Vec::new(), "FETCH completed".into()))
+        };
+        self.finish(conn, tag, result, uid, uid).await
+    }
+
+    async fn store(
+        &mut self,
+        set: &SequenceSet,
+        kind: StoreType,
+        response: StoreResponse,
+        flag_list: &[Flag<'_>],
+        uid: bool,
+    ) -> CmdResult {
+        let indices = self.resolve_set(set, uid)?;
+        let selected = self.writable()?;
+        let mut keywords = Vec::new();
+        for flag in flag_list {
+            keywords
+                .push(flags::to_keyword(flag).ok_or_else(|| Refusal::bad("Unknown system flag"))?);
+        }
+        let uids: Vec<u32> = indices
+            .iter()
+            .filter_map(|&i| selected.view.get(i))
+            .filter(|m| !m.gone)
+            .map(|m| m.entry.uid)
+            .collect();
+        let (account, id) = (selected.mailbox.account, selected.mailbox.id);
+        let actor = self.actor()?;
+        let update = match kind {
+            StoreType::Replace => KeywordUpdate::Set(keywords),
+            StoreType::Add => KeywordUpdate::Add(keywords),
+            StoreType::Remove => KeywordUpdate::Remove(keywords),
+        };
+        let listing = self
+            .shared
+            .store
+            .run(move |b| {
+                if !uids.is_empty() {
+                    b.update_keywords(&actor, account, id, &uids, &update)?;
+                }
+                b.messages(account, id)
+            })
+            .await?;
+        let mut data = Vec::new();
+        if let Some(selected) = self.selected.as_mut() {
+            for &i in &indices {
+                let Some(m) = selected.view.get(i) else {
+                    continue;
+                };
+                if m.gone {
+                    continue;
+                }
+                let current = m.entry.uid;
+                let Ok(pos) = listing.binary_search_by_key(&current, |e| e.uid) else {
+                    continue;
+                };
+                let fresh = listing[pos].keywords.clone();
+                selected.view.set_keywords(current, fresh.clone());
+                if response == StoreResponse::Answer {
+                    let line = crate::view::Unsolicited::Flags {
+                        msn: i as u32 + 1,
+                        uid: current,
+                        keywords: fresh,
+                    }
+                    .render(uid);
+                    data.extend_from_slice(line.as_bytes());
+                }
+            }
+        }
+        Ok((data, "STORE completed".into()))
+    }
+
+    async fn copy(
+        &mut self,
+        set: &SequenceSet,
+        mailbox: &WireMailbox<'_>,
+        uid: bool,
+        is_move: bool,
+    ) -> CmdResult {
+        let indices = self.resolve_set(set, uid)?;
+        if is_move {
+            self.writable()?;
+        }
+        let name = self.name(mailbox)?;
+        let target = match resolve(&self.shared.store, self.account()?, &name).await? {
+            Some(m) => m,
+            None => return Err(Refusal::no(Some("TRYCREATE"), "No such mailbox")),
+        };
+        let selected = self.selected()?;
+        let mut sources = Vec::new();
+        for &i in &indices {
+            if let Some(m) = selected.view.get(i) {
+                if m.gone {
+                    return Err(Refusal::no(
+                        Some("EXPUNGEISSUED"),
+                        "Some messages were expunged meanwhile",
+                    ));
+                }
+                sources.push(m.entry.clone());
+            }
+        }
+        if sources.is_empty() {
+            return Ok((
+                Vec::new(),
+                if is_move {
+                    "MOVE completed"
+                } else {
+                    "COPY completed"
+                }
+                .into(),
+            ));
+        }
+        let (account, source_id) = (selected.mailbox.account, selected.mailbox.id);
+        let actor = self.actor()?;
+        let target_id = target.id;
+        // COPY stores the same bytes again (the store keeps one copy of
+        // them) with the same flags and internal date (RFC 9051 section
+        // 6.4.7).
+        let pairs: Vec<(u32, u32)> = self
+            .shared
+            .store
+            .run(move |b| {
+                let mut pairs = Vec::with_capacity(sources.len());
+                for entry in &sources {
+                    let raw = b.read_blob(&entry.blob)?;
+                    let meta = match b.email(account, entry.email)? {
+                        Some(record) => record.meta,
+                        None => bulwark_mail::parse_meta(&raw, entry.received_at),
+                    };
+                    let delivered = b.deliver(
+                        &actor,
+                        &raw,
+                        &meta,
+                        &[Delivery {
+                            account,
+                            mailbox: target_id,
+                            keywords: entry.keywords.clone(),
+                        }],
+                    )?;
+                    if let Some(d) = delivered.first() {
+                        pairs.push((entry.uid, d.uid));
+                    }
+                }
+                if is_move {
+                    let uids: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+                    b.expunge(&actor, account, source_id, &uids)?;
+                }
+                Ok(pairs)
+            })
+            .await?;
+        let src: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+        let dst: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+        let code = format!(
+            "COPYUID {} {} {}",
+            target.uid_validity,
+            out::compact_set(&src),
+            out::compact_set(&dst)
+        );
+        if is_move {
+            // RFC 6851 section 4.3: COPYUID in an untagged OK before the
+            // EXPUNGE responses.
+            self.dirty = true;
+            let data = out::status("*", "OK", Some(&code), "Moved");
+            Ok((data, "MOVE completed".into()))
+        } else {
+            Ok((Vec::new(), format!("[{code}] COPY completed")))
+        }
+    }
+
+    async fn idle(&mut self, conn: &mut Connection, tag: &str) -> Flow {
+        // RFC 2177 / RFC 9051 section 6.3.13.
+        if !send(conn, b"+ idling\r\n").await {
+            return Flow::Close;
+        }
+        let normal = conn.stream.timeout();
+        conn.stream.set_timeout(self.session.limits().idle_timeout);
+        let flow = self.idle_loop(conn, tag).await;
+        conn.stream.set_timeout(normal);
+        flow
+    }
+
+    async fn idle_loop(&mut self, conn: &mut Connection, tag: &str) -> Flow {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match self.refresh(true, false).await {
+                Ok(updates) => {
+                    if !send(conn, &updates).await {
+                        return Flow::Close;
+                    }
+                }
+                Err(bye) => {
+                    let _ = send(conn, &bye).await;
+                    return Flow::Close;
+                }
+            }
+            if self.session.has_buffered() {
+                match self.session.next_line() {
+                    Some(Ok(line)) => {
+                        let reply = if line.eq_ignore_ascii_case(b"DONE") {
+                            out::status(tag, "OK", None, "IDLE terminated")
+                        } else {
+                            out::status(tag, "BAD", None, "Expected DONE")
+                        };
+                        return if send(conn, &reply).await {
+                            Flow::Continue
+                        } else {
+                            Flow::Close
+                        };
+                    }
+                    Some(Err(bye)) => {
+                        let _ = send(conn, &bye).await;
+                        return Flow::Close;
+                    }
+                    None => {}
+                }
+            }
+            let changes = &mut self.changes;
+            let notice = async move {
+                match changes.as_mut() {
+                    Some(rx) => {
+                        let _ = rx.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let mut noticed = false;
+            let mut received = None;
+            tokio::select! {
+                () = notice => noticed = true,
+                read = conn.stream.read(&mut buf) => received = Some(read),
+                () = conn.shutdown.wait() => {
+                    let _ = send(conn, &session::bye("Server shutting down")).await;
+                    return Flow::Close;
+                }
+            }
+            if noticed {
+                self.dirty = true;
+            }
+            match received {
+                None => {}
+                Some(Ok(0)) | Some(Err(_)) => return Flow::Close,
+                Some(Ok(n)) => self.session.feed(&buf[..n]),
+            }
+        }
+    }
+}
