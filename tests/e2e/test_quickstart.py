@@ -4,45 +4,16 @@ plane answers on loopback; SIGTERM stops it cleanly. Uses only Python's
 standard library as the client."""
 
 import json
-import os
 import signal
 import subprocess
-import tempfile
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-BIN = os.path.abspath(os.environ.get("BULWARK_BIN", "target/debug/bulwark"))
+from conftest import BIN, start_quickstart
+
 ADMIN = "http://127.0.0.1:8080"
-
-
-@pytest.fixture()
-def quickstart():
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(
-            [BIN, "quickstart"],
-            cwd=tmp,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env={k: v for k, v in os.environ.items() if k != "BULWARK_CONFIG"},
-        )
-        banner = []
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            banner.append(line)
-            if line.startswith("Stop with"):
-                break
-        yield proc, "".join(banner), Path(tmp)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def get(path):
@@ -54,7 +25,7 @@ def get(path):
 
 
 def test_quickstart_prints_logins_and_serves_admin(quickstart):
-    proc, banner, tmp = quickstart
+    proc, banner, tmp = quickstart.proc, quickstart.banner, quickstart.root
     assert proc.poll() is None, banner
     assert "alice@example.test" in banner and "bob@example.test" in banner
     creds = (tmp / "bulwark-data" / "quickstart-credentials.txt").read_text()
@@ -86,21 +57,11 @@ def test_quickstart_prints_logins_and_serves_admin(quickstart):
 
 
 def test_second_run_just_serves(quickstart):
-    proc, banner, tmp = quickstart
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
-    again = subprocess.Popen([BIN, "quickstart"], cwd=tmp, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
+    assert quickstart.stop() == 0
+    second = start_quickstart(quickstart.root)
+    again = second.proc
     try:
-        lines = []
-        while True:
-            line = again.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("Stop with"):
-                break
-        text = "".join(lines)
+        text = second.banner
         assert "Initialised" not in text
         assert "quickstart-credentials.txt" in text
         assert get("/health")[0] == 200

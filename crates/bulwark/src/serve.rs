@@ -4,7 +4,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bulwark_config::{Config, LogFormat, Protocol};
-use bulwark_server::{Metrics, Server, ServerOptions, termination_signal};
+use bulwark_directory::Directory;
+use bulwark_imap::ImapHandler;
+use bulwark_server::{Metrics, Server, ServerOptions};
+use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
 use crate::CmdResult;
@@ -22,6 +25,18 @@ fn init_logging(config: &Config) {
     };
 }
 
+/// Plugs every protocol front end of this build into the listener runtime.
+fn register_protocols(server: &mut Server, config: &Config, directory: &Directory) {
+    let imap_limits = bulwark_imap::Limits {
+        max_append_bytes: config.imap.max_append_bytes,
+        max_line_bytes: config.imap.max_line_bytes as usize,
+        ..bulwark_imap::Limits::default()
+    };
+    let imap = Arc::new(ImapHandler::new(directory.clone(), imap_limits));
+    server.register(Protocol::Imap, imap.clone());
+    server.register(Protocol::Imaps, imap);
+}
+
 pub fn serve(config_path: &Path) -> CmdResult {
     let config = Config::load(config_path)?;
     init_logging(&config);
@@ -32,6 +47,7 @@ pub fn serve(config_path: &Path) -> CmdResult {
     };
     let metrics = Arc::new(Metrics::new());
     let mut server = Server::new(ServerOptions::from_config(&config), tls, metrics);
+    register_protocols(&mut server, &config, &directory);
     let store = directory.store().clone();
     server.set_health_check(Arc::new(move || {
         store.domains().map(|_| ()).map_err(|e| e.to_string())
@@ -41,6 +57,16 @@ pub fn serve(config_path: &Path) -> CmdResult {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        // Handlers are installed before the banner, so a SIGTERM sent as soon
+        // as the banner appears already means "shut down gracefully".
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let stop = async move {
+            tokio::select! {
+                _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
+                _ = interrupt.recv() => tracing::info!("SIGINT received, shutting down"),
+            }
+        };
         let bound = server.bind(&config.listeners).await?;
         let addrs = bound.local_addrs();
         println!(
@@ -66,7 +92,7 @@ pub fn serve(config_path: &Path) -> CmdResult {
         }
         println!("Stop with Ctrl-C or SIGTERM.");
         tracing::info!(listeners = addrs.len(), "serving");
-        bound.serve(termination_signal()).await;
+        bound.serve(stop).await;
         Ok::<(), Box<dyn std::error::Error>>(())
     })?;
     // Dropping the directory closes the store: the writer finishes every

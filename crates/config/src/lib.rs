@@ -347,9 +347,9 @@ impl Default for SmtpSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImapSection {
-    /// Largest literal accepted (APPENDLIMIT), bytes.
+    /// Largest message APPEND accepts (APPENDLIMIT), bytes.
     #[serde(default = "defaults::max_message_bytes")]
-    pub max_literal_bytes: u64,
+    pub max_append_bytes: u64,
     /// Longest command line, bytes.
     #[serde(default = "defaults::max_line_bytes")]
     pub max_line_bytes: u32,
@@ -358,7 +358,7 @@ pub struct ImapSection {
 impl Default for ImapSection {
     fn default() -> Self {
         ImapSection {
-            max_literal_bytes: defaults::max_message_bytes(),
+            max_append_bytes: defaults::max_message_bytes(),
             max_line_bytes: defaults::max_line_bytes(),
         }
     }

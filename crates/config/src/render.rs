@@ -122,8 +122,8 @@ max_recipients = {max_rcpt}
 max_errors = {max_errors}
 
 [imap]
-# Largest literal (and so message for APPEND) accepted, in bytes.
-max_literal_bytes = {max_message}
+# Largest message APPEND accepts, in bytes (announced as APPENDLIMIT).
+max_append_bytes = {max_message}
 # Longest command line, in bytes.
 max_line_bytes = {max_line}
 

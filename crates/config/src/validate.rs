@@ -115,8 +115,8 @@ pub(crate) fn validate(config: &Config, file: &Path) -> Result<(), ConfigError> 
     let imap = &config.imap;
     in_range(
         file,
-        "imap.max_literal_bytes",
-        imap.max_literal_bytes,
+        "imap.max_append_bytes",
+        imap.max_append_bytes,
         1024,
         1 << 30,
     )?;

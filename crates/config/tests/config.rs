@@ -725,11 +725,11 @@ fn protocol_limits_have_defaults_and_ranges() {
     assert_eq!(config.imap.max_line_bytes, 65536);
     let set = parse_in(
         dir.path(),
-        &minimal("[smtp]\nmax_recipients = 5\n[imap]\nmax_literal_bytes = 4096\n"),
+        &minimal("[smtp]\nmax_recipients = 5\n[imap]\nmax_append_bytes = 4096\n"),
     )
     .expect("valid limits");
     assert_eq!(
-        (set.smtp.max_recipients, set.imap.max_literal_bytes),
+        (set.smtp.max_recipients, set.imap.max_append_bytes),
         (5, 4096)
     );
     let err = expect_error(
