@@ -146,6 +146,16 @@ pub fn quickstart(args: &QuickstartArgs) -> CmdResult {
         for line in credentials.lines().skip(1) {
             println!("  {line}");
         }
+        println!();
+        println!("Connect a mail client to 127.0.0.1 with one of these logins:");
+        println!("  IMAP   port 9930 (TLS) or 1430 (STARTTLS)");
+        println!("  SMTP   port 4650 (TLS) or 5870 (STARTTLS) to send; port 2525 receives");
+        if let Some(cert) = &config.tls.certificate {
+            println!(
+                "  The certificate is self-signed: trust {} or accept it once.",
+                cert.display()
+            );
+        }
     } else {
         let cred_path = args.data_dir.join(QUICKSTART_CREDENTIALS);
         if cred_path.exists() {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use bulwark_config::{Config, LogFormat, Protocol};
 use bulwark_directory::Directory;
 use bulwark_imap::ImapHandler;
+use bulwark_mail::LocalDelivery;
 use bulwark_server::{Metrics, Server, ServerOptions};
+use bulwark_smtp::{Mode, SmtpHandler, SmtpLimits};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
@@ -35,6 +37,30 @@ fn register_protocols(server: &mut Server, config: &Config, directory: &Director
     let imap = Arc::new(ImapHandler::new(directory.clone(), imap_limits));
     server.register(Protocol::Imap, imap.clone());
     server.register(Protocol::Imaps, imap);
+
+    let smtp_limits = SmtpLimits {
+        max_message_size: usize::try_from(config.smtp.max_message_bytes).unwrap_or(usize::MAX),
+        max_recipients: config.smtp.max_recipients as usize,
+        max_errors: config.smtp.max_errors,
+        ..SmtpLimits::default()
+    };
+    let delivery = LocalDelivery::new(directory.clone());
+    let hostname = config.server.hostname.clone();
+    let inbound = SmtpHandler::new(
+        Mode::Inbound,
+        delivery.clone(),
+        hostname.clone(),
+        smtp_limits.clone(),
+    );
+    server.register(Protocol::Smtp, Arc::new(inbound));
+    let submission = Arc::new(SmtpHandler::new(
+        Mode::Submission,
+        delivery,
+        hostname,
+        smtp_limits,
+    ));
+    server.register(Protocol::Submission, submission.clone());
+    server.register(Protocol::Submissions, submission);
 }
 
 pub fn serve(config_path: &Path) -> CmdResult {

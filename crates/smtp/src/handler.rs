@@ -1,0 +1,394 @@
+//! The socket side: drives a [`Session`] over a [`Connection`] and answers
+//! its questions from the directory and the store.
+//!
+//! Implementation notes:
+//!
+//! * Every directory or store call runs on a blocking thread
+//!   (`spawn_blocking`); no reply is written while one is running, and none
+//!   holds a lock across a write.
+//! * Bytes read are handed to the session at once, never buffered here, so
+//!   when STARTTLS discards the plaintext that followed it nothing is left
+//!   behind in this layer either.
+//! * Delegated sends are audited before the message is stored: a send that
+//!   cannot be audited is not made (`451 4.3.0`).
+
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bulwark_audit::{Actor, Outcome};
+use bulwark_core::Right;
+use bulwark_directory::{AuthError, Directory};
+use bulwark_mail::{LocalDelivery, Resolution};
+use bulwark_server::{Connection, ConnectionHandler};
+use bulwark_store::Error as StoreError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::limits::SmtpLimits;
+use crate::sender::{Delegation, Identity};
+use crate::session::{
+    Action, AuthOutcome, ClientInfo, Credentials, DeliveryOutcome, Mode, RcptOutcome, Session,
+    SessionConfig, Timeout, Transaction,
+};
+
+/// Bytes read from the socket at a time (one TLS record's worth; every
+/// open connection holds a buffer of this size).
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The reply to a connection refused because the server is full
+/// (RFC 5321 section 3.8).
+const BUSY: &[u8] = b"421 4.3.2 Too many connections, try again later\r\n";
+
+/// Serves SMTP on the listeners of one [`Mode`]: register it for
+/// `Protocol::Smtp` (inbound) or for both `Protocol::Submission` and
+/// `Protocol::Submissions` (submission; TLS is told apart per connection).
+#[derive(Clone)]
+pub struct SmtpHandler {
+    config: Arc<SessionConfig>,
+    delivery: LocalDelivery,
+}
+
+impl std::fmt::Debug for SmtpHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpHandler")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SmtpHandler {
+    /// A handler for `mode`, delivering through `delivery`, calling itself
+    /// `hostname` in greetings and `Received` fields.
+    pub fn new(
+        mode: Mode,
+        delivery: LocalDelivery,
+        hostname: impl Into<String>,
+        limits: SmtpLimits,
+    ) -> SmtpHandler {
+        SmtpHandler {
+            config: Arc::new(SessionConfig {
+                mode,
+                hostname: hostname.into(),
+                limits,
+            }),
+            delivery,
+        }
+    }
+
+    /// The settings every session of this handler uses.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+}
+
+impl ConnectionHandler for SmtpHandler {
+    fn handle(&self, conn: Connection) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        let config = Arc::clone(&self.config);
+        let delivery = self.delivery.clone();
+        Box::pin(serve(config, delivery, conn))
+    }
+
+    fn busy_reply(&self) -> Option<&'static [u8]> {
+        Some(BUSY)
+    }
+}
+
+/// Unix time in milliseconds.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A fresh, unpredictable session id: 64 random bits from the standard
+/// library's per-process random hash keys, plus a counter so two sessions
+/// of one process never share an id.
+fn session_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(n);
+    format!("{:016x}{n:x}", hasher.finish())
+}
+
+async fn serve(config: Arc<SessionConfig>, delivery: LocalDelivery, mut conn: Connection) {
+    let ip = conn.info.peer.ip();
+    let protocol = conn.info.protocol.name();
+    let client = ClientInfo {
+        ip,
+        tls: conn.info.tls,
+        tls_available: conn.tls_available(),
+    };
+    let max_duration = config.limits.max_session_duration;
+    let mut session = Session::new(config, client, session_id());
+    let deadline = tokio::time::Instant::now() + max_duration;
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut shutdown_seen = false;
+    let mut deadline_seen = false;
+    loop {
+        let Some(action) = session.poll(now_ms()) else {
+            if session.is_closed() {
+                return;
+            }
+            tokio::select! {
+                read = conn.stream.read(&mut buf) => match read {
+                    Ok(0) => return,
+                    Ok(n) => session.feed(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        tracing::debug!("idle timeout");
+                        session.timed_out(Timeout::Idle);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "read failed");
+                        return;
+                    }
+                },
+                () = conn.shutdown.wait(), if !shutdown_seen => {
+                    shutdown_seen = true;
+                    session.shutdown();
+                }
+                () = tokio::time::sleep_until(deadline), if !deadline_seen => {
+                    deadline_seen = true;
+                    session.timed_out(Timeout::Session);
+                }
+            }
+            continue;
+        };
+        match action {
+            Action::Write(bytes) => {
+                let written = async {
+                    conn.stream.write_all(&bytes).await?;
+                    conn.stream.flush().await
+                };
+                if let Err(e) = written.await {
+                    tracing::debug!(error = %e, "write failed");
+                    return;
+                }
+            }
+            Action::StartTls => match conn.start_tls().await {
+                Ok(upgraded) => {
+                    conn = upgraded;
+                    session.tls_started();
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "STARTTLS handshake failed");
+                    return;
+                }
+            },
+            Action::Authenticate(credentials) => {
+                let outcome = authenticate(delivery.directory().clone(), credentials, ip).await;
+                session.auth_result(outcome);
+            }
+            Action::CheckRecipient(address) => {
+                let delivery = delivery.clone();
+                let resolved =
+                    tokio::task::spawn_blocking(move || delivery.resolve(&address)).await;
+                let outcome = match resolved {
+                    Ok(Ok(Resolution::Deliver(accounts))) => RcptOutcome::Local(accounts),
+                    Ok(Ok(Resolution::UnknownLocal)) => RcptOutcome::UnknownLocal,
+                    Ok(Ok(Resolution::NotLocal)) => RcptOutcome::NotLocal,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "recipient lookup failed");
+                        RcptOutcome::TemporaryFailure
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "recipient lookup task failed");
+                        RcptOutcome::TemporaryFailure
+                    }
+                };
+                session.rcpt_result(outcome);
+            }
+            Action::Deliver(transaction) => {
+                let delivery = delivery.clone();
+                let done = tokio::task::spawn_blocking(move || {
+                    deliver(&delivery, &transaction, ip, protocol)
+                })
+                .await;
+                let outcome = done.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "delivery task failed");
+                    DeliveryOutcome::TemporaryFailure
+                });
+                session.delivery_result(outcome);
+            }
+            Action::Close => {
+                let _ = conn.stream.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+/// Checks credentials, then loads what the user may send as.
+async fn authenticate(directory: Directory, credentials: Credentials, ip: IpAddr) -> AuthOutcome {
+    let checked = tokio::task::spawn_blocking(move || {
+        match directory.authenticate(
+            &credentials.login,
+            credentials.password(),
+            ip,
+            Instant::now(),
+        ) {
+            Ok(auth) => match load_identity(&directory, auth) {
+                Ok(identity) => AuthOutcome::Success(identity),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot load the sender rights of a user");
+                    AuthOutcome::Unavailable
+                }
+            },
+            Err(AuthError::Failed) => {
+                tracing::info!(%ip, "SMTP authentication failed");
+                AuthOutcome::Failed
+            }
+            Err(AuthError::TemporarilyBlocked) => {
+                tracing::info!(%ip, "SMTP authentication refused: temporarily blocked");
+                AuthOutcome::Blocked
+            }
+            Err(AuthError::Unavailable(e)) => {
+                tracing::warn!(error = %e, "directory unavailable for authentication");
+                AuthOutcome::Unavailable
+            }
+        }
+    })
+    .await;
+    checked.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "authentication task failed");
+        AuthOutcome::Unavailable
+    })
+}
+
+/// The user's own addresses and those it holds send-as or send-on-behalf
+/// rights for (grants to the user directly).
+fn load_identity(
+    directory: &Directory,
+    auth: bulwark_directory::Authenticated,
+) -> Result<Identity, StoreError> {
+    let store = directory.store();
+    let principal = auth.principal.id;
+    let addresses = store.addresses(principal)?;
+    let mut delegations = Vec::new();
+    for grant in store.grants(None, Some(principal))? {
+        if !matches!(grant.right, Right::SendAs | Right::SendOnBehalf) {
+            continue;
+        }
+        for address in store.addresses(grant.grantor)? {
+            delegations.push(Delegation {
+                grantor: grant.grantor,
+                address,
+                right: grant.right,
+            });
+        }
+    }
+    Ok(Identity {
+        // The primary address, however the client capitalised it, so audit
+        // records name the account the same way everywhere.
+        login: auth.principal.address.to_string(),
+        principal,
+        auth_method: auth.method.name().to_string(),
+        addresses,
+        delegations,
+    })
+}
+
+/// Audits delegated use, then stores the message. Blocking.
+fn deliver(
+    delivery: &LocalDelivery,
+    transaction: &Transaction,
+    ip: IpAddr,
+    protocol: &str,
+) -> DeliveryOutcome {
+    let store = delivery.directory().store();
+    let audit = |d: &Delegation, outcome: Outcome| -> Result<u64, StoreError> {
+        let Some(user) = &transaction.submitter else {
+            return Ok(0);
+        };
+        let actor = Actor::user(
+            &user.login,
+            user.principal.0,
+            &user.auth_method,
+            Some(ip.to_string()),
+            protocol,
+        );
+        let operation = match d.right {
+            Right::SendOnBehalf => "mail.send-on-behalf",
+            _ => "mail.send-as",
+        };
+        let mut event = actor.event(operation, Some((d.address.as_str(), Some(d.grantor.0))));
+        event.object_ids = vec![transaction.id.clone()];
+        event.item_count = 1;
+        event.outcome = outcome;
+        store.append_audit(event)
+    };
+    for (n, d) in transaction.delegations.iter().enumerate() {
+        if let Err(e) = audit(d, Outcome::Success) {
+            tracing::error!(error = %e, id = %transaction.id, "cannot audit a delegated send; refusing it");
+            // Best effort: the records already written must not claim a
+            // send that did not happen.
+            for earlier in &transaction.delegations[..n] {
+                let _ = audit(earlier, Outcome::Failed);
+            }
+            return DeliveryOutcome::TemporaryFailure;
+        }
+    }
+    let accounts = transaction.accounts();
+    let result = delivery.deliver(&transaction.message, &accounts, transaction.received_at);
+    let outcome = match result {
+        Ok(report) => {
+            for (account, e) in &report.failed {
+                tracing::warn!(id = %transaction.id, account = account.0, error = %e, "an account refused the message");
+            }
+            if report.failed.is_empty() {
+                DeliveryOutcome::Stored
+            } else if !report.delivered.is_empty() {
+                DeliveryOutcome::PartiallyStored
+            } else if report
+                .failed
+                .iter()
+                .any(|(_, e)| matches!(e, StoreError::QuotaExceeded { .. }))
+            {
+                DeliveryOutcome::MailboxFull
+            } else {
+                DeliveryOutcome::Unavailable
+            }
+        }
+        Err(e) => {
+            tracing::error!(id = %transaction.id, error = %e, "delivery failed");
+            DeliveryOutcome::TemporaryFailure
+        }
+    };
+    match outcome {
+        DeliveryOutcome::Stored | DeliveryOutcome::PartiallyStored => {
+            tracing::info!(
+                id = %transaction.id,
+                size = transaction.message.len(),
+                recipients = transaction.recipients.len(),
+                "message delivered"
+            );
+        }
+        _ => {
+            for d in &transaction.delegations {
+                if let Err(e) = audit(d, Outcome::Failed) {
+                    tracing::warn!(error = %e, "cannot audit a failed delegated send");
+                }
+            }
+        }
+    }
+    outcome
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_differ() {
+        let a = session_id();
+        let b = session_id();
+        assert_ne!(a, b);
+        assert!(a.len() >= 17);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+}

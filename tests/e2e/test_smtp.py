@@ -1,0 +1,92 @@
+"""Mail flow through the real binary started by `bulwark quickstart`:
+Python's smtplib delivers and submits, imaplib reads (and idles)."""
+
+import imaplib
+import smtplib
+import ssl
+import time
+
+import pytest
+
+HOST = "127.0.0.1"
+MX, SUBMISSION, SUBMISSIONS, IMAPS = 2525, 5870, 4650, 9930
+
+
+def tls_context(quickstart):
+    ctx = ssl.create_default_context(cafile=str(quickstart.cert))
+    ctx.check_hostname = False  # the demo certificate names "localhost"
+    return ctx
+
+
+def imap(quickstart, user):
+    conn = imaplib.IMAP4_SSL(HOST, IMAPS, ssl_context=tls_context(quickstart))
+    conn.login(user, quickstart.credentials()[user])
+    return conn
+
+
+def test_inbound_mail_reaches_inbox_and_wakes_idle(quickstart):
+    bob = imap(quickstart, "bob@example.test")
+    typ, data = bob.select("INBOX")
+    assert int(data[0]) == 0
+    tag = bob._new_tag()
+    bob.send(tag + b" IDLE\r\n")
+    assert bob.readline().startswith(b"+")
+
+    body = (b"From: someone@elsewhere.test\r\nTo: bob@example.test\r\n"
+            b"Subject: inbound e2e\r\nMessage-ID: <in-1@elsewhere.test>\r\n\r\nHi Bob.\r\n")
+    with smtplib.SMTP(HOST, MX, timeout=30) as mx:
+        refused = mx.sendmail("someone@elsewhere.test", ["bob@example.test"], body)
+        assert refused == {}
+
+    bob.sock.settimeout(2)  # the push must arrive within a second or so
+    started = time.time()
+    line = bob.readline()
+    assert line.strip() == b"* 1 EXISTS", line
+    assert time.time() - started < 2
+    bob.sock.settimeout(30)
+    bob.send(b"DONE\r\n")
+    while not bob.readline().startswith(tag):
+        pass
+
+    typ, data = bob.fetch("1", "(BODY.PEEK[])")
+    stored = data[0][1]
+    assert stored.endswith(body), "the message is stored byte for byte after the trace headers"
+    assert stored.startswith(b"Return-Path: <someone@elsewhere.test>\r\nReceived: ")
+    bob.logout()
+
+
+def test_inbound_refuses_relay_and_unknown_users(quickstart):
+    with smtplib.SMTP(HOST, MX, timeout=30) as mx:
+        mx.ehlo("client.elsewhere.test")
+        assert mx.mail("someone@elsewhere.test")[0] == 250
+        code, text = mx.rcpt("victim@elsewhere.test")
+        assert code == 550, text
+        code, text = mx.rcpt("nobody@example.test")
+        assert code == 550 and b"5.1.1" in text
+
+
+def test_submission_sends_as_self_and_refuses_spoofing(quickstart):
+    creds = quickstart.credentials()
+    with smtplib.SMTP_SSL(HOST, SUBMISSIONS, context=tls_context(quickstart), timeout=30) as sub:
+        sub.login("alice@example.test", creds["alice@example.test"])
+        msg = (b"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: from alice\r\n\r\n"
+               b"Submitted over implicit TLS.\r\n")
+        assert sub.sendmail("alice@example.test", ["bob@example.test"], msg) == {}
+        spoof = b"From: bob@example.test\r\nTo: bob@example.test\r\nSubject: spoof\r\n\r\nx\r\n"
+        with pytest.raises((smtplib.SMTPSenderRefused, smtplib.SMTPDataError)):
+            sub.sendmail("alice@example.test", ["bob@example.test"], spoof)
+
+    with smtplib.SMTP(HOST, SUBMISSION, timeout=30) as plain:
+        plain.ehlo()
+        assert not plain.has_extn("auth"), "no AUTH before STARTTLS"
+        plain.starttls(context=tls_context(quickstart))
+        plain.ehlo()
+        plain.login("bob@example.test", creds["bob@example.test"])
+
+    bob = imap(quickstart, "bob@example.test")
+    bob.select("INBOX")
+    typ, data = bob.search(None, 'SUBJECT "from alice"')
+    assert len(data[0].split()) == 1
+    typ, data = bob.search(None, 'SUBJECT "spoof"')
+    assert data[0] == b"", "a refused message is not stored"
+    bob.logout()
