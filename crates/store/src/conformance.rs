@@ -35,6 +35,8 @@ pub const CHECKS: &[Check] = &[
     ("audit_policy_and_chain", audit_policy_and_chain),
     ("remove_principal_releases_everything", remove_principal),
     ("concurrent_writers", concurrent_writers),
+    ("copy_and_move_keep_one_email", copy_and_move),
+    ("rename_moves_the_subtree", rename),
 ];
 
 fn admin() -> Actor {
@@ -777,4 +779,149 @@ fn concurrent_writers(b: &dyn Backend) {
     );
     let check = b.check_blobs().unwrap();
     assert!(check.missing.is_empty() && check.corrupt.is_empty() && check.miscounted.is_empty());
+}
+
+fn copy_and_move(b: &dyn Backend) {
+    domain(b, "example.com");
+    let a = user(b, "a@example.com");
+    let other = user(b, "o@example.com");
+    let ia = inbox(b, a);
+    let archive = b
+        .create_mailbox(&admin(), a, "Archive", Some(MailboxRole::Archive), None)
+        .unwrap()
+        .id;
+    let trash = b
+        .create_mailbox(&admin(), a, "Trash", Some(MailboxRole::Trash), None)
+        .unwrap()
+        .id;
+    deliver_to(b, &message(1, 100), &meta(1), &[(a, ia)]);
+    deliver_to(b, &message(2, 100_000), &meta(2), &[(a, ia)]);
+    let me = Actor::user("a@example.com", a.0, "password", None, "test");
+    b.update_keywords(&me, a, ia, &[1], &KeywordUpdate::Add(vec!["$seen".into()]))
+        .unwrap();
+    let used = b.principal(a).unwrap().unwrap().used_bytes;
+
+    let pairs = b
+        .copy_messages(&me, a, ia, &[1, 2, 99], archive, false)
+        .unwrap();
+    assert_eq!(pairs, vec![(1, 1), (2, 2)], "missing UIDs are skipped");
+    let copied = b.messages(a, archive).unwrap();
+    assert_eq!(
+        copied[0].keywords,
+        ["$seen"],
+        "keywords travel with the copy"
+    );
+    let originals = b.messages(a, ia).unwrap();
+    assert_eq!(
+        copied[0].email, originals[0].email,
+        "the same email, not a new one"
+    );
+    assert_eq!(
+        b.principal(a).unwrap().unwrap().used_bytes,
+        used,
+        "no second quota charge"
+    );
+    assert_eq!(b.check_blobs().unwrap().referenced, 2);
+
+    // Leaving one mailbox keeps the email alive in the other.
+    b.expunge(&me, a, ia, &[1]).unwrap();
+    assert_eq!(b.read_blob(&copied[0].blob).unwrap(), message(1, 100));
+
+    let before = b.current_modseq(a).unwrap();
+    let moved = b.copy_messages(&me, a, archive, &[2], trash, true).unwrap();
+    assert_eq!(moved, vec![(2, 1)]);
+    assert!(b.messages(a, archive).unwrap().iter().all(|m| m.uid != 2));
+    assert_eq!(b.messages(a, trash).unwrap().len(), 1);
+    let changes = b.changes_since(a, before, 100).unwrap();
+    assert!(
+        changes.iter().all(|c| c.modseq == changes[0].modseq),
+        "a move is one write"
+    );
+    let kinds: Vec<_> = changes.iter().map(|c| (c.kind, c.mailbox_id)).collect();
+    assert!(kinds.contains(&(ChangeKind::Created, Some(trash.0))));
+    assert!(kinds.contains(&(ChangeKind::Destroyed, Some(archive.0))));
+
+    // Another account's mailbox is not found, whichever side it is on.
+    let io = inbox(b, other);
+    assert!(matches!(
+        b.copy_messages(&me, a, io, &[1], trash, false),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        b.copy_messages(&me, a, trash, &[1], io, false),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(b.messages(other, io).unwrap().is_empty());
+}
+
+fn rename(b: &dyn Backend) {
+    domain(b, "example.com");
+    let a = user(b, "a@example.com");
+    let projects = b
+        .create_mailbox(&admin(), a, "Projects", None, None)
+        .unwrap();
+    let child = b
+        .create_mailbox(&admin(), a, "Projects/A", None, Some(projects.id))
+        .unwrap();
+    b.create_mailbox(&admin(), a, "Projects/A/deep", None, Some(child.id))
+        .unwrap();
+    b.create_mailbox(&admin(), a, "ProjectsOld", None, None)
+        .unwrap();
+    b.create_mailbox(&admin(), a, "Taken", None, None).unwrap();
+    b.rename_mailbox(&admin(), a, projects.id, "Work").unwrap();
+    let names: Vec<String> = b
+        .mailboxes(a)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["ProjectsOld", "Taken", "Work", "Work/A", "Work/A/deep"]
+    );
+    let work = b
+        .mailboxes(a)
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "Work")
+        .unwrap();
+    assert_eq!(
+        work.uid_validity, projects.uid_validity,
+        "UIDVALIDITY survives a rename"
+    );
+    assert!(matches!(
+        b.rename_mailbox(&admin(), a, projects.id, "Taken"),
+        Err(Error::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        b.rename_mailbox(&admin(), a, projects.id, "Work/A/x"),
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(
+        b.rename_mailbox(&admin(), a, projects.id, "bad\nname"),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        b.rename_mailbox(&admin(), a, projects.id, ""),
+        Err(Error::Invalid(_))
+    ));
+    // A top-level name again; the subtree follows.
+    b.rename_mailbox(&admin(), a, projects.id, "Archive 2025")
+        .unwrap();
+    let names: Vec<String> = b
+        .mailboxes(a)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Archive 2025",
+            "Archive 2025/A",
+            "Archive 2025/A/deep",
+            "ProjectsOld",
+            "Taken"
+        ]
+    );
 }

@@ -168,6 +168,28 @@ pub trait Backend: Send + Sync + 'static {
         uids: &[u32],
         update: &KeywordUpdate,
     ) -> Result<Vec<(u32, ModSeq)>>;
+    /// Files messages of `from` into `to` as the same emails (no new copy
+    /// of the bytes, no quota charge), keeping their keywords. With
+    /// `remove_source` it is a move: both sides change in one transaction.
+    /// Returns `(source UID, new UID)` pairs for the messages that existed.
+    fn copy_messages(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        from: MailboxId,
+        uids: &[u32],
+        to: MailboxId,
+        remove_source: bool,
+    ) -> Result<Vec<(u32, u32)>>;
+    /// Renames a mailbox and, with it, every mailbox below it in the
+    /// `/`-separated hierarchy. UIDs and UIDVALIDITY are kept.
+    fn rename_mailbox(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        mailbox: MailboxId,
+        new_name: &str,
+    ) -> Result<()>;
     /// Removes messages from a mailbox; returns the UIDs removed.
     fn expunge(
         &self,

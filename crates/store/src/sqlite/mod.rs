@@ -1356,6 +1356,134 @@ impl Backend for SqliteBackend {
         })
     }
 
+    fn copy_messages(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        from: MailboxId,
+        uids: &[u32],
+        to: MailboxId,
+        remove_source: bool,
+    ) -> Result<Vec<(u32, u32)>> {
+        let uids = uids.to_vec();
+        let target = self.audit_name(actor, account, Some(account))?;
+        let operation = if remove_source {
+            "email.move"
+        } else {
+            "email.copy"
+        };
+        self.write(actor, operation, target, Some(account), move |ctx, event| {
+            require_mailbox(ctx.conn, account, from)?;
+            require_mailbox(ctx.conn, account, to)?;
+            let modseq = ctx.modseq(account)?;
+            let mut pairs = Vec::new();
+            for uid in uids {
+                let row: Option<(i64, String)> = ctx
+                    .conn
+                    .prepare_cached("SELECT email_id, keywords FROM mailbox_messages WHERE mailbox_id = ?1 AND uid = ?2")?
+                    .query_row(params![from.0, uid], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                let Some((email, keywords)) = row else { continue };
+                let new_uid: u32 = ctx
+                    .conn
+                    .prepare_cached(
+                        "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = ?2 WHERE id = ?1
+                         RETURNING uid_next - 1",
+                    )?
+                    .query_row(params![to.0, modseq.0 as i64], |r| r.get(0))?;
+                ctx.conn
+                    .prepare_cached(
+                        "INSERT INTO mailbox_messages (mailbox_id, uid, email_id, modseq, keywords) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![to.0, new_uid, email, modseq.0 as i64, keywords])?;
+                ctx.change(account, ObjectType::Email, email, ChangeKind::Created, Some(to.0), Some(new_uid))?;
+                if remove_source {
+                    ctx.conn
+                        .prepare_cached("DELETE FROM mailbox_messages WHERE mailbox_id = ?1 AND uid = ?2")?
+                        .execute(params![from.0, uid])?;
+                    ctx.change(account, ObjectType::Email, email, ChangeKind::Destroyed, Some(from.0), Some(uid))?;
+                }
+                pairs.push((uid, new_uid));
+            }
+            if remove_source && !pairs.is_empty() {
+                ctx.conn
+                    .prepare_cached("UPDATE mailboxes SET highest_modseq = ?1 WHERE id = ?2")?
+                    .execute(params![modseq.0 as i64, from.0])?;
+            }
+            event.object_ids = pairs.iter().map(|(old, new)| format!("{from}:{old}->{to}:{new}")).collect();
+            event.item_count = pairs.len() as u64;
+            Ok(pairs)
+        })
+    }
+
+    fn rename_mailbox(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        mailbox: MailboxId,
+        new_name: &str,
+    ) -> Result<()> {
+        if new_name.is_empty() || new_name.len() > 1024 || new_name.chars().any(char::is_control) {
+            return Err(Error::Invalid(format!("bad mailbox name {new_name:.40?}")));
+        }
+        let new_name = new_name.to_string();
+        let target = self.audit_name(actor, account, Some(account))?;
+        self.write(actor, "mailbox.rename", target, Some(account), move |ctx, event| {
+            let old_name: String = ctx
+                .conn
+                .prepare_cached("SELECT name FROM mailboxes WHERE id = ?1 AND account_id = ?2")?
+                .query_row(params![mailbox.0, account.0], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| Error::not_found("mailbox", mailbox))?;
+            if new_name == old_name {
+                return Ok(());
+            }
+            if new_name.starts_with(&format!("{old_name}/")) {
+                return Err(Error::Conflict("a mailbox cannot move below itself".into()));
+            }
+            let prefix = format!("{old_name}/");
+            let mut renames: Vec<(i64, String)> = vec![(mailbox.0, new_name.clone())];
+            let children: Vec<(i64, String)> = ctx
+                .conn
+                .prepare_cached("SELECT id, name FROM mailboxes WHERE account_id = ?1 AND substr(name, 1, length(?2)) = ?2")?
+                .query_map(params![account.0, prefix], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (id, name) in children {
+                renames.push((id, format!("{new_name}/{}", &name[prefix.len()..])));
+            }
+            let mut taken = ctx.conn.prepare_cached("SELECT 1 FROM mailboxes WHERE account_id = ?1 AND name = ?2")?;
+            for (_, name) in &renames {
+                if taken.exists(params![account.0, name])? {
+                    return Err(Error::exists("mailbox", name));
+                }
+            }
+            drop(taken);
+            // The new parent is the deepest existing ancestor of the new name.
+            let parent_of = |name: &str| -> Result<Option<i64>> {
+                let Some((parent, _)) = name.rsplit_once('/') else { return Ok(None) };
+                Ok(ctx
+                    .conn
+                    .prepare_cached("SELECT id FROM mailboxes WHERE account_id = ?1 AND name = ?2")?
+                    .query_row(params![account.0, parent], |r| r.get(0))
+                    .optional()?)
+            };
+            let new_parent = parent_of(&new_name)?;
+            for (id, name) in &renames {
+                ctx.conn
+                    .prepare_cached("UPDATE mailboxes SET name = ?1 WHERE id = ?2")?
+                    .execute(params![name, id])?;
+            }
+            ctx.conn
+                .prepare_cached("UPDATE mailboxes SET parent_id = ?1 WHERE id = ?2")?
+                .execute(params![new_parent, mailbox.0])?;
+            for (id, _) in &renames {
+                ctx.change(account, ObjectType::Mailbox, *id, ChangeKind::Updated, None, None)?;
+            }
+            event.object_ids = renames.iter().map(|(id, name)| format!("{id}:{name}")).collect();
+            Ok(())
+        })
+    }
+
     fn expunge(
         &self,
         actor: &Actor,
