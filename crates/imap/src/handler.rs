@@ -479,9 +479,7 @@ impl Conn {
             CommandBody::Examine { mailbox, .. } => self.select(&mailbox, true).await,
             CommandBody::Create { mailbox } => self.create(&mailbox).await,
             CommandBody::Delete { mailbox } => self.delete(&mailbox).await,
-            CommandBody::Rename { .. } => {
-                Err(Refusal::no(Some("CANNOT"), "RENAME is not supported yet"))
-            }
+            CommandBody::Rename { from, to } => self.rename(&from, &to).await,
             CommandBody::Subscribe { .. } | CommandBody::Unsubscribe { .. } => {
                 // Every mailbox counts as subscribed (LSUB lists them all).
                 Ok((Vec::new(), "Done".into()))
@@ -922,6 +920,59 @@ impl Conn {
             })
             .await?;
         Ok((Vec::new(), "CREATE completed".into()))
+    }
+
+    /// RFC 9051 section 6.3.6. Renaming INBOX moves its messages to a new
+    /// mailbox and leaves an empty INBOX; any other rename takes the
+    /// mailbox's children along and keeps UIDs and UIDVALIDITY.
+    async fn rename(&mut self, from: &WireMailbox<'_>, to: &WireMailbox<'_>) -> CmdResult {
+        let source = self.name(from)?;
+        let raw = wire_name(to);
+        let trimmed = raw.strip_suffix(b"/").unwrap_or(&raw);
+        let target = names::from_client(trimmed, self.utf8())?;
+        if target == "INBOX" {
+            return Err(Refusal::no(Some("ALREADYEXISTS"), "INBOX always exists"));
+        }
+        let source_box = self.mailbox(&source).await?;
+        let account = self.account()?;
+        let actor = self.actor()?;
+        self.shared
+            .store
+            .run(move |b| {
+                let existing = b.mailboxes(account)?;
+                if existing.iter().any(|m| m.name == target) {
+                    return Err(StoreError::AlreadyExists {
+                        what: "mailbox",
+                        name: target.clone(),
+                    });
+                }
+                // Superior names the new name needs are created (section 6.3.6).
+                let mut parent: Option<MailboxId> = None;
+                for level in names::parents(&target) {
+                    parent = Some(match existing.iter().find(|m| m.name == level) {
+                        Some(m) => m.id,
+                        None => b.create_mailbox(&actor, account, level, None, parent)?.id,
+                    });
+                }
+                if source == "INBOX" {
+                    let created = b.create_mailbox(&actor, account, &target, None, parent)?;
+                    let uids: Vec<u32> = b
+                        .messages(account, source_box.id)?
+                        .iter()
+                        .map(|m| m.uid)
+                        .collect();
+                    b.copy_messages(&actor, account, source_box.id, &uids, created.id, true)?;
+                } else {
+                    b.rename_mailbox(&actor, account, source_box.id, &target)?;
+                }
+                Ok(())
+            })
+            .await?;
+        if source_box.role == Some(bulwark_core::MailboxRole::Inbox) {
+            // Messages left the selected INBOX: the next command reports them.
+            self.dirty = true;
+        }
+        Ok((Vec::new(), "RENAME completed".into()))
     }
 
     async fn delete(&mut self, mailbox: &WireMailbox<'_>) -> CmdResult {
@@ -1573,40 +1624,15 @@ impl Conn {
         let (account, source_id) = (selected.mailbox.account, selected.mailbox.id);
         let actor = self.actor()?;
         let target_id = target.id;
-        // COPY stores the same bytes again (the store keeps one copy of
-        // them) with the same flags and internal date (RFC 9051 section
-        // 6.4.7).
+        // The same email is filed in the target mailbox with its flags and
+        // internal date (RFC 9051 section 6.4.7); MOVE removes the source
+        // entries in the same write, so a crash cannot leave both or neither
+        // (RFC 6851 section 3.3).
+        let uids: Vec<u32> = sources.iter().map(|entry| entry.uid).collect();
         let pairs: Vec<(u32, u32)> = self
             .shared
             .store
-            .run(move |b| {
-                let mut pairs = Vec::with_capacity(sources.len());
-                for entry in &sources {
-                    let raw = b.read_blob(&entry.blob)?;
-                    let meta = match b.email(account, entry.email)? {
-                        Some(record) => record.meta,
-                        None => bulwark_mail::parse_meta(&raw, entry.received_at),
-                    };
-                    let delivered = b.deliver(
-                        &actor,
-                        &raw,
-                        &meta,
-                        &[Delivery {
-                            account,
-                            mailbox: target_id,
-                            keywords: entry.keywords.clone(),
-                        }],
-                    )?;
-                    if let Some(d) = delivered.first() {
-                        pairs.push((entry.uid, d.uid));
-                    }
-                }
-                if is_move {
-                    let uids: Vec<u32> = pairs.iter().map(|p| p.0).collect();
-                    b.expunge(&actor, account, source_id, &uids)?;
-                }
-                Ok(pairs)
-            })
+            .run(move |b| b.copy_messages(&actor, account, source_id, &uids, target_id, is_move))
             .await?;
         let src: Vec<u32> = pairs.iter().map(|p| p.0).collect();
         let dst: Vec<u32> = pairs.iter().map(|p| p.1).collect();

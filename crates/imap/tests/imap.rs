@@ -508,8 +508,24 @@ async fn rfc_9051_mailbox_examples() {
     assert!(ok(&c.run("CREATE \"Entw&APw-rfe\"").await));
     let r = c.run("LIST \"\" Entw*").await;
     assert!(joined(&r).contains("\"/\" Entw&APw-rfe"), "{r:?}");
-    let r = c.run("RENAME Entw&APw-rfe Other").await;
-    assert!(r.last().unwrap().contains("NO"), "{r:?}");
+    // RENAME (RFC 9051 section 6.3.6): children follow, superiors are created.
+    assert!(ok(&c.run("CREATE \"Entw&APw-rfe/sub\"").await));
+    assert!(ok(&c.run("RENAME Entw&APw-rfe Other/Drafts2").await));
+    let r = c.run("LIST \"\" *").await;
+    let listed = joined(&r);
+    assert!(listed.contains("\"/\" Other/Drafts2\r\n"), "{r:?}");
+    assert!(listed.contains("\"/\" Other/Drafts2/sub\r\n"), "{r:?}");
+    assert!(listed.contains("\"/\" Other\r\n"), "{r:?}");
+    assert!(!listed.contains("Entw"), "{r:?}");
+    let r = c.run("RENAME Other/Drafts2 Trash").await;
+    assert!(r.last().unwrap().contains("NO [ALREADYEXISTS]"), "{r:?}");
+    let r = c.run("RENAME nosuch Elsewhere").await;
+    assert!(r.last().unwrap().contains("NO [NONEXISTENT]"), "{r:?}");
+    // Renaming INBOX moves its messages and leaves an empty INBOX.
+    assert!(ok(&c.run("RENAME INBOX \"Old Inbox\"").await));
+    let r = c.run("LIST \"\" *").await;
+    assert!(joined(&r).contains("INBOX"), "{r:?}");
+    assert!(joined(&r).contains("\"Old Inbox\""), "{r:?}");
     let r = c.run("DELETE INBOX").await;
     assert!(r.last().unwrap().contains("NO"), "{r:?}");
     let r = c.run("NAMESPACE").await;
