@@ -16,6 +16,22 @@ const SYSTEM: [(&str, &str); 5] = [
     ("\\Draft", "$draft"),
 ];
 
+/// Registered keywords in their canonical IMAP spelling (RFC 9051
+/// section 2.3.2, IANA IMAP keyword registry of RFC 5788). The store keeps
+/// them lower-cased; IMAP keywords are case-insensitive, but clients
+/// compare these byte for byte (mbsync 1.4 maps only `$Forwarded` to the
+/// Maildir `P` flag, and would drop a `$forwarded` as a removal).
+const WELL_KNOWN: [&str; 8] = [
+    "$Forwarded",
+    "$MDNSent",
+    "$Junk",
+    "$NotJunk",
+    "$Phishing",
+    "$Important",
+    "$SubmitPending",
+    "$Submitted",
+];
+
 /// Keyword of `\Seen`.
 pub(crate) const SEEN: &str = "$seen";
 /// Keyword of `\Deleted`.
@@ -44,15 +60,19 @@ pub(crate) fn to_keyword(flag: &Flag<'_>) -> Option<String> {
     })
 }
 
-/// The IMAP form of a stored keyword.
+/// The IMAP form of a stored keyword: system flags with a backslash,
+/// registered keywords in their canonical case, others as stored.
 pub(crate) fn to_imap(keyword: &str) -> &str {
-    SYSTEM
+    if let Some((flag, _)) = SYSTEM.iter().find(|(_, k)| *k == keyword) {
+        return flag;
+    }
+    WELL_KNOWN
         .iter()
-        .find(|(_, k)| *k == keyword)
-        .map_or(keyword, |(flag, _)| flag)
+        .find(|k| k.eq_ignore_ascii_case(keyword))
+        .map_or(keyword, |k| k)
 }
 
-/// `(\Seen $forwarded)`: a parenthesised flag list for FETCH and FLAGS.
+/// `(\Seen $Forwarded)`: a parenthesised flag list for FETCH and FLAGS.
 pub(crate) fn flag_list(keywords: &[String]) -> String {
     let mut out = String::from("(");
     for (i, k) in keywords.iter().enumerate() {
@@ -78,7 +98,8 @@ mod tests {
     fn round_trip() {
         assert_eq!(to_keyword(&Flag::Seen).as_deref(), Some("$seen"));
         assert_eq!(to_imap("$seen"), "\\Seen");
-        assert_eq!(to_imap("$forwarded"), "$forwarded");
+        assert_eq!(to_imap("$forwarded"), "$Forwarded");
+        assert_eq!(to_imap("work"), "work");
         let kw = Flag::try_from("$Forwarded").expect("keyword");
         assert_eq!(to_keyword(&kw).as_deref(), Some("$forwarded"));
         let ext = Flag::try_from("\\Recent").expect("extension");
@@ -86,6 +107,26 @@ mod tests {
         assert_eq!(
             flag_list(&["$deleted".into(), "work".into()]),
             "(\\Deleted work)"
+        );
+    }
+
+    /// Registered keywords go out in their registered spelling, so a
+    /// client comparing case-sensitively sees back what it stored
+    /// (found with mbsync 1.4, which dropped its `P` flag on the next sync).
+    #[test]
+    fn registered_keywords_keep_their_canonical_case() {
+        let stored = to_keyword(&Flag::try_from("$Forwarded").expect("keyword")).expect("stored");
+        assert_eq!(stored, "$forwarded");
+        assert_eq!(to_imap(&stored), "$Forwarded");
+        assert_eq!(
+            flag_list(&[
+                "$seen".into(),
+                stored,
+                "$mdnsent".into(),
+                "$junk".into(),
+                "$notjunk".into()
+            ]),
+            "(\\Seen $Forwarded $MDNSent $Junk $NotJunk)"
         );
     }
 }

@@ -845,7 +845,7 @@ impl Conn {
         let mut flag_list = flags::SYSTEM_FLAGS.to_string();
         for k in &keywords {
             flag_list.push(' ');
-            flag_list.push_str(k);
+            flag_list.push_str(flags::to_imap(k));
         }
         let exists = listing.len();
         let mut text = format!("* FLAGS ({flag_list})\r\n");

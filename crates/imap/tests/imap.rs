@@ -423,7 +423,7 @@ async fn fetch_store_search_copy_move_append() {
     assert!(joined(&r).contains("* SEARCH 1\r\n"), "{r:?}");
     let r = c.run("STORE 1 FLAGS ($Forwarded \\Answered)").await;
     assert!(
-        joined(&r).contains("* 1 FETCH (FLAGS (\\Answered $forwarded))"),
+        joined(&r).contains("* 1 FETCH (FLAGS (\\Answered $Forwarded))"),
         "{r:?}"
     );
     let r = c.run("UID STORE 1 -FLAGS.SILENT ($forwarded)").await;
