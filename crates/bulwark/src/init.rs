@@ -149,6 +149,7 @@ pub fn quickstart(args: &QuickstartArgs) -> CmdResult {
         println!();
         println!("Connect a mail client to 127.0.0.1 with one of these logins:");
         println!("  IMAP   port 9930 (TLS) or 1430 (STARTTLS)");
+        println!("  POP3   port 9950 (TLS) or 1100 (STLS)");
         println!("  SMTP   port 4650 (TLS) or 5870 (STARTTLS) to send; port 2525 receives");
         if let Some(cert) = &config.tls.certificate {
             println!(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bulwark_config::{Config, LogFormat, Protocol};
 use bulwark_directory::Directory;
-use bulwark_imap::ImapHandler;
+use bulwark_imap::{ImapHandler, Pop3Handler, Pop3Limits};
 use bulwark_mail::LocalDelivery;
 use bulwark_server::{Metrics, Server, ServerOptions};
 use bulwark_smtp::{Mode, SmtpHandler, SmtpLimits};
@@ -37,6 +37,10 @@ fn register_protocols(server: &mut Server, config: &Config, directory: &Director
     let imap = Arc::new(ImapHandler::new(directory.clone(), imap_limits));
     server.register(Protocol::Imap, imap.clone());
     server.register(Protocol::Imaps, imap);
+
+    let pop3 = Arc::new(Pop3Handler::new(directory.clone(), Pop3Limits::default()));
+    server.register(Protocol::Pop3, pop3.clone());
+    server.register(Protocol::Pop3s, pop3);
 
     let smtp_limits = SmtpLimits {
         max_message_size: usize::try_from(config.smtp.max_message_bytes).unwrap_or(usize::MAX),

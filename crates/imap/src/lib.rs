@@ -50,7 +50,10 @@
 //! Not yet: RENAME (answered NO), SEARCH RETURN options and LIST-EXTENDED
 //! selection/return options (imap-codec 2.0.0-alpha.10 does not parse
 //! them; answered BAD), BINARY, CONDSTORE/QRESYNC responses, SORT, THREAD,
-//! QUOTA, ACL and shared namespaces, UTF8=ACCEPT quoted strings, POP3.
+//! QUOTA, ACL and shared namespaces, UTF8=ACCEPT quoted strings.
+//!
+//! POP3 (RFC 1939 with STLS, CAPA, UIDL, TOP and SASL PLAIN) lives in
+//! [`pop3`], over the same Inbox.
 
 #![forbid(unsafe_code)]
 
@@ -62,9 +65,11 @@ mod limits;
 mod mime;
 mod names;
 mod out;
+pub mod pop3;
 mod search;
 mod session;
 mod view;
 
 pub use handler::ImapHandler;
 pub use limits::Limits;
+pub use pop3::{Pop3Handler, Pop3Limits};
