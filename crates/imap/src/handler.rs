@@ -425,7 +425,10 @@ impl Conn {
                 format!("* CAPABILITY {}\r\n", self.session.capabilities()).into_bytes(),
                 "CAPABILITY completed".into(),
             )),
-            CommandBody::Noop | CommandBody::Check => Ok((Vec::new(), "NOOP completed".into())),
+            CommandBody::Noop => Ok((Vec::new(), "NOOP completed".into())),
+            // Every write is durable when it returns, so a checkpoint has
+            // nothing left to do (RFC 3501 section 6.4.1).
+            CommandBody::Check => Ok((Vec::new(), "CHECK completed".into())),
             CommandBody::Logout => {
                 self.session.state = State::Logout;
                 let mut bytes = session::bye("Logging out");
