@@ -35,6 +35,8 @@ enum Item {
     Rfc822,
     Rfc822Header,
     Rfc822Text,
+    /// MODSEQ (RFC 7162 section 3.1.4.1).
+    ModSeq,
 }
 
 /// What a FETCH command asks for.
@@ -48,9 +50,28 @@ pub(crate) struct Plan {
     pub sets_seen: bool,
 }
 
+impl Plan {
+    /// Adds MODSEQ unless asked for already (CHANGEDSINCE, or FLAGS once
+    /// CONDSTORE is on: RFC 7162 sections 3.1.4.1 and 3.1.4.2).
+    pub(crate) fn add_modseq(&mut self) {
+        if !self.asks_modseq() {
+            self.items.push(Item::ModSeq);
+        }
+    }
+
+    /// Whether MODSEQ is among the items (a CONDSTORE enabling use).
+    pub(crate) fn asks_modseq(&self) -> bool {
+        self.items.iter().any(|i| matches!(i, Item::ModSeq))
+    }
+
+    /// Whether FLAGS is among the items.
+    pub(crate) fn asks_flags(&self) -> bool {
+        self.items.iter().any(|i| matches!(i, Item::Flags))
+    }
+}
+
 /// Builds the plan; `uid` adds UID (RFC 9051 section 6.4.9). Items this
-/// server does not offer (BINARY, MODSEQ) are refused with the text
-/// returned.
+/// server does not offer (BINARY) are refused with the text returned.
 pub(crate) fn plan(
     names: &MacroOrMessageDataItemNames<'_>,
     uid: bool,
@@ -96,17 +117,24 @@ pub(crate) fn plan(
             MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {
                 return Err("BINARY is not supported");
             }
+            MessageDataItemName::ModSeq => Item::ModSeq,
             #[allow(unreachable_patterns)]
             _ => return Err("FETCH item not supported"),
         };
-        let duplicate = matches!(item, Item::Uid) && items.iter().any(|i| matches!(i, Item::Uid));
+        let duplicate = matches!(item, Item::Uid | Item::ModSeq)
+            && items
+                .iter()
+                .any(|i| std::mem::discriminant(i) == std::mem::discriminant(&item));
         if !duplicate {
             items.push(item);
         }
     }
-    let needs_body = items
-        .iter()
-        .any(|i| !matches!(i, Item::Flags | Item::Uid | Item::InternalDate | Item::Size));
+    let needs_body = items.iter().any(|i| {
+        !matches!(
+            i,
+            Item::Flags | Item::Uid | Item::InternalDate | Item::Size | Item::ModSeq
+        )
+    });
     Ok(Plan {
         items,
         needs_body,
@@ -154,6 +182,9 @@ pub(crate) fn render(
             }
             Item::Uid => {
                 let _ = write!(Wrap(&mut out), "UID {}", entry.uid);
+            }
+            Item::ModSeq => {
+                let _ = write!(Wrap(&mut out), "MODSEQ ({})", entry.modseq.0);
             }
             Item::InternalDate => {
                 let _ = write!(
@@ -647,6 +678,38 @@ NIL NIL NIL \"<m1@example.com>\"))\r\n"
         assert!(
             got.contains("BODY[2.HEADER.FIELDS (SUBJECT)] {18}\r\nSubject: inner\r\n\r\n"),
             "{got}"
+        );
+    }
+
+    #[test]
+    fn modseq_item() {
+        // RFC 7162 section 3.1.4.1.
+        assert_eq!(
+            fetch("(FLAGS MODSEQ)", false),
+            "* 1 FETCH (FLAGS (\\Seen) MODSEQ (1))\r\n"
+        );
+        assert_eq!(
+            fetch("(MODSEQ MODSEQ)", true),
+            "* 1 FETCH (UID 7 MODSEQ (1))\r\n"
+        );
+        let (_, cmd) = CommandCodec::default()
+            .decode(b"a FETCH 1 (FLAGS)\r\n")
+            .expect("parses");
+        let CommandBody::Fetch {
+            macro_or_item_names,
+            ..
+        } = cmd.body
+        else {
+            panic!("not a fetch")
+        };
+        let mut p = plan(&macro_or_item_names, false).expect("plan");
+        assert!(p.asks_flags() && !p.asks_modseq());
+        p.add_modseq();
+        p.add_modseq();
+        assert!(!p.needs_body);
+        assert_eq!(
+            String::from_utf8(render(1, &entry(), &p, false, None)).expect("utf-8"),
+            "* 1 FETCH (FLAGS (\\Seen) MODSEQ (1))\r\n"
         );
     }
 }

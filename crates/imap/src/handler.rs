@@ -23,7 +23,9 @@ use bulwark_core::{ChangeNotice, MailboxId, MailboxRole, PrincipalId};
 use bulwark_directory::{AuthError, Directory};
 use bulwark_server::{Connection, ConnectionHandler};
 use bulwark_store::{Delivery, Error as StoreError, KeywordUpdate, Mailbox, MessageEntry, Store};
-use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::command::{
+    Command, CommandBody, FetchModifier, SelectParameter, StoreModifier,
+};
 use imap_codec::imap_types::core::Vec1;
 use imap_codec::imap_types::fetch::MacroOrMessageDataItemNames;
 use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
@@ -41,7 +43,7 @@ use crate::names::{self, NameError};
 use crate::out;
 use crate::search;
 use crate::session::{self, Input, Session, State};
-use crate::view::{ResolveError, View};
+use crate::view::{Ext, ResolveError, Unsolicited, View};
 
 /// The IMAP front end, for [`bulwark_server::Server::register`] on
 /// `Protocol::Imap` and `Protocol::Imaps`.
@@ -277,6 +279,41 @@ async fn visible_mailboxes(
     store.run(move |b| b.mailboxes(account)).await
 }
 
+/// UIDs removed from `mailbox` after `since`, ascending, from the account
+/// change log (RFC 7162 section 3.2.5.1 and 3.2.6: VANISHED (EARLIER)).
+fn destroyed_since(
+    b: &dyn bulwark_store::Backend,
+    account: PrincipalId,
+    mailbox: MailboxId,
+    since: u64,
+) -> Result<Vec<u32>, StoreError> {
+    const PAGE: usize = 1000;
+    let mut after = bulwark_core::ModSeq(since);
+    let mut uids = Vec::new();
+    loop {
+        let page = b.changes_since(account, after, PAGE)?;
+        let Some(last) = page.last().map(|c| c.modseq) else {
+            break;
+        };
+        for c in &page {
+            if c.object_type == bulwark_core::ObjectType::Email
+                && c.kind == bulwark_core::ChangeKind::Destroyed
+                && c.mailbox_id == Some(mailbox.0)
+                && let Some(uid) = c.uid
+            {
+                uids.push(uid);
+            }
+        }
+        if page.len() < PAGE || last <= after {
+            break;
+        }
+        after = last;
+    }
+    uids.sort_unstable();
+    uids.dedup();
+    Ok(uids)
+}
+
 /// The standard mailboxes (RFC 6154 special use), created on first login.
 const STANDARD: [(&str, MailboxRole); 6] = [
     ("INBOX", MailboxRole::Inbox),
@@ -340,6 +377,13 @@ impl Conn {
         self.session.rev2
     }
 
+    fn ext(&self) -> Ext {
+        Ext {
+            condstore: self.session.condstore,
+            qresync: self.session.qresync,
+        }
+    }
+
     fn account(&self) -> Result<PrincipalId, Refusal> {
         self.user
             .as_ref()
@@ -378,6 +422,7 @@ impl Conn {
     /// responses; `Err` carries a BYE when the mailbox vanished.
     async fn refresh(&mut self, allow_expunge: bool, uid: bool) -> Result<Vec<u8>, Vec<u8>> {
         self.drain_notices();
+        let ext = self.ext();
         let Some(selected) = self.selected.as_mut() else {
             self.dirty = false;
             return Ok(Vec::new());
@@ -402,8 +447,28 @@ impl Conn {
             }
         };
         let mut out = Vec::new();
-        for u in selected.view.apply(listing, allow_expunge) {
-            out.extend_from_slice(u.render(uid).as_bytes());
+        let updates = selected.view.apply(listing, allow_expunge);
+        if ext.qresync {
+            // RFC 7162 section 3.2.10: one VANISHED for all the expunges.
+            let mut gone: Vec<u32> = updates
+                .iter()
+                .filter_map(|u| match u {
+                    Unsolicited::Expunge { uid, .. } => Some(*uid),
+                    _ => None,
+                })
+                .collect();
+            if !gone.is_empty() {
+                gone.sort_unstable();
+                out.extend_from_slice(
+                    format!("* VANISHED {}\r\n", out::compact_set(&gone)).as_bytes(),
+                );
+            }
+        }
+        for u in updates {
+            if ext.qresync && matches!(u, Unsolicited::Expunge { .. }) {
+                continue;
+            }
+            out.extend_from_slice(u.render(uid, ext).as_bytes());
         }
         self.dirty = selected.view.messages().iter().any(|m| m.gone);
         Ok(out)
@@ -451,6 +516,15 @@ impl Conn {
                     if text.eq_ignore_ascii_case("IMAP4rev2") {
                         self.session.rev2 = true;
                         enabled.push("IMAP4rev2");
+                    } else if text.eq_ignore_ascii_case("CONDSTORE") {
+                        // RFC 7162 section 3.1.
+                        self.session.condstore = true;
+                        enabled.push("CONDSTORE");
+                    } else if text.eq_ignore_ascii_case("QRESYNC") {
+                        // RFC 7162 section 3.2.3: QRESYNC implies CONDSTORE.
+                        self.session.condstore = true;
+                        self.session.qresync = true;
+                        enabled.push("QRESYNC");
                     }
                 }
                 Ok((
@@ -478,8 +552,14 @@ impl Conn {
                     )
                     .await;
             }
-            CommandBody::Select { mailbox, .. } => self.select(&mailbox, false).await,
-            CommandBody::Examine { mailbox, .. } => self.select(&mailbox, true).await,
+            CommandBody::Select {
+                mailbox,
+                parameters,
+            } => self.select(&mailbox, false, &parameters).await,
+            CommandBody::Examine {
+                mailbox,
+                parameters,
+            } => self.select(&mailbox, true, &parameters).await,
             CommandBody::Create { mailbox } => self.create(&mailbox).await,
             CommandBody::Delete { mailbox } => self.delete(&mailbox).await,
             CommandBody::Rename { from, to } => self.rename(&from, &to).await,
@@ -541,10 +621,17 @@ impl Conn {
                 sequence_set,
                 macro_or_item_names,
                 uid,
-                ..
+                modifiers,
             } => {
                 return self
-                    .fetch(conn, &tag, &sequence_set, &macro_or_item_names, uid)
+                    .fetch(
+                        conn,
+                        &tag,
+                        &sequence_set,
+                        &macro_or_item_names,
+                        uid,
+                        &modifiers,
+                    )
                     .await;
             }
             CommandBody::Store {
@@ -553,8 +640,11 @@ impl Conn {
                 response,
                 flags,
                 uid,
-                ..
-            } => self.store(&sequence_set, kind, response, &flags, uid).await,
+                modifiers,
+            } => {
+                self.store(&sequence_set, kind, response, &flags, uid, &modifiers)
+                    .await
+            }
             CommandBody::Copy {
                 sequence_set,
                 mailbox,
@@ -816,7 +906,34 @@ impl Conn {
         }
     }
 
-    async fn select(&mut self, mailbox: &WireMailbox<'_>, read_only: bool) -> CmdResult {
+    async fn select(
+        &mut self,
+        mailbox: &WireMailbox<'_>,
+        read_only: bool,
+        parameters: &[SelectParameter],
+    ) -> CmdResult {
+        // RFC 7162 sections 3.1.8 (CONDSTORE) and 3.2.5 (QRESYNC).
+        let mut resync = None;
+        for parameter in parameters {
+            match parameter {
+                SelectParameter::CondStore => self.session.condstore = true,
+                SelectParameter::QResync {
+                    uid_validity,
+                    mod_sequence_value,
+                    known_uids,
+                    ..
+                } => {
+                    if !self.session.qresync {
+                        return Err(Refusal::bad("Enable QRESYNC first"));
+                    }
+                    resync = Some((
+                        uid_validity.get(),
+                        mod_sequence_value.get(),
+                        known_uids.clone(),
+                    ));
+                }
+            }
+        }
         let mut data = Vec::new();
         if self.selected.take().is_some() {
             // RFC 9051 section 6.3.2: the previous mailbox is closed first.
@@ -877,6 +994,47 @@ impl Conn {
             data.extend_from_slice(b"* LIST () \"/\" ");
             out::astring(&mut data, names::to_client(&mailbox.name, true).as_bytes());
             data.extend_from_slice(b"\r\n");
+        }
+        if let Some((validity, since, known)) = resync
+            && validity == mailbox.uid_validity
+        {
+            // RFC 7162 section 3.2.5.1: what vanished and what changed
+            // since the client's mod-sequence, within its known UIDs.
+            let last = mailbox.uid_next.saturating_sub(1);
+            let known_has = |u: u32| {
+                known
+                    .as_ref()
+                    .is_none_or(|set| search::in_set(set, u, last))
+            };
+            let present = |u: u32| listing.binary_search_by_key(&u, |m| m.uid).is_ok();
+            let mailbox_id = mailbox.id;
+            let vanished: Vec<u32> = self
+                .shared
+                .store
+                .run(move |b| destroyed_since(b, account, mailbox_id, since))
+                .await?
+                .into_iter()
+                .filter(|&u| known_has(u) && !present(u))
+                .collect();
+            if !vanished.is_empty() {
+                data.extend_from_slice(
+                    format!("* VANISHED (EARLIER) {}\r\n", out::compact_set(&vanished)).as_bytes(),
+                );
+            }
+            for (i, m) in listing.iter().enumerate() {
+                if m.modseq.0 > since && known_has(m.uid) {
+                    data.extend_from_slice(
+                        format!(
+                            "* {} FETCH (UID {} FLAGS {} MODSEQ ({}))\r\n",
+                            i + 1,
+                            m.uid,
+                            flags::flag_list(&m.keywords),
+                            m.modseq.0
+                        )
+                        .as_bytes(),
+                    );
+                }
+            }
         }
         self.selected = Some(Selected {
             mailbox,
@@ -1284,6 +1442,11 @@ impl Conn {
         }
         let key = SearchKey::And(criteria);
         let need = search::needs(&key);
+        let with_modseq = search::uses_modseq(&key);
+        if with_modseq {
+            // A CONDSTORE enabling command (RFC 7162 section 3.1).
+            self.session.condstore = true;
+        }
         let selected = self.selected()?;
         let account = selected.mailbox.account;
         let entries: Vec<(u32, MessageEntry)> = selected
@@ -1298,7 +1461,8 @@ impl Conn {
             exists: selected.view.exists(),
             last_uid: selected.view.messages().last().map_or(0, |m| m.entry.uid),
         };
-        let hits: Vec<u32> = self
+        let mut highest = 0u64;
+        let found: Vec<(u32, u64)> = self
             .shared
             .store
             .run(move |b| {
@@ -1321,12 +1485,19 @@ impl Conn {
                         raw: raw.as_deref(),
                     };
                     if search::matches(&key, &candidate, &scope) {
-                        hits.push(if uid { entry.uid } else { *msn });
+                        hits.push((if uid { entry.uid } else { *msn }, entry.modseq.0));
                     }
                 }
                 Ok(hits)
             })
             .await?;
+        let hits: Vec<u32> = found
+            .iter()
+            .map(|&(n, modseq)| {
+                highest = highest.max(modseq);
+                n
+            })
+            .collect();
         let data = if self.session.rev2 {
             // RFC 9051 section 7.3.4: ESEARCH replaces SEARCH.
             let mut line = format!("* ESEARCH (TAG \"{tag}\")");
@@ -1338,6 +1509,10 @@ impl Conn {
                 sorted.sort_unstable();
                 line.push_str(" ALL ");
                 line.push_str(&out::compact_set(&sorted));
+                // RFC 7162 section 3.1.5 with RFC 4731.
+                if with_modseq {
+                    line.push_str(&format!(" MODSEQ {highest}"));
+                }
             }
             line.push_str("\r\n");
             line
@@ -1346,6 +1521,10 @@ impl Conn {
             for h in &hits {
                 line.push(' ');
                 line.push_str(&h.to_string());
+            }
+            // RFC 7162 section 3.1.5: the highest mod-sequence of the hits.
+            if with_modseq && !hits.is_empty() {
+                line.push_str(&format!(" (MODSEQ {highest})"));
             }
             line.push_str("\r\n");
             line
@@ -1360,16 +1539,89 @@ impl Conn {
         set: &SequenceSet,
         names: &MacroOrMessageDataItemNames<'_>,
         uid: bool,
+        modifiers: &[FetchModifier],
     ) -> Flow {
+        // RFC 7162 sections 3.1.4.2 (CHANGEDSINCE) and 3.2.6 (VANISHED).
+        let mut changed_since = None;
+        let mut want_vanished = false;
+        for modifier in modifiers {
+            match modifier {
+                FetchModifier::ChangedSince(n) => changed_since = Some(n.get()),
+                FetchModifier::Vanished => want_vanished = true,
+            }
+        }
         let prepared = (|| {
-            let indices = self.resolve_set(set, uid)?;
-            let plan = fetch::plan(names, uid).map_err(Refusal::bad)?;
+            if want_vanished && !(uid && self.session.qresync && changed_since.is_some()) {
+                return Err(Refusal::bad(
+                    "VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC",
+                ));
+            }
+            let mut indices = self.resolve_set(set, uid)?;
+            let mut plan = fetch::plan(names, uid).map_err(Refusal::bad)?;
+            if changed_since.is_some() || plan.asks_modseq() {
+                // CONDSTORE enabling uses (RFC 7162 section 3.1).
+                self.session.condstore = true;
+            }
+            if changed_since.is_some()
+                || (self.session.condstore && (plan.asks_flags() || plan.sets_seen))
+            {
+                plan.add_modseq();
+            }
+            if let (Some(since), Some(selected)) = (changed_since, self.selected.as_ref()) {
+                indices.retain(|&i| {
+                    selected
+                        .view
+                        .get(i)
+                        .is_some_and(|m| m.entry.modseq.0 > since)
+                });
+            }
             Ok::<_, Refusal>((indices, plan))
         })();
         let (indices, plan) = match prepared {
             Ok(p) => p,
             Err(r) => return self.finish(conn, tag, Err(r), uid, uid).await,
         };
+        if want_vanished
+            && let (Some(since), Some(selected)) = (changed_since, self.selected.as_ref())
+        {
+            let (account, id) = (selected.mailbox.account, selected.mailbox.id);
+            let last = selected
+                .mailbox
+                .uid_next
+                .saturating_sub(1)
+                .max(selected.view.messages().last().map_or(0, |m| m.entry.uid));
+            let set = set.clone();
+            // Messages still in the view (not yet announced as gone) are
+            // left to the live VANISHED that follows.
+            let in_view: Vec<u32> = selected
+                .view
+                .messages()
+                .iter()
+                .map(|m| m.entry.uid)
+                .collect();
+            let vanished = self
+                .shared
+                .store
+                .run(move |b| destroyed_since(b, account, id, since))
+                .await
+                .map(|uids| {
+                    uids.into_iter()
+                        .filter(|&u| {
+                            search::in_set(&set, u, last) && in_view.binary_search(&u).is_err()
+                        })
+                        .collect::<Vec<u32>>()
+                });
+            match vanished {
+                Ok(uids) if uids.is_empty() => {}
+                Ok(uids) => {
+                    let line = format!("* VANISHED (EARLIER) {}\r\n", out::compact_set(&uids));
+                    if !send(conn, line.as_bytes()).await {
+                        return Flow::Close;
+                    }
+                }
+                Err(e) => return self.finish(conn, tag, Err(e.into()), uid, uid).await,
+            }
+        }
         // Implicit \Seen (RFC 9051 section 6.4.5), not in EXAMINE.
         let mut flagged_now: Vec<u32> = Vec::new();
         if plan.sets_seen
@@ -1405,7 +1657,7 @@ impl Conn {
                 match stored {
                     Ok(changed) => {
                         if let Some(selected) = self.selected.as_mut() {
-                            for (u, _) in changed {
+                            for (u, modseq) in changed {
                                 let mut keywords = selected
                                     .view
                                     .messages()
@@ -1416,7 +1668,7 @@ impl Conn {
                                 keywords.push(flags::SEEN.into());
                                 keywords.sort();
                                 keywords.dedup();
-                                selected.view.set_keywords(u, keywords);
+                                selected.view.set_keywords(u, keywords, Some(modseq.0));
                                 flagged_now.push(u);
                             }
                         }
@@ -1524,8 +1776,22 @@ impl Conn {
         response: StoreResponse,
         flag_list: &[Flag<'_>],
         uid: bool,
+        modifiers: &[StoreModifier],
     ) -> CmdResult {
+        // RFC 7162 section 3.1.3: UNCHANGEDSINCE.
+        let unchanged_since = modifiers
+            .iter()
+            .map(|m| match m {
+                StoreModifier::UnchangedSince(n) => *n,
+            })
+            .min();
         let indices = self.resolve_set(set, uid)?;
+        self.writable()?;
+        if unchanged_since.is_some() {
+            // A CONDSTORE enabling use (RFC 7162 section 3.1).
+            self.session.condstore = true;
+        }
+        let ext = self.ext();
         let selected = self.writable()?;
         let mut keywords = Vec::new();
         for flag in flag_list {
@@ -1545,16 +1811,34 @@ impl Conn {
             StoreType::Add => KeywordUpdate::Add(keywords),
             StoreType::Remove => KeywordUpdate::Remove(keywords),
         };
-        let listing = self
+        let (listing, updated, modified) = self
             .shared
             .store
             .run(move |b| {
-                if !uids.is_empty() {
-                    b.update_keywords(&actor, account, id, &uids, &update)?;
+                let mut targets = uids;
+                let mut modified = Vec::new();
+                if let Some(since) = unchanged_since {
+                    // Checked against the stored entries just before the
+                    // write; the store has no compare-and-set, so a write
+                    // by another session in between is not caught.
+                    let now = b.messages(account, id)?;
+                    targets.retain(|u| match now.binary_search_by_key(u, |e| e.uid) {
+                        Ok(p) if now[p].modseq.0 > since => {
+                            modified.push(*u);
+                            false
+                        }
+                        _ => true,
+                    });
                 }
-                b.messages(account, id)
+                let updated = if targets.is_empty() {
+                    Vec::new()
+                } else {
+                    b.update_keywords(&actor, account, id, &targets, &update)?
+                };
+                Ok((b.messages(account, id)?, updated, modified))
             })
             .await?;
+        let mut failed = Vec::new();
         let mut data = Vec::new();
         if let Some(selected) = self.selected.as_mut() {
             for &i in &indices {
@@ -1569,17 +1853,48 @@ impl Conn {
                     continue;
                 };
                 let fresh = listing[pos].keywords.clone();
-                selected.view.set_keywords(current, fresh.clone());
+                let modseq = listing[pos].modseq.0;
+                if modified.contains(&current) {
+                    // Left for the refresh to announce as someone else's
+                    // change.
+                    failed.push(if uid { current } else { i as u32 + 1 });
+                    continue;
+                }
+                selected
+                    .view
+                    .set_keywords(current, fresh.clone(), Some(modseq));
                 if response == StoreResponse::Answer {
                     let line = crate::view::Unsolicited::Flags {
                         msn: i as u32 + 1,
                         uid: current,
                         keywords: fresh,
+                        modseq,
                     }
-                    .render(uid);
+                    .render(uid, ext);
                     data.extend_from_slice(line.as_bytes());
+                } else if ext.condstore && updated.iter().any(|(u, _)| *u == current) {
+                    // RFC 7162 section 3.1.3: with .SILENT, the new
+                    // mod-sequence is still reported.
+                    let uid_part = if uid || ext.qresync {
+                        format!("UID {current} ")
+                    } else {
+                        String::new()
+                    };
+                    data.extend_from_slice(
+                        format!("* {} FETCH ({uid_part}MODSEQ ({modseq}))\r\n", i + 1).as_bytes(),
+                    );
                 }
             }
+        }
+        if !failed.is_empty() {
+            failed.sort_unstable();
+            return Ok((
+                data,
+                format!(
+                    "[MODIFIED {}] Conditional STORE failed",
+                    out::compact_set(&failed)
+                ),
+            ));
         }
         Ok((data, "STORE completed".into()))
     }

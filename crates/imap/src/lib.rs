@@ -45,12 +45,17 @@
 //! SELECT/EXAMINE, CREATE, DELETE, SUBSCRIBE/UNSUBSCRIBE (no-ops: every
 //! mailbox is subscribed), APPEND (APPENDLIMIT, LITERAL+), FETCH and UID
 //! FETCH, STORE, EXPUNGE, UID EXPUNGE (UIDPLUS), CLOSE, UNSELECT, COPY,
-//! MOVE, SEARCH (ESEARCH form after ENABLE IMAP4rev2), IDLE, CHECK.
+//! MOVE, RENAME, SEARCH (ESEARCH form after ENABLE IMAP4rev2), IDLE, CHECK.
+//! CONDSTORE and QRESYNC (RFC 7162) from the account change log: ENABLE,
+//! SELECT/EXAMINE (CONDSTORE) and (QRESYNC (...)) with VANISHED (EARLIER),
+//! FETCH MODSEQ and CHANGEDSINCE (VANISHED), STORE UNCHANGEDSINCE with
+//! MODIFIED, SEARCH MODSEQ, STATUS HIGHESTMODSEQ, VANISHED for expunges.
+//! UNCHANGEDSINCE is checked just before the write, not atomically with it.
 //!
-//! Not yet: RENAME (answered NO), SEARCH RETURN options and LIST-EXTENDED
+//! Not yet: SEARCH RETURN options and LIST-EXTENDED
 //! selection/return options (imap-codec 2.0.0-alpha.10 does not parse
-//! them; answered BAD), BINARY, CONDSTORE/QRESYNC responses, SORT, THREAD,
-//! QUOTA, ACL and shared namespaces, UTF8=ACCEPT quoted strings.
+//! them; answered BAD), BINARY, SORT, THREAD, QUOTA, ACL and shared
+//! namespaces, UTF8=ACCEPT quoted strings.
 //!
 //! POP3 (RFC 1939 with STLS, CAPA, UIDL, TOP and SASL PLAIN) lives in
 //! [`pop3`], over the same Inbox.
@@ -73,3 +78,74 @@ mod view;
 pub use handler::ImapHandler;
 pub use limits::Limits;
 pub use pop3::{Pop3Handler, Pop3Limits};
+
+/// A fuzzing entry point (for the `cargo fuzz` target `imap_framing`
+/// outside the workspace): frames and parses arbitrary client bytes exactly
+/// as a session does (framer with caps, then imap-codec, then the state
+/// rules), in each state, fed in two uneven parts to exercise resumption,
+/// with the line mode of IDLE and AUTHENTICATE and the buffer drop of
+/// STARTTLS. Must never panic, and every step must consume input or end the
+/// session.
+#[doc(hidden)]
+pub fn fuzz_framing(input: &[u8]) {
+    use imap_codec::imap_types::command::CommandBody;
+    use session::{Input, Session, State};
+
+    // Small caps so that the limit paths are reached by small inputs.
+    let limits = Limits {
+        max_line_bytes: 512,
+        max_literal_bytes: 64,
+        max_append_bytes: 1024,
+        max_command_bytes: 2048,
+        ..Limits::default()
+    };
+    for state in [
+        State::NotAuthenticated,
+        State::Authenticated,
+        State::Selected,
+    ] {
+        let mut session = Session::new(limits.clone(), false, true);
+        session.state = state;
+        let cut = input.len() / 3;
+        'parts: for part in [&input[..cut], &input[cut..]] {
+            session.feed(part);
+            let mut steps = 0usize;
+            while let Some(next) = session.next_input() {
+                steps += 1;
+                // Each step takes at least one line (or ends the session).
+                assert!(steps <= part.len() + 2, "framer does not make progress");
+                match next {
+                    Input::Write(_) => {}
+                    Input::Close(_) => break 'parts,
+                    Input::StartTls(_) => session.start_tls(),
+                    Input::Command(command) => match command.body {
+                        // The handler reads bare lines for these.
+                        CommandBody::Idle | CommandBody::Authenticate { .. } => {
+                            if let Some(Err(_)) = session.next_line() {
+                                break 'parts;
+                            }
+                        }
+                        _ => session.good(),
+                    },
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod fuzz_entry_tests {
+    #[test]
+    fn framing_entry_point_survives_hostile_seeds() {
+        for input in [
+            &b"a LOGIN {5}\r\nalice {8}\r\npassword\r\nb SELECT INBOX\r\nc IDLE\r\nDONE\r\n"[..],
+            b"a APPEND INBOX {99999999}\r\n",
+            b"a STARTTLS\r\nb LOGIN x y\r\n",
+            b"a FETCH 1:* (((((((((((((((((FLAGS))))))))))))))))\r\n",
+            &[b'x'; 4096],
+            b"",
+        ] {
+            super::fuzz_framing(input);
+        }
+    }
+}

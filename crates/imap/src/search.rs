@@ -69,7 +69,7 @@ pub(crate) struct Scope {
     pub last_uid: u32,
 }
 
-fn in_set(set: &SequenceSet, value: u32, star: u32) -> bool {
+pub(crate) fn in_set(set: &SequenceSet, value: u32, star: u32) -> bool {
     set.0.as_ref().iter().any(|s| {
         let v = |x: &SeqOrUid| match x {
             SeqOrUid::Value(n) => n.get(),
@@ -227,7 +227,22 @@ pub(crate) fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, scope: &Scope) -> 
             contains(&String::from_utf8_lossy(&raw[..end]), s.as_ref())
                 || contains(&body_text(raw), s.as_ref())
         }
+        // RFC 7162 section 3.1.5: entry names are accepted; every
+        // metadata item shares the message's one mod-sequence.
+        SearchKey::ModSequence { modseq, .. } => c.entry.modseq.0 >= *modseq,
         #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
+/// Whether the criteria use MODSEQ, so the answer carries the highest
+/// mod-sequence of the hits (RFC 7162 section 3.1.5).
+pub(crate) fn uses_modseq(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::ModSequence { .. } => true,
+        SearchKey::And(keys) => keys.as_ref().iter().any(uses_modseq),
+        SearchKey::Not(k) => uses_modseq(k),
+        SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
         _ => false,
     }
 }
@@ -305,5 +320,36 @@ mod tests {
         assert_eq!(needs(&criteria("SUBJECT x")), Need::Meta);
         assert_eq!(needs(&criteria("OR SEEN BODY x")), Need::Raw);
         assert_eq!(needs(&criteria("1:* SEEN")), Need::Listing);
+    }
+
+    #[test]
+    fn modseq_criterion() {
+        // RFC 7162 section 3.1.5: MODSEQ matches entries at or above it.
+        let entry = MessageEntry {
+            uid: 4,
+            email: EmailId(1),
+            modseq: ModSeq(620162338),
+            keywords: Vec::new(),
+            size: 10,
+            received_at: 0,
+            blob: BlobId([0; 32]),
+        };
+        let c = Candidate {
+            msn: 1,
+            entry: &entry,
+            meta: None,
+            raw: None,
+        };
+        let scope = Scope {
+            exists: 1,
+            last_uid: 4,
+        };
+        let yes = |q: &str| matches(&criteria(q), &c, &scope);
+        assert!(yes("MODSEQ 620162338"));
+        assert!(yes("MODSEQ \"/flags/\\\\draft\" all 620162000"));
+        assert!(!yes("MODSEQ 620162339"));
+        assert!(yes("OR NOT MODSEQ 720162338 LARGER 50000"));
+        assert!(uses_modseq(&criteria("OR NOT MODSEQ 7 LARGER 5")));
+        assert!(!uses_modseq(&criteria("LARGER 5")));
     }
 }

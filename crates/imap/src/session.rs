@@ -56,6 +56,10 @@ pub(crate) struct Session {
     pub tls_available: bool,
     /// `ENABLE IMAP4rev2` was sent (RFC 9051 section 6.3.1).
     pub rev2: bool,
+    /// CONDSTORE is on: enabled, or used by a command (RFC 7162 section 3.1).
+    pub condstore: bool,
+    /// `ENABLE QRESYNC` was sent (RFC 7162 section 3.2.3).
+    pub qresync: bool,
     /// Failed LOGIN/AUTHENTICATE attempts in this session.
     pub auth_failures: u32,
     bad_in_a_row: u32,
@@ -81,6 +85,8 @@ impl Session {
             tls,
             tls_available,
             rev2: false,
+            condstore: false,
+            qresync: false,
             auth_failures: 0,
             bad_in_a_row: 0,
             limits,
@@ -124,7 +130,7 @@ impl Session {
             }
         }
         caps.push_str(
-            " SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE",
+            " SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE CONDSTORE QRESYNC",
         );
         caps.push_str(&format!(" APPENDLIMIT={}", self.limits.max_append_bytes));
         caps
@@ -332,6 +338,7 @@ mod tests {
         let caps = tls.capabilities();
         assert!(caps.contains("AUTH=PLAIN") && !caps.contains("LOGINDISABLED"));
         assert!(caps.contains("APPENDLIMIT=52428800"));
+        assert!(caps.contains(" CONDSTORE QRESYNC"));
     }
 
     #[test]
@@ -429,6 +436,38 @@ mod tests {
                 assert_eq!(got.len(), 1, "{line}: {got:?}");
                 assert!(got[0].starts_with("command "), "{line}: {got:?}");
             }
+        }
+    }
+
+    #[test]
+    fn rfc_7162_examples_parse() {
+        // Commands from RFC 7162 sections 3.1 and 3.2 examples.
+        let mut s = Session::new(Limits::default(), true, false);
+        s.state = State::Authenticated;
+        for line in [
+            "t1 ENABLE CONDSTORE QRESYNC",
+            "A142 SELECT INBOX (CONDSTORE)",
+            "A03 SELECT INBOX (QRESYNC (67890007 20050715194045000 41,43:211,214:541))",
+            "B01 SELECT INBOX (QRESYNC (67890007 90060115194045000 1:29997 (5000,7500,9000,9990:9999 15000,22500,27000,29970,29973,29976,29979,29982,29985,29988,29991,29994,29997:30000)))",
+            "A042 STATUS blurdybloop (UIDNEXT MESSAGES HIGHESTMODSEQ)",
+        ] {
+            let got = run(&mut s, format!("{line}\r\n").as_bytes());
+            assert_eq!(got.len(), 1, "{line}: {got:?}");
+            assert!(got[0].starts_with("command "), "{line}: {got:?}");
+        }
+        s.state = State::Selected;
+        for line in [
+            "a103 UID STORE 6,4,8 (UNCHANGEDSINCE 12121230045) +FLAGS.SILENT (\\Deleted)",
+            "d105 STORE 7,5,9 (UNCHANGEDSINCE 320162338) +FLAGS.SILENT (\\Deleted)",
+            "s100 UID FETCH 1:* (FLAGS) (CHANGEDSINCE 12345)",
+            "a FETCH 1:* (FLAGS MODSEQ)",
+            "A02 UID FETCH 300:500 (FLAGS) (CHANGEDSINCE 12345 VANISHED)",
+            "a SEARCH MODSEQ \"/flags/\\\\draft\" all 620162338",
+            "t SEARCH OR NOT MODSEQ 720162338 LARGER 50000",
+        ] {
+            let got = run(&mut s, format!("{line}\r\n").as_bytes());
+            assert_eq!(got.len(), 1, "{line}: {got:?}");
+            assert!(got[0].starts_with("command "), "{line}: {got:?}");
         }
     }
 }

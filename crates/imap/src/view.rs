@@ -28,9 +28,14 @@ pub(crate) struct ViewMessage {
 /// An untagged response the view wants sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Unsolicited {
-    /// `* n EXPUNGE`
-    Expunge(u32),
-    /// `* n FETCH (FLAGS (...) [UID u])`
+    /// `* n EXPUNGE`, or `* VANISHED uid` under QRESYNC.
+    Expunge {
+        /// Sequence number.
+        msn: u32,
+        /// UID.
+        uid: u32,
+    },
+    /// `* n FETCH (FLAGS (...) [UID u] [MODSEQ (m)])`
     Flags {
         /// Sequence number.
         msn: u32,
@@ -38,27 +43,48 @@ pub(crate) enum Unsolicited {
         uid: u32,
         /// The new keywords.
         keywords: Vec<String>,
+        /// The entry's modification sequence.
+        modseq: u64,
     },
     /// `* n EXISTS`
     Exists(u32),
 }
 
+/// Which extensions shape the responses (RFC 7162).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Ext {
+    /// FETCH responses carry MODSEQ (RFC 7162 section 3.1.4.1).
+    pub condstore: bool,
+    /// Expunges are announced as VANISHED (RFC 7162 section 3.2.10).
+    pub qresync: bool,
+}
+
 impl Unsolicited {
     /// The response line, `include_uid` for UID commands (RFC 9051
     /// section 6.4.9: FETCH responses to UID commands carry the UID).
-    pub(crate) fn render(&self, include_uid: bool) -> String {
+    pub(crate) fn render(&self, include_uid: bool, ext: Ext) -> String {
         match self {
-            Unsolicited::Expunge(n) => format!("* {n} EXPUNGE\r\n"),
+            Unsolicited::Expunge { uid, .. } if ext.qresync => format!("* VANISHED {uid}\r\n"),
+            Unsolicited::Expunge { msn, .. } => format!("* {msn} EXPUNGE\r\n"),
             Unsolicited::Exists(n) => format!("* {n} EXISTS\r\n"),
-            Unsolicited::Flags { msn, uid, keywords } => {
-                if include_uid {
-                    format!(
-                        "* {msn} FETCH (UID {uid} FLAGS {})\r\n",
-                        flags::flag_list(keywords)
-                    )
-                } else {
-                    format!("* {msn} FETCH (FLAGS {})\r\n", flags::flag_list(keywords))
+            Unsolicited::Flags {
+                msn,
+                uid,
+                keywords,
+                modseq,
+            } => {
+                let mut line = format!("* {msn} FETCH (");
+                // RFC 7162 section 3.2.4: under QRESYNC unsolicited FETCH
+                // responses carry the UID.
+                if include_uid || ext.qresync {
+                    line.push_str(&format!("UID {uid} "));
                 }
+                line.push_str(&format!("FLAGS {}", flags::flag_list(keywords)));
+                if ext.condstore {
+                    line.push_str(&format!(" MODSEQ ({modseq})"));
+                }
+                line.push_str(")\r\n");
+                line
             }
         }
     }
@@ -107,9 +133,12 @@ impl View {
 
     /// Sets the keywords the session itself just stored, so they are not
     /// announced again as someone else's change.
-    pub(crate) fn set_keywords(&mut self, uid: u32, keywords: Vec<String>) {
+    pub(crate) fn set_keywords(&mut self, uid: u32, keywords: Vec<String>, modseq: Option<u64>) {
         if let Ok(i) = self.messages.binary_search_by_key(&uid, |m| m.entry.uid) {
             self.messages[i].entry.keywords = keywords;
+            if let Some(modseq) = modseq {
+                self.messages[i].entry.modseq = bulwark_core::ModSeq(modseq);
+            }
         }
     }
 
@@ -202,8 +231,11 @@ impl View {
             // Highest first, so every number is right when it is sent.
             for i in (0..self.messages.len()).rev() {
                 if self.messages[i].gone {
-                    self.messages.remove(i);
-                    out.push(Unsolicited::Expunge(i as u32 + 1));
+                    let gone = self.messages.remove(i);
+                    out.push(Unsolicited::Expunge {
+                        msn: i as u32 + 1,
+                        uid: gone.entry.uid,
+                    });
                     for c in changed.iter_mut().filter(|c| **c > i) {
                         *c -= 1;
                     }
@@ -216,6 +248,7 @@ impl View {
                 msn: i as u32 + 1,
                 uid: m.uid,
                 keywords: m.keywords.clone(),
+                modseq: m.modseq.0,
             });
         }
         if !new.is_empty() {
@@ -289,12 +322,13 @@ mod tests {
             vec![Unsolicited::Flags {
                 msn: 3,
                 uid: 3,
-                keywords: vec!["$seen".into()]
+                keywords: vec!["$seen".into()],
+                modseq: 1,
             }]
         );
         assert_eq!(view.exists(), 3, "the ghost keeps its number");
         let at_noop = view.apply(fresh, true);
-        assert_eq!(at_noop, vec![Unsolicited::Expunge(2)]);
+        assert_eq!(at_noop, vec![Unsolicited::Expunge { msn: 2, uid: 2 }]);
         assert_eq!(view.exists(), 2);
         assert_eq!(view.get(1).map(|m| m.entry.uid), Some(3));
     }
@@ -307,13 +341,14 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                Unsolicited::Expunge(5),
-                Unsolicited::Expunge(3),
-                Unsolicited::Expunge(2),
+                Unsolicited::Expunge { msn: 5, uid: 5 },
+                Unsolicited::Expunge { msn: 3, uid: 3 },
+                Unsolicited::Expunge { msn: 2, uid: 2 },
                 Unsolicited::Flags {
                     msn: 2,
                     uid: 4,
-                    keywords: vec!["$flagged".into()]
+                    keywords: vec!["$flagged".into()],
+                    modseq: 1,
                 },
                 Unsolicited::Exists(3),
             ]
@@ -326,7 +361,39 @@ mod tests {
         let out = view.apply(vec![entry(2, &[]), entry(3, &[])], false);
         assert_eq!(out, vec![Unsolicited::Exists(3)]);
         let out = view.apply(vec![entry(2, &[]), entry(3, &[])], true);
-        assert_eq!(out, vec![Unsolicited::Expunge(1)]);
+        assert_eq!(out, vec![Unsolicited::Expunge { msn: 1, uid: 1 }]);
         assert_eq!(view.exists(), 2);
+    }
+
+    #[test]
+    fn rfc_7162_renderings() {
+        let flags = Unsolicited::Flags {
+            msn: 4,
+            uid: 8,
+            keywords: vec!["$seen".into()],
+            modseq: 12121231000,
+        };
+        let plain = Ext::default();
+        let condstore = Ext {
+            condstore: true,
+            qresync: false,
+        };
+        let qresync = Ext {
+            condstore: true,
+            qresync: true,
+        };
+        assert_eq!(flags.render(false, plain), "* 4 FETCH (FLAGS (\\Seen))\r\n");
+        assert_eq!(
+            flags.render(false, condstore),
+            "* 4 FETCH (FLAGS (\\Seen) MODSEQ (12121231000))\r\n"
+        );
+        assert_eq!(
+            flags.render(false, qresync),
+            "* 4 FETCH (UID 8 FLAGS (\\Seen) MODSEQ (12121231000))\r\n"
+        );
+        let gone = Unsolicited::Expunge { msn: 3, uid: 7 };
+        assert_eq!(gone.render(false, condstore), "* 3 EXPUNGE\r\n");
+        // RFC 7162 section 3.2.10: VANISHED replaces EXPUNGE.
+        assert_eq!(gone.render(false, qresync), "* VANISHED 7\r\n");
     }
 }
