@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bulwark_audit::Actor;
-use bulwark_core::{ChangeNotice, MailboxId, MailboxRole, PrincipalId};
+use bulwark_core::{ChangeNotice, MailboxId, MailboxRole, ModSeq, PrincipalId};
 use bulwark_directory::{AuthError, Directory};
 use bulwark_server::{Connection, ConnectionHandler};
 use bulwark_store::{Delivery, Error as StoreError, KeywordUpdate, Mailbox, MessageEntry, Store};
@@ -288,7 +288,7 @@ fn destroyed_since(
     since: u64,
 ) -> Result<Vec<u32>, StoreError> {
     const PAGE: usize = 1000;
-    let mut after = bulwark_core::ModSeq(since);
+    let mut after = ModSeq(since);
     let mut uids = Vec::new();
     loop {
         let page = b.changes_since(account, after, PAGE)?;
@@ -1815,25 +1815,26 @@ impl Conn {
             .shared
             .store
             .run(move |b| {
-                let mut targets = uids;
-                let mut modified = Vec::new();
-                if let Some(since) = unchanged_since {
-                    // Checked against the stored entries just before the
-                    // write; the store has no compare-and-set, so a write
-                    // by another session in between is not caught.
-                    let now = b.messages(account, id)?;
-                    targets.retain(|u| match now.binary_search_by_key(u, |e| e.uid) {
-                        Ok(p) if now[p].modseq.0 > since => {
-                            modified.push(*u);
-                            false
-                        }
-                        _ => true,
-                    });
-                }
-                let updated = if targets.is_empty() {
-                    Vec::new()
-                } else {
-                    b.update_keywords(&actor, account, id, &targets, &update)?
+                // UNCHANGEDSINCE is decided by the store inside the same
+                // write as the change, so no other session's change can
+                // slip in between (RFC 7162 section 3.1.3).
+                let (updated, modified) = match unchanged_since {
+                    Some(since) => {
+                        let outcome = b.update_keywords_if_unchanged(
+                            &actor,
+                            account,
+                            id,
+                            &uids,
+                            &update,
+                            ModSeq(since),
+                        )?;
+                        (outcome.changed, outcome.modified)
+                    }
+                    None if uids.is_empty() => (Vec::new(), Vec::new()),
+                    None => (
+                        b.update_keywords(&actor, account, id, &uids, &update)?,
+                        Vec::new(),
+                    ),
                 };
                 Ok((b.messages(account, id)?, updated, modified))
             })

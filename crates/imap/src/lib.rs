@@ -50,7 +50,6 @@
 //! SELECT/EXAMINE (CONDSTORE) and (QRESYNC (...)) with VANISHED (EARLIER),
 //! FETCH MODSEQ and CHANGEDSINCE (VANISHED), STORE UNCHANGEDSINCE with
 //! MODIFIED, SEARCH MODSEQ, STATUS HIGHESTMODSEQ, VANISHED for expunges.
-//! UNCHANGEDSINCE is checked just before the write, not atomically with it.
 //!
 //! Not yet: SEARCH RETURN options and LIST-EXTENDED
 //! selection/return options (imap-codec 2.0.0-alpha.10 does not parse

@@ -455,6 +455,26 @@ fn keywords_and_modseq(b: &dyn Backend) {
         b.update_keywords(&me, a, ia, &[1], &KeywordUpdate::Add(vec![String::new()]))
             .is_err()
     );
+    // A conditional change skips entries changed after the given point:
+    // UID 1 changed last (its $seen went), UID 3 before that.
+    let list = b.messages(a, ia).unwrap();
+    let since = list[2].modseq;
+    assert!(list[0].modseq > since);
+    let outcome = b
+        .update_keywords_if_unchanged(
+            &me,
+            a,
+            ia,
+            &[1, 3],
+            &KeywordUpdate::Add(vec!["$junk".into()]),
+            since,
+        )
+        .unwrap();
+    assert_eq!(outcome.modified, vec![1], "UID 1 changed after {since}");
+    assert_eq!(outcome.changed.iter().map(|c| c.0).collect::<Vec<_>>(), [3]);
+    let list = b.messages(a, ia).unwrap();
+    assert!(!list[0].keywords.contains(&"$junk".to_string()));
+    assert!(list[2].keywords.contains(&"$junk".to_string()));
     // IMAP system flags are mapped to JMAP keywords by the front end.
     assert!(
         b.update_keywords(&me, a, ia, &[1], &KeywordUpdate::Add(vec!["\\Seen".into()]))

@@ -168,6 +168,19 @@ pub trait Backend: Send + Sync + 'static {
         uids: &[u32],
         update: &KeywordUpdate,
     ) -> Result<Vec<(u32, ModSeq)>>;
+    /// Like `update_keywords`, but entries whose modification sequence is
+    /// above `unchanged_since` are left alone and returned in `modified`
+    /// (IMAP CONDSTORE's UNCHANGEDSINCE, RFC 7162 section 3.1.3), decided
+    /// inside the same write so no concurrent change slips between.
+    fn update_keywords_if_unchanged(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        mailbox: MailboxId,
+        uids: &[u32],
+        update: &KeywordUpdate,
+        unchanged_since: ModSeq,
+    ) -> Result<KeywordChanges>;
     /// Files messages of `from` into `to` as the same emails (no new copy
     /// of the bytes, no quota charge), keeping their keywords. With
     /// `remove_source` it is a move: both sides change in one transaction.

@@ -189,6 +189,15 @@ pub enum KeywordUpdate {
     Remove(Vec<String>),
 }
 
+/// What a conditional keyword change did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeywordChanges {
+    /// UIDs whose keywords changed, with their new modification sequence.
+    pub changed: Vec<(u32, ModSeq)>,
+    /// UIDs left alone because they changed after the given point.
+    pub modified: Vec<u32>,
+}
+
 /// Result of [`crate::Backend::check_blobs`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BlobCheck {

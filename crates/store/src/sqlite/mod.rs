@@ -219,6 +219,73 @@ impl SqliteBackend {
         self.writer.submit(audit, op)
     }
 
+    /// Changes keywords; with `unchanged_since`, entries changed after it
+    /// are left alone and reported, checked inside the same write.
+    fn store_keywords(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        mailbox: MailboxId,
+        uids: &[u32],
+        update: &KeywordUpdate,
+        unchanged_since: Option<ModSeq>,
+    ) -> Result<KeywordChanges> {
+        let normalize = |list: &Vec<String>| {
+            list.iter()
+                .map(|k| normalize_keyword(k))
+                .collect::<Result<std::collections::BTreeSet<_>>>()
+        };
+        let update = match update {
+            KeywordUpdate::Set(k) => KeywordUpdate::Set(normalize(k)?.into_iter().collect()),
+            KeywordUpdate::Add(k) => KeywordUpdate::Add(normalize(k)?.into_iter().collect()),
+            KeywordUpdate::Remove(k) => KeywordUpdate::Remove(normalize(k)?.into_iter().collect()),
+        };
+        let uids = uids.to_vec();
+        let target = self.audit_name(actor, account, Some(account))?;
+        self.write(actor, "email.store", target, Some(account), move |ctx, event| {
+            require_mailbox(ctx.conn, account, mailbox)?;
+            let mut changed = Vec::new();
+            let mut modified = Vec::new();
+            for uid in uids {
+                let row: Option<(i64, String, i64)> = ctx
+                    .conn
+                    .prepare_cached(
+                        "SELECT email_id, keywords, modseq FROM mailbox_messages WHERE mailbox_id = ?1 AND uid = ?2",
+                    )?
+                    .query_row(params![mailbox.0, uid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?;
+                let Some((email, current, entry_modseq)) = row else { continue };
+                if unchanged_since.is_some_and(|since| entry_modseq as u64 > since.0) {
+                    modified.push(uid);
+                    continue;
+                }
+                let before: std::collections::BTreeSet<String> = split_keywords(&current).into_iter().collect();
+                let mut after = before.clone();
+                match &update {
+                    KeywordUpdate::Set(k) => after = k.iter().cloned().collect(),
+                    KeywordUpdate::Add(k) => after.extend(k.iter().cloned()),
+                    KeywordUpdate::Remove(k) => after.retain(|x| !k.contains(x)),
+                }
+                if after == before {
+                    continue;
+                }
+                let modseq = ctx.change(account, ObjectType::Email, email, ChangeKind::Updated, Some(mailbox.0), Some(uid))?;
+                ctx.conn
+                    .prepare_cached("UPDATE mailbox_messages SET keywords = ?1, modseq = ?2 WHERE mailbox_id = ?3 AND uid = ?4")?
+                    .execute(params![join_keywords(&after), modseq.0 as i64, mailbox.0, uid])?;
+                changed.push((uid, modseq));
+            }
+            if let Some((_, modseq)) = changed.last() {
+                ctx.conn
+                    .prepare_cached("UPDATE mailboxes SET highest_modseq = ?1 WHERE id = ?2")?
+                    .execute(params![modseq.0 as i64, mailbox.0])?;
+            }
+            event.object_ids = changed.iter().map(|(uid, _)| format!("{mailbox}:{uid}")).collect();
+            event.item_count = changed.len() as u64;
+            Ok(KeywordChanges { changed, modified })
+        })
+    }
+
     fn principal_row(row: &Row<'_>) -> rusqlite::Result<PrincipalRow> {
         Ok((
             row.get(0)?,
@@ -1307,53 +1374,21 @@ impl Backend for SqliteBackend {
         uids: &[u32],
         update: &KeywordUpdate,
     ) -> Result<Vec<(u32, ModSeq)>> {
-        let normalize = |list: &Vec<String>| {
-            list.iter()
-                .map(|k| normalize_keyword(k))
-                .collect::<Result<std::collections::BTreeSet<_>>>()
-        };
-        let update = match update {
-            KeywordUpdate::Set(k) => KeywordUpdate::Set(normalize(k)?.into_iter().collect()),
-            KeywordUpdate::Add(k) => KeywordUpdate::Add(normalize(k)?.into_iter().collect()),
-            KeywordUpdate::Remove(k) => KeywordUpdate::Remove(normalize(k)?.into_iter().collect()),
-        };
-        let uids = uids.to_vec();
-        let target = self.audit_name(actor, account, Some(account))?;
-        self.write(actor, "email.store", target, Some(account), move |ctx, event| {
-            require_mailbox(ctx.conn, account, mailbox)?;
-            let mut changed = Vec::new();
-            for uid in uids {
-                let row: Option<(i64, String)> = ctx
-                    .conn
-                    .prepare_cached("SELECT email_id, keywords FROM mailbox_messages WHERE mailbox_id = ?1 AND uid = ?2")?
-                    .query_row(params![mailbox.0, uid], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?;
-                let Some((email, current)) = row else { continue };
-                let before: std::collections::BTreeSet<String> = split_keywords(&current).into_iter().collect();
-                let mut after = before.clone();
-                match &update {
-                    KeywordUpdate::Set(k) => after = k.iter().cloned().collect(),
-                    KeywordUpdate::Add(k) => after.extend(k.iter().cloned()),
-                    KeywordUpdate::Remove(k) => after.retain(|x| !k.contains(x)),
-                }
-                if after == before {
-                    continue;
-                }
-                let modseq = ctx.change(account, ObjectType::Email, email, ChangeKind::Updated, Some(mailbox.0), Some(uid))?;
-                ctx.conn
-                    .prepare_cached("UPDATE mailbox_messages SET keywords = ?1, modseq = ?2 WHERE mailbox_id = ?3 AND uid = ?4")?
-                    .execute(params![join_keywords(&after), modseq.0 as i64, mailbox.0, uid])?;
-                changed.push((uid, modseq));
-            }
-            if let Some((_, modseq)) = changed.last() {
-                ctx.conn
-                    .prepare_cached("UPDATE mailboxes SET highest_modseq = ?1 WHERE id = ?2")?
-                    .execute(params![modseq.0 as i64, mailbox.0])?;
-            }
-            event.object_ids = changed.iter().map(|(uid, _)| format!("{mailbox}:{uid}")).collect();
-            event.item_count = changed.len() as u64;
-            Ok(changed)
-        })
+        Ok(self
+            .store_keywords(actor, account, mailbox, uids, update, None)?
+            .changed)
+    }
+
+    fn update_keywords_if_unchanged(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        mailbox: MailboxId,
+        uids: &[u32],
+        update: &KeywordUpdate,
+        unchanged_since: ModSeq,
+    ) -> Result<KeywordChanges> {
+        self.store_keywords(actor, account, mailbox, uids, update, Some(unchanged_since))
     }
 
     fn copy_messages(
