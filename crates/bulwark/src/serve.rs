@@ -32,6 +32,7 @@ fn register_protocols(server: &mut Server, config: &Config, directory: &Director
     let imap_limits = bulwark_imap::Limits {
         max_append_bytes: config.imap.max_append_bytes,
         max_line_bytes: config.imap.max_line_bytes as usize,
+        max_sessions_per_account: config.imap.max_sessions_per_account as usize,
         ..bulwark_imap::Limits::default()
     };
     let imap = Arc::new(ImapHandler::new(directory.clone(), imap_limits));

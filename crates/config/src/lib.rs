@@ -243,6 +243,9 @@ mod defaults {
     pub fn max_errors() -> u32 {
         10
     }
+    pub fn max_sessions_per_account() -> u32 {
+        50
+    }
     pub fn max_line_bytes() -> u32 {
         64 * 1024
     }
@@ -353,6 +356,9 @@ pub struct ImapSection {
     /// Longest command line, bytes.
     #[serde(default = "defaults::max_line_bytes")]
     pub max_line_bytes: u32,
+    /// Concurrent logged-in sessions of one account.
+    #[serde(default = "defaults::max_sessions_per_account")]
+    pub max_sessions_per_account: u32,
 }
 
 impl Default for ImapSection {
@@ -360,6 +366,7 @@ impl Default for ImapSection {
         ImapSection {
             max_append_bytes: defaults::max_message_bytes(),
             max_line_bytes: defaults::max_line_bytes(),
+            max_sessions_per_account: defaults::max_sessions_per_account(),
         }
     }
 }

@@ -126,6 +126,8 @@ max_errors = {max_errors}
 max_append_bytes = {max_message}
 # Longest command line, in bytes.
 max_line_bytes = {max_line}
+# Concurrent logged-in sessions of one account.
+max_sessions_per_account = {max_sessions}
 
 [admin]
 # The admin listener is loopback-only by default. Setting this to true
@@ -152,6 +154,7 @@ level = {level}
         max_rcpt = defaults::max_recipients(),
         max_errors = defaults::max_errors(),
         max_line = defaults::max_line_bytes(),
+        max_sessions = defaults::max_sessions_per_account(),
     );
     out
 }

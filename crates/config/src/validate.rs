@@ -128,6 +128,14 @@ pub(crate) fn validate(config: &Config, file: &Path) -> Result<(), ConfigError> 
         16 << 20,
     )?;
 
+    in_range(
+        file,
+        "imap.max_sessions_per_account",
+        u64::from(imap.max_sessions_per_account),
+        1,
+        10_000,
+    )?;
+
     let level = &config.log.level;
     if level.is_empty() {
         return Err(error(

@@ -13,6 +13,7 @@
 //!   change notifier reported a write; expunges are held back during
 //!   FETCH, STORE and SEARCH (see `view.rs`).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -56,6 +57,41 @@ struct Shared {
     directory: Directory,
     store: Store,
     limits: Limits,
+    sessions: Arc<std::sync::Mutex<HashMap<PrincipalId, usize>>>,
+}
+
+/// One logged-in session counted against its account's limit; released
+/// when the session ends, however it ends.
+struct SessionSlot {
+    account: PrincipalId,
+    sessions: Arc<std::sync::Mutex<HashMap<PrincipalId, usize>>>,
+}
+
+impl SessionSlot {
+    fn take(shared: &Shared, account: PrincipalId) -> Option<SessionSlot> {
+        let mut sessions = shared.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let count = sessions.entry(account).or_insert(0);
+        if *count >= shared.limits.max_sessions_per_account {
+            return None;
+        }
+        *count += 1;
+        Some(SessionSlot {
+            account,
+            sessions: Arc::clone(&shared.sessions),
+        })
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = sessions.get_mut(&self.account) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                sessions.remove(&self.account);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for ImapHandler {
@@ -76,6 +112,7 @@ impl ImapHandler {
                 directory,
                 store,
                 limits,
+                sessions: Arc::default(),
             }),
         }
     }
@@ -95,6 +132,7 @@ impl ConnectionHandler for ImapHandler {
 struct User {
     account: PrincipalId,
     actor: Actor,
+    _slot: SessionSlot,
 }
 
 /// The selected mailbox.
@@ -879,6 +917,19 @@ impl Conn {
             "imap",
         );
         let account = principal.id;
+        let Some(slot) = SessionSlot::take(&self.shared, account) else {
+            let reply = out::status(
+                tag,
+                "NO",
+                Some("LIMIT"),
+                "Too many sessions for this account",
+            );
+            return if send(conn, &reply).await {
+                Flow::Continue
+            } else {
+                Flow::Close
+            };
+        };
         let setup_actor = actor.clone();
         if let Err(e) = self
             .shared
@@ -895,7 +946,11 @@ impl Conn {
             };
         }
         self.changes = Some(self.shared.store.subscribe(account));
-        self.user = Some(User { account, actor });
+        self.user = Some(User {
+            account,
+            actor,
+            _slot: slot,
+        });
         self.session.state = State::Authenticated;
         let code = format!("CAPABILITY {}", self.session.capabilities());
         let reply = out::status(tag, "OK", Some(&code), "Logged in");

@@ -33,6 +33,9 @@ pub struct Limits {
     /// How long an IDLE command may wait without client data (RFC 9051
     /// section 5.4: at least 30 minutes).
     pub idle_timeout: Duration,
+    /// Concurrent logged-in sessions of one account (a client opens a few
+    /// per device; hundreds means a runaway client or an attack).
+    pub max_sessions_per_account: usize,
     /// Message bytes a FETCH renders before writing them out, so a FETCH
     /// over many large messages never holds them all at once.
     pub max_fetch_chunk_bytes: usize,
@@ -53,6 +56,7 @@ impl Default for Limits {
             max_bad_commands: 20,
             idle_timeout: Duration::from_secs(30 * 60),
             max_fetch_chunk_bytes: 4 * 1024 * 1024,
+            max_sessions_per_account: 50,
         }
     }
 }
