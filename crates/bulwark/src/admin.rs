@@ -207,6 +207,23 @@ pub fn run(config_path: &Path, command: Command) -> CmdResult {
             UserCmd::Remove { address: text } => {
                 remove_principal(&d, &text, &[PrincipalKind::Individual])?
             }
+            UserCmd::Quota {
+                address: text,
+                size,
+            } => {
+                let p = find(&d, &text, &[])?;
+                let bytes = parse_size(&size)?;
+                d.store().set_quota(&operator(), p.id, bytes)?;
+                let shown = if bytes == 0 {
+                    "no quota".to_string()
+                } else {
+                    format!("{bytes} bytes")
+                };
+                println!(
+                    "{} now has {shown} ({} bytes used)",
+                    p.address, p.used_bytes
+                );
+            }
         },
         Command::Alias(cmd) => match cmd {
             AliasCmd::Add { alias, target } => {
@@ -370,6 +387,29 @@ pub fn run(config_path: &Path, command: Command) -> CmdResult {
 
 fn unreachable_command() -> CmdResult {
     Err("this command is not an admin command".into())
+}
+
+/// `1048576`, `500K`, `500M`, `2G`, `1T` (binary units).
+fn parse_size(text: &str) -> Result<u64, Box<dyn std::error::Error>> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, ""),
+    };
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("size {text:?}: unknown unit {unit:?}; use K, M, G or T").into()),
+    };
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("size {text:?} is not a number"))?;
+    number
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {text:?} is too large").into())
 }
 
 fn grant(d: &Directory, spec: &GrantSpec) -> Result<Grant, Box<dyn std::error::Error>> {

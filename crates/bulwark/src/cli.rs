@@ -143,6 +143,12 @@ pub enum UserCmd {
     },
     /// Remove a user and all their data.
     Remove { address: String },
+    /// Set the mail quota of a user, shared mailbox or resource.
+    Quota {
+        address: String,
+        /// Bytes, or with a suffix: 500M, 2G (binary units); 0 for none.
+        size: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -206,6 +206,16 @@ fn directory_commands_end_to_end() {
     let users = i.ok(&["user", "list"]);
     assert!(users.contains("alice@example.com") && users.contains("bob@example.com"));
     assert!(!users.contains("carol"));
+    assert!(
+        i.ok(&["user", "quota", "alice@example.com", "2G"])
+            .contains("2147483648 bytes")
+    );
+    assert!(i.ok(&["user", "list"]).contains("quota=2147483648"));
+    assert!(
+        i.fails(&["user", "quota", "alice@example.com", "2X"])
+            .contains("unknown unit")
+    );
+    i.ok(&["user", "quota", "alice@example.com", "0"]);
     let out = i.run_with_stdin(
         &["user", "passwd", "alice@example.com", "--password-stdin"],
         "another long password\n",
@@ -355,6 +365,7 @@ fn directory_commands_end_to_end() {
     for op in [
         "domain.add",
         "principal.add",
+        "principal.quota",
         "alias.add",
         "group.member-add",
         "grant.add",

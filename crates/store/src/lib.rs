@@ -74,6 +74,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Replaces the password hash.
     fn set_password_hash(&self, actor: &Actor, id: PrincipalId, hash: &str) -> Result<()>;
 
+    /// Sets the mail quota in bytes (0: none). Mail already stored stays;
+    /// new deliveries are refused while usage is above it.
+    fn set_quota(&self, actor: &Actor, id: PrincipalId, quota_bytes: u64) -> Result<()>;
+
     // ---- addresses ----
 
     /// Adds an alias address to a principal.

@@ -745,6 +745,28 @@ impl Backend for SqliteBackend {
         })
     }
 
+    fn set_quota(&self, actor: &Actor, id: PrincipalId, quota_bytes: u64) -> Result<()> {
+        let name = self.audit_name(actor, id, Some(id))?;
+        let quota =
+            i64::try_from(quota_bytes).map_err(|_| Error::Invalid("quota is too large".into()))?;
+        self.write(
+            actor,
+            "principal.quota",
+            name,
+            Some(id),
+            move |ctx, event| {
+                if !principal_kind(ctx.conn, id)?.has_account() {
+                    return Err(Error::Invalid(format!("principal {id} holds no mail")));
+                }
+                ctx.conn
+                    .prepare_cached("UPDATE principals SET quota_bytes = ?1 WHERE id = ?2")?
+                    .execute(params![quota, id.0])?;
+                event.object_ids.push(quota_bytes.to_string());
+                Ok(())
+            },
+        )
+    }
+
     fn add_alias(&self, actor: &Actor, id: PrincipalId, address: &EmailAddress) -> Result<()> {
         let address = address.clone();
         self.write(actor, "alias.add", Some(address.to_string()), Some(id), move |ctx, event| {
