@@ -13,7 +13,10 @@ use bulwark_core::{
     PrincipalKind, Right,
 };
 
-use crate::{Backend, Delivery, EmailMeta, Error, Grant, KeywordUpdate, NewPrincipal};
+use crate::{
+    Backend, Delivery, DkimKey, EmailMeta, Error, Grant, KeywordUpdate, NewPrincipal,
+    NewQueueRecipient, NewQueuedMessage, RecipientStatus, RecipientUpdate,
+};
 
 /// A named check.
 pub type Check = (&'static str, fn(&dyn Backend));
@@ -37,6 +40,9 @@ pub const CHECKS: &[Check] = &[
     ("concurrent_writers", concurrent_writers),
     ("copy_and_move_keep_one_email", copy_and_move),
     ("rename_moves_the_subtree", rename),
+    ("queue_tracks_each_recipient", queue),
+    ("queue_shares_blobs_with_mail", queue_blobs),
+    ("dkim_keys_per_domain", dkim_keys),
 ];
 
 fn admin() -> Actor {
@@ -943,5 +949,218 @@ fn rename(b: &dyn Backend) {
             "ProjectsOld",
             "Taken"
         ]
+    );
+}
+
+fn queued_message(recipients: &[&str], first_attempt_at: i64) -> NewQueuedMessage {
+    NewQueuedMessage {
+        return_path: "alice@example.com".into(),
+        envelope_id: Some("env-1".into()),
+        return_full: false,
+        recipients: recipients
+            .iter()
+            .map(|r| NewQueueRecipient {
+                address: (*r).into(),
+                notify: None,
+                original_recipient: None,
+            })
+            .collect(),
+        first_attempt_at,
+        expires_at: first_attempt_at + 5 * 86_400_000,
+    }
+}
+
+fn queue(b: &dyn Backend) {
+    let system = Actor::system("queue");
+    let raw = message(1, 100);
+    let id = b
+        .enqueue(
+            &system,
+            &raw,
+            &queued_message(&["x@remote.test", "y@remote.test", "x@remote.test"], 1000),
+        )
+        .unwrap();
+    let m = b.queued(id).unwrap().unwrap();
+    assert_eq!(
+        m.recipients.len(),
+        2,
+        "the same address twice is one delivery"
+    );
+    assert_eq!(m.size, raw.len() as u64);
+    assert_eq!(m.envelope_id.as_deref(), Some("env-1"));
+    assert_eq!(b.read_blob(&m.blob).unwrap(), raw);
+    assert!(b.enqueue(&system, &raw, &queued_message(&[], 0)).is_err());
+
+    // Due only once their time has come.
+    assert!(b.queue_due(999, 10).unwrap().is_empty());
+    assert_eq!(b.next_queue_attempt().unwrap(), Some(1000));
+    let due = b.queue_due(1000, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].recipients.len(), 2);
+
+    // One delivered, one retried later: only the retried one is due then.
+    b.update_queued(
+        &system,
+        id,
+        &[
+            ("x@remote.test".into(), RecipientUpdate::Delivered),
+            (
+                "y@remote.test".into(),
+                RecipientUpdate::Retry {
+                    next_attempt_at: 5000,
+                    error: "451 try later".into(),
+                    delay_notified: false,
+                },
+            ),
+        ],
+    )
+    .unwrap();
+    assert!(b.queue_due(4999, 10).unwrap().is_empty());
+    let due = b.queue_due(5000, 10).unwrap();
+    assert_eq!(due[0].recipients.len(), 1);
+    assert_eq!(due[0].recipients[0].address, "y@remote.test");
+    assert_eq!(due[0].recipients[0].attempts, 1);
+    assert_eq!(
+        due[0].recipients[0].last_error.as_deref(),
+        Some("451 try later")
+    );
+    let shown = b.queued(id).unwrap().unwrap();
+    let x = shown
+        .recipients
+        .iter()
+        .find(|r| r.address == "x@remote.test")
+        .unwrap();
+    assert_eq!(x.status, RecipientStatus::Delivered);
+
+    // A late result for a settled recipient changes nothing.
+    b.update_queued(
+        &system,
+        id,
+        &[(
+            "x@remote.test".into(),
+            RecipientUpdate::Failed {
+                error: "late".into(),
+            },
+        )],
+    )
+    .unwrap();
+    let x = b
+        .queued(id)
+        .unwrap()
+        .unwrap()
+        .recipients
+        .into_iter()
+        .find(|r| r.address == "x@remote.test")
+        .unwrap();
+    assert_eq!(x.status, RecipientStatus::Delivered);
+
+    // Retry makes it due now; the last settlement removes the message and its blob.
+    b.retry_queued(&admin(), id, 2000).unwrap();
+    assert_eq!(b.queue_due(2000, 10).unwrap().len(), 1);
+    b.update_queued(
+        &system,
+        id,
+        &[(
+            "y@remote.test".into(),
+            RecipientUpdate::Failed {
+                error: "550 no such user".into(),
+            },
+        )],
+    )
+    .unwrap();
+    assert!(b.queued(id).unwrap().is_none());
+    assert!(b.queue(10).unwrap().is_empty());
+    assert_eq!(b.next_queue_attempt().unwrap(), None);
+    let check = b.check_blobs().unwrap();
+    assert_eq!(check.referenced, 0, "the blob left with the message");
+
+    // Removal by an administrator is audited and drops the message.
+    let id = b
+        .enqueue(&system, &raw, &queued_message(&["z@remote.test"], 0))
+        .unwrap();
+    let before = b.audit_tail(1).unwrap().last().map_or(0, |r| r.seq);
+    b.remove_queued(&admin(), id).unwrap();
+    let records = b.audit_records(before, 10).unwrap();
+    assert!(records.iter().any(|r| r.event.operation == "queue.remove"));
+    assert!(b.queued(id).unwrap().is_none());
+    assert!(matches!(
+        b.remove_queued(&admin(), id),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        b.update_queued(&system, id, &[]),
+        Err(Error::NotFound { .. })
+    ));
+}
+
+fn queue_blobs(b: &dyn Backend) {
+    domain(b, "example.com");
+    let alice = user(b, "alice@example.com");
+    let inbox = inbox(b, alice);
+    let system = Actor::system("queue");
+    let raw = message(7, 64 * 1024);
+    deliver_to(b, &raw, &meta(7), &[(alice, inbox)]);
+    let id = b
+        .enqueue(&system, &raw, &queued_message(&["r@remote.test"], 0))
+        .unwrap();
+    let check = b.check_blobs().unwrap();
+    assert_eq!(
+        check.referenced, 1,
+        "one copy for the mailbox and the queue"
+    );
+    assert!(check.miscounted.is_empty() && check.missing.is_empty());
+    b.update_queued(
+        &system,
+        id,
+        &[("r@remote.test".into(), RecipientUpdate::Delivered)],
+    )
+    .unwrap();
+    let check = b.check_blobs().unwrap();
+    assert_eq!(check.referenced, 1, "the mailbox still holds it");
+    assert!(check.miscounted.is_empty());
+    let entry = &b.messages(alice, inbox).unwrap()[0];
+    let email = b.email(alice, entry.email).unwrap().unwrap();
+    assert_eq!(b.read_blob(&email.blob).unwrap(), raw);
+}
+
+fn dkim_keys(b: &dyn Backend) {
+    domain(b, "example.com");
+    let d = b.domain(&"example.com".parse().unwrap()).unwrap().unwrap();
+    let key = DkimKey {
+        selector: "s1".into(),
+        algorithm: "rsa-sha256".into(),
+        private_key: vec![1, 2, 3],
+        public_key: "AAAA".into(),
+        created_at: 0,
+    };
+    b.add_dkim_key(&admin(), d.id, &key).unwrap();
+    assert!(matches!(
+        b.add_dkim_key(&admin(), d.id, &key),
+        Err(Error::AlreadyExists { .. })
+    ));
+    let bad = DkimKey {
+        selector: "a.b".into(),
+        ..key.clone()
+    };
+    assert!(matches!(
+        b.add_dkim_key(&admin(), d.id, &bad),
+        Err(Error::Invalid(_))
+    ));
+    let bad = DkimKey {
+        algorithm: "rsa-sha1".into(),
+        ..key.clone()
+    };
+    assert!(matches!(
+        b.add_dkim_key(&admin(), d.id, &bad),
+        Err(Error::Invalid(_))
+    ));
+    let keys = b.dkim_keys(d.id).unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].private_key, vec![1, 2, 3]);
+    assert_eq!(keys[0].selector, "s1");
+    b.remove_domain(&admin(), &d.name).unwrap();
+    assert!(
+        b.dkim_keys(d.id).unwrap().is_empty(),
+        "keys go with their domain"
     );
 }

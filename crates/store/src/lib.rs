@@ -218,6 +218,41 @@ pub trait Backend: Send + Sync + 'static {
     /// The bytes of a blob.
     fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>>;
 
+    // ---- outbound queue ----
+
+    /// Puts a message in the outbound queue for its recipients. Returns
+    /// only once the message is durable.
+    fn enqueue(&self, actor: &Actor, raw: &[u8], message: &NewQueuedMessage) -> Result<QueueId>;
+    /// One queued message.
+    fn queued(&self, id: QueueId) -> Result<Option<QueuedMessage>>;
+    /// Queued messages, oldest first, at most `limit`.
+    fn queue(&self, limit: usize) -> Result<Vec<QueuedMessage>>;
+    /// Messages with a pending recipient due at `now` or before, oldest
+    /// first, at most `limit`; only the due recipients are listed.
+    fn queue_due(&self, now: i64, limit: usize) -> Result<Vec<QueuedMessage>>;
+    /// When the earliest pending recipient is due, if any is.
+    fn next_queue_attempt(&self) -> Result<Option<i64>>;
+    /// Records attempt results per recipient address. A message with no
+    /// pending recipient left leaves the queue (and drops its blob
+    /// reference) in the same write.
+    fn update_queued(
+        &self,
+        actor: &Actor,
+        id: QueueId,
+        updates: &[(String, RecipientUpdate)],
+    ) -> Result<()>;
+    /// Makes every pending recipient of a message due at `now`.
+    fn retry_queued(&self, actor: &Actor, id: QueueId, now: i64) -> Result<()>;
+    /// Takes a message out of the queue without delivering it.
+    fn remove_queued(&self, actor: &Actor, id: QueueId) -> Result<()>;
+
+    // ---- DKIM keys ----
+
+    /// Stores a signing key for a domain.
+    fn add_dkim_key(&self, actor: &Actor, domain: DomainId, key: &DkimKey) -> Result<()>;
+    /// A domain's signing keys, newest first.
+    fn dkim_keys(&self, domain: DomainId) -> Result<Vec<DkimKey>>;
+
     // ---- change log ----
 
     /// The account's current modification sequence.

@@ -220,6 +220,22 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX queue_recipients_due ON queue_recipients(status, next_attempt_at);
     "#,
+    // 3: what outbound delivery and DSNs need; DKIM signing keys.
+    r#"
+    ALTER TABLE queue_messages ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE queue_messages ADD COLUMN return_full INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE queue_recipients ADD COLUMN original_recipient TEXT;
+    ALTER TABLE queue_recipients ADD COLUMN delay_notified INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE dkim_keys (
+        domain_id INTEGER NOT NULL REFERENCES domains(id) ON DELETE CASCADE,
+        selector TEXT NOT NULL,
+        algorithm TEXT NOT NULL CHECK (algorithm IN ('rsa-sha256','ed25519-sha256')),
+        private_key BLOB NOT NULL,
+        public_key TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (domain_id, selector)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -212,3 +212,156 @@ pub struct BlobCheck {
     /// Rows whose reference count disagrees with the references found.
     pub miscounted: Vec<BlobId>,
 }
+
+/// A message in the outbound queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueueId(pub i64);
+
+impl std::fmt::Display for QueueId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What [`crate::Backend::enqueue`] needs besides the message bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewQueuedMessage {
+    /// The envelope sender; empty for a bounce (which is never bounced).
+    pub return_path: String,
+    /// The DSN envelope id (RFC 3461 `ENVID`), if the submitter gave one.
+    pub envelope_id: Option<String>,
+    /// Whether a failure notice returns the whole message (`RET=FULL`)
+    /// rather than its header.
+    pub return_full: bool,
+    /// Recipients, each delivered and tracked on its own.
+    pub recipients: Vec<NewQueueRecipient>,
+    /// When the first attempt is due, Unix milliseconds.
+    pub first_attempt_at: i64,
+    /// After this time, undelivered recipients fail, Unix milliseconds.
+    pub expires_at: i64,
+}
+
+/// One recipient of a queued message, as enqueued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewQueueRecipient {
+    /// The address (as the submitter gave it).
+    pub address: String,
+    /// The DSN `NOTIFY` parameter (`NEVER`, or a list of `SUCCESS`,
+    /// `FAILURE`, `DELAY`); `None` means the default (failure and delay).
+    pub notify: Option<String>,
+    /// The DSN `ORCPT` parameter, if given.
+    pub original_recipient: Option<String>,
+}
+
+/// Where a queued recipient stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecipientStatus {
+    /// Still to be delivered.
+    Pending,
+    /// Accepted by the next hop (or stored locally).
+    Delivered,
+    /// Refused for good, or expired.
+    Failed,
+}
+
+impl RecipientStatus {
+    /// The stored name.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecipientStatus::Pending => "pending",
+            RecipientStatus::Delivered => "delivered",
+            RecipientStatus::Failed => "failed",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn from_name(name: &str) -> Option<RecipientStatus> {
+        match name {
+            "pending" => Some(RecipientStatus::Pending),
+            "delivered" => Some(RecipientStatus::Delivered),
+            "failed" => Some(RecipientStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One recipient of a queued message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRecipient {
+    /// The address.
+    pub address: String,
+    /// Where it stands.
+    pub status: RecipientStatus,
+    /// Delivery attempts made.
+    pub attempts: u32,
+    /// When the next attempt is due, Unix milliseconds.
+    pub next_attempt_at: i64,
+    /// The last failure, as the next hop (or the lookup) reported it.
+    pub last_error: Option<String>,
+    /// The DSN `NOTIFY` parameter.
+    pub notify: Option<String>,
+    /// The DSN `ORCPT` parameter.
+    pub original_recipient: Option<String>,
+    /// Whether the sender was told of a delay already.
+    pub delay_notified: bool,
+}
+
+/// A message in the outbound queue with its recipients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    /// Queue id.
+    pub id: QueueId,
+    /// The message bytes.
+    pub blob: BlobId,
+    /// Size in bytes.
+    pub size: u64,
+    /// The envelope sender; empty for a bounce.
+    pub return_path: String,
+    /// The DSN envelope id.
+    pub envelope_id: Option<String>,
+    /// Whether failure notices return the whole message.
+    pub return_full: bool,
+    /// When it was queued, Unix milliseconds.
+    pub created_at: i64,
+    /// When undelivered recipients expire, Unix milliseconds.
+    pub expires_at: i64,
+    /// Recipients still in the queue (pending ones and those settled in
+    /// the same message, until the message leaves the queue).
+    pub recipients: Vec<QueueRecipient>,
+}
+
+/// The result of one delivery attempt for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientUpdate {
+    /// Delivered; the recipient leaves the queue.
+    Delivered,
+    /// Try again at `next_attempt_at`.
+    Retry {
+        /// When, Unix milliseconds.
+        next_attempt_at: i64,
+        /// Why this attempt failed.
+        error: String,
+        /// Whether a delay notice has now been sent.
+        delay_notified: bool,
+    },
+    /// Failed for good.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
+/// A DKIM signing key of a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DkimKey {
+    /// The selector (`s=` tag; the DNS name is `SELECTOR._domainkey.DOMAIN`).
+    pub selector: String,
+    /// `rsa-sha256` or `ed25519-sha256`.
+    pub algorithm: String,
+    /// The private key, PKCS#8 DER.
+    pub private_key: Vec<u8>,
+    /// The public key as published in DNS (`p=` tag), base64.
+    pub public_key: String,
+    /// Creation time, Unix milliseconds.
+    pub created_at: i64,
+}

@@ -2,6 +2,7 @@
 //! commit is on disk when it returns), a small pool of read connections,
 //! one writer thread doing group commits, and a blob directory.
 
+mod queue;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -1584,6 +1585,51 @@ impl Backend for SqliteBackend {
                 _ => Error::from(e),
             }),
         }
+    }
+
+    fn enqueue(&self, actor: &Actor, raw: &[u8], message: &NewQueuedMessage) -> Result<QueueId> {
+        self.queue_enqueue(actor, raw, message)
+    }
+
+    fn queued(&self, id: QueueId) -> Result<Option<QueuedMessage>> {
+        self.queue_one(id)
+    }
+
+    fn queue(&self, limit: usize) -> Result<Vec<QueuedMessage>> {
+        self.queue_list(limit)
+    }
+
+    fn queue_due(&self, now: i64, limit: usize) -> Result<Vec<QueuedMessage>> {
+        self.queue_due_list(now, limit)
+    }
+
+    fn next_queue_attempt(&self) -> Result<Option<i64>> {
+        self.queue_next_attempt()
+    }
+
+    fn update_queued(
+        &self,
+        actor: &Actor,
+        id: QueueId,
+        updates: &[(String, RecipientUpdate)],
+    ) -> Result<()> {
+        self.queue_update(actor, id, updates)
+    }
+
+    fn retry_queued(&self, actor: &Actor, id: QueueId, now: i64) -> Result<()> {
+        self.queue_retry(actor, id, now)
+    }
+
+    fn remove_queued(&self, actor: &Actor, id: QueueId) -> Result<()> {
+        self.queue_remove(actor, id)
+    }
+
+    fn add_dkim_key(&self, actor: &Actor, domain: DomainId, key: &DkimKey) -> Result<()> {
+        self.dkim_add(actor, domain, key)
+    }
+
+    fn dkim_keys(&self, domain: DomainId) -> Result<Vec<DkimKey>> {
+        self.dkim_list(domain)
     }
 
     fn current_modseq(&self, account: PrincipalId) -> Result<ModSeq> {
