@@ -142,6 +142,9 @@ fn read_only_operation(command: &Command) -> Option<&'static str> {
         Command::AppPassword(AppPasswordCmd::List { .. }) => "app-password.list",
         Command::Audit(AuditCmd::Tail { .. }) => "audit.tail",
         Command::Audit(AuditCmd::Verify) => "audit.verify",
+        Command::Domain(DomainCmd::Dns { .. }) => "domain.dns",
+        Command::Queue(QueueCmd::List) => "queue.list",
+        Command::Queue(QueueCmd::Show { .. }) => "queue.show",
         _ => return None,
     })
 }
@@ -155,8 +158,13 @@ pub fn run(config_path: &Path, command: Command) -> CmdResult {
     match command {
         Command::Domain(cmd) => match cmd {
             DomainCmd::Add { name } => {
-                let id = d.store().create_domain(&operator(), &domain(&name)?)?;
-                println!("added domain {name} (id {id})");
+                let (id, selector) = add_domain(&d, &domain(&name)?)?;
+                println!("added domain {name} (id {id}), DKIM selector {selector}");
+                println!("publish its DNS records: bulwark domain dns {name}");
+            }
+            DomainCmd::Dns { name } => {
+                let config = Config::load(config_path)?;
+                print!("{}", dns_records(&d, &config, &domain(&name)?)?);
             }
             DomainCmd::List => {
                 for dom in d.store().domains()? {
@@ -380,6 +388,7 @@ pub fn run(config_path: &Path, command: Command) -> CmdResult {
                 }
             }
         },
+        Command::Queue(cmd) => queue_command(&d, cmd)?,
         Command::Init(_) | Command::Quickstart(_) | Command::Serve => unreachable_command()?,
     }
     Ok(())
@@ -489,4 +498,161 @@ fn record_json(r: &AuditRecord) -> String {
         "hash": hex(&r.hash),
     })
     .to_string()
+}
+
+/// Adds a domain and gives it a DKIM signing key; returns its id and the
+/// key's selector.
+pub fn add_domain(
+    d: &Directory,
+    name: &DomainName,
+) -> Result<(bulwark_core::DomainId, String), Box<dyn std::error::Error>> {
+    // The key is made first: a domain is never left without one because
+    // key generation failed.
+    let now = bulwark_transport::queue::now_ms();
+    let key =
+        bulwark_transport::dkim::generate_key(&bulwark_transport::dkim::default_selector(now))?;
+    let id = d.store().create_domain(&operator(), name)?;
+    d.store().add_dkim_key(&operator(), id, &key)?;
+    Ok((id, key.selector))
+}
+
+/// A TXT value as DNS wants it: quoted strings of at most 255 bytes.
+fn txt(value: &str) -> String {
+    value
+        .as_bytes()
+        .chunks(255)
+        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The zone-file lines to publish for `name`.
+fn dns_records(
+    d: &Directory,
+    config: &Config,
+    name: &DomainName,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let record = d
+        .store()
+        .domain(name)?
+        .ok_or_else(|| format!("domain {name} does not exist"))?;
+    let host = &config.server.hostname;
+    let mut out = String::new();
+    out.push_str(&format!("; DNS records for {name}, served by {host}\n"));
+    out.push_str(&format!("{name}.\tIN MX 10 {host}.\n"));
+    out.push_str(&format!("{name}.\tIN TXT {}\n", txt("v=spf1 mx -all")));
+    let keys = d.store().dkim_keys(record.id)?;
+    if keys.is_empty() {
+        out.push_str("; no DKIM key: mail from this domain is sent unsigned\n");
+    }
+    for key in &keys {
+        out.push_str(&format!(
+            "{}._domainkey.{name}.\tIN TXT {}\n",
+            key.selector,
+            txt(&bulwark_transport::dkim::dns_record(key))
+        ));
+    }
+    out.push_str(&format!(
+        "_dmarc.{name}.\tIN TXT {}\n",
+        txt(&format!(
+            "v=DMARC1; p=quarantine; adkim=r; aspf=r; rua=mailto:postmaster@{name}"
+        ))
+    ));
+    out.push_str(&format!(
+        "_smtp._tls.{name}.\tIN TXT {}\n",
+        txt(&format!("v=TLSRPTv1; rua=mailto:postmaster@{name}"))
+    ));
+    out.push_str(
+        "; MTA-STS needs its policy served over HTTPS at mta-sts.DOMAIN; not published yet\n",
+    );
+    // RFC 6186 service records, for the ports this server listens on.
+    use bulwark_config::Protocol;
+    let services = [
+        (Protocol::Submissions, "_submissions._tcp"),
+        (Protocol::Submission, "_submission._tcp"),
+        (Protocol::Imaps, "_imaps._tcp"),
+        (Protocol::Imap, "_imap._tcp"),
+        (Protocol::Pop3s, "_pop3s._tcp"),
+        (Protocol::Pop3, "_pop3._tcp"),
+    ];
+    for (protocol, label) in services {
+        if let Some(listener) = config.listeners.iter().find(|l| l.protocol == protocol) {
+            out.push_str(&format!(
+                "{label}.{name}.\tIN SRV 0 1 {} {host}.\n",
+                listener.bind.port()
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn queue_command(d: &Directory, cmd: QueueCmd) -> CmdResult {
+    use bulwark_store::{QueueId, RecipientStatus};
+    let store = d.store();
+    match cmd {
+        QueueCmd::List => {
+            let messages = store.queue(100_000)?;
+            if messages.is_empty() {
+                println!("the queue is empty");
+            }
+            for m in messages {
+                let pending = m
+                    .recipients
+                    .iter()
+                    .filter(|r| r.status == RecipientStatus::Pending)
+                    .count();
+                let next = m
+                    .recipients
+                    .iter()
+                    .filter(|r| r.status == RecipientStatus::Pending)
+                    .map(|r| r.next_attempt_at)
+                    .min();
+                let from = if m.return_path.is_empty() {
+                    "<>"
+                } else {
+                    &m.return_path
+                };
+                println!(
+                    "{:>8} {} {:>9} bytes from {from} pending {pending}/{} next {}",
+                    m.id,
+                    format_time(m.created_at),
+                    m.size,
+                    m.recipients.len(),
+                    next.map_or("-".into(), format_time),
+                );
+            }
+        }
+        QueueCmd::Show { id } => {
+            let m = store
+                .queued(QueueId(id))?
+                .ok_or_else(|| format!("queued message {id} does not exist"))?;
+            println!("id:          {}", m.id);
+            println!("from:        <{}>", m.return_path);
+            println!("size:        {} bytes", m.size);
+            println!("queued:      {}", format_time(m.created_at));
+            println!("expires:     {}", format_time(m.expires_at));
+            if let Some(envid) = &m.envelope_id {
+                println!("envelope id: {envid}");
+            }
+            for r in &m.recipients {
+                println!(
+                    "  {} {} attempts={} next={} {}",
+                    r.address,
+                    r.status.name(),
+                    r.attempts,
+                    format_time(r.next_attempt_at),
+                    r.last_error.as_deref().unwrap_or(""),
+                );
+            }
+        }
+        QueueCmd::Retry { id } => {
+            store.retry_queued(&operator(), QueueId(id), bulwark_transport::queue::now_ms())?;
+            println!("queued message {id} is due now");
+        }
+        QueueCmd::Remove { id } => {
+            store.remove_queued(&operator(), QueueId(id))?;
+            println!("removed queued message {id}");
+        }
+    }
+    Ok(())
 }

@@ -58,6 +58,9 @@ pub enum Command {
     /// Inspect the audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Inspect and manage the outbound mail queue.
+    #[command(subcommand)]
+    Queue(QueueCmd),
 }
 
 #[derive(Args, Debug)]
@@ -107,12 +110,29 @@ pub struct PasswordInput {
 
 #[derive(Subcommand, Debug)]
 pub enum DomainCmd {
-    /// Add a domain.
+    /// Add a domain (with a new DKIM signing key).
     Add { name: String },
     /// List domains.
     List,
     /// Remove a domain that has no principals left.
     Remove { name: String },
+    /// Print the DNS records to publish for a domain: MX, SPF, DKIM,
+    /// DMARC, TLS-RPT and the SRV records clients use to find the server.
+    Dns { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QueueCmd {
+    /// List queued messages.
+    List,
+    /// Show one queued message and each recipient's state.
+    Show { id: i64 },
+    /// Make every pending recipient of a message due now (the server picks
+    /// it up within 30 seconds).
+    Retry { id: i64 },
+    /// Take a message out of the queue without delivering it (no notice is
+    /// sent).
+    Remove { id: i64 },
 }
 
 #[derive(Subcommand, Debug)]

@@ -99,7 +99,7 @@ pub fn init(args: &InitArgs) -> Result<PathBuf, Box<dyn std::error::Error>> {
     // Validate what we wrote exactly as `serve` will read it.
     let config = Config::load(&config_path)?;
     let directory = open_directory(&config)?;
-    directory.store().create_domain(&operator(), &domain)?;
+    crate::admin::add_domain(&directory, &domain)?;
     println!("Initialised {}", dir.display());
     println!("  configuration: {}", config_path.display());
     println!("  domain:        {domain}");
@@ -130,6 +130,20 @@ pub fn quickstart(args: &QuickstartArgs) -> CmdResult {
             ports: PortProfile::Local,
         };
         let config_path = init(&init_args)?;
+        // A loopback demo receives no mail from the Internet, and checking
+        // test senders' SPF/DKIM/DMARC would only wait on DNS.
+        let text = fs::read_to_string(&config_path)?.replacen(
+            "verify_inbound = true",
+            "verify_inbound = false  # quickstart: loopback demo; set true on a real MX",
+            1,
+        );
+        // The file exists with mode 0600; truncating keeps that mode.
+        let mut file = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&config_path)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
         let config = Config::load(&config_path)?;
         let directory = open_directory(&config)?;
         let mut credentials = String::from("# Demo accounts created by `bulwark quickstart`.\n");

@@ -3,12 +3,17 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use bulwark_config::RouteTls;
 use bulwark_config::{Config, LogFormat, Protocol};
 use bulwark_directory::Directory;
 use bulwark_imap::{ImapHandler, Pop3Handler, Pop3Limits};
 use bulwark_mail::LocalDelivery;
 use bulwark_server::{Metrics, Server, ServerOptions};
 use bulwark_smtp::{Mode, SmtpHandler, SmtpLimits};
+use bulwark_transport::client::{Credentials, TlsPolicy, root_store};
+use bulwark_transport::dns::Dns;
+use bulwark_transport::queue::{OutboundQueue, QueueRunner, QueueSettings};
+use bulwark_transport::route::{NextHop, Routing};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
@@ -27,8 +32,82 @@ fn init_logging(config: &Config) {
     };
 }
 
+/// The resolver of `[dns]`, or the system's; none when neither works (MX
+/// delivery and inbound checks are then off, and the log says so).
+fn resolver(config: &Config) -> Option<Dns> {
+    let made = if config.dns.servers.is_empty() {
+        Dns::system()
+    } else {
+        Dns::with_servers(&config.dns.servers)
+    };
+    made.map_err(|e| tracing::warn!(error = %e, "no DNS resolver: MX delivery and SPF/DKIM/DMARC checks are off"))
+        .ok()
+}
+
+fn next_hop(host: &str, port: u16, tls: RouteTls, auth: Option<Credentials>) -> NextHop {
+    NextHop {
+        host: host.to_string(),
+        port,
+        tls: match tls {
+            RouteTls::Opportunistic => TlsPolicy::Opportunistic,
+            RouteTls::Required => TlsPolicy::RequireVerified,
+            RouteTls::Implicit => TlsPolicy::ImplicitVerified,
+            RouteTls::None => TlsPolicy::Disabled,
+        },
+        auth,
+    }
+}
+
+fn routing(config: &Config) -> Routing {
+    let routes = config
+        .smtp
+        .routes
+        .iter()
+        .map(|r| {
+            (
+                r.domain.to_ascii_lowercase(),
+                next_hop(&r.host, r.port, r.tls, None),
+            )
+        })
+        .collect();
+    let smarthost = config.smtp.smarthost.as_ref().map(|s| {
+        let auth = match (&s.username, &s.password) {
+            (Some(username), Some(password)) => Some(Credentials {
+                username: username.clone(),
+                password: password.clone(),
+            }),
+            _ => None,
+        };
+        next_hop(&s.host, s.port, s.tls, auth)
+    });
+    Routing { routes, smarthost }
+}
+
+fn queue_settings(config: &Config) -> QueueSettings {
+    let q = &config.queue;
+    let secs = std::time::Duration::from_secs;
+    QueueSettings {
+        hostname: config.server.hostname.clone(),
+        lifetime: secs(q.lifetime_secs),
+        retry_initial: secs(q.retry_initial_secs),
+        retry_max: secs(q.retry_max_secs),
+        delay_notice_after: (q.delay_notice_secs > 0).then(|| secs(q.delay_notice_secs)),
+        max_parallel: q.max_parallel as usize,
+        connect_timeout: secs(q.connect_timeout_secs),
+        command_timeout: secs(q.command_timeout_secs),
+        data_timeout: secs(q.command_timeout_secs.saturating_mul(2)),
+        dkim_sign: q.dkim_sign,
+    }
+}
+
 /// Plugs every protocol front end of this build into the listener runtime.
-fn register_protocols(server: &mut Server, config: &Config, directory: &Directory) {
+fn register_protocols(
+    server: &mut Server,
+    config: &Config,
+    directory: &Directory,
+    queue: &OutboundQueue,
+    dns: Option<&Dns>,
+) {
     let imap_limits = bulwark_imap::Limits {
         max_append_bytes: config.imap.max_append_bytes,
         max_line_bytes: config.imap.max_line_bytes as usize,
@@ -51,19 +130,23 @@ fn register_protocols(server: &mut Server, config: &Config, directory: &Director
     };
     let delivery = LocalDelivery::new(directory.clone());
     let hostname = config.server.hostname.clone();
-    let inbound = SmtpHandler::new(
+    let mut inbound = SmtpHandler::new(
         Mode::Inbound,
         delivery.clone(),
         hostname.clone(),
         smtp_limits.clone(),
     );
+    if config.smtp.verify_inbound
+        && let Some(dns) = dns
+    {
+        inbound = inbound.with_verification(dns.clone());
+    }
     server.register(Protocol::Smtp, Arc::new(inbound));
-    let submission = Arc::new(SmtpHandler::new(
-        Mode::Submission,
-        delivery,
-        hostname,
-        smtp_limits,
-    ));
+    let mut submission = SmtpHandler::new(Mode::Submission, delivery, hostname, smtp_limits);
+    if config.smtp.relay {
+        submission = submission.with_queue(queue.clone());
+    }
+    let submission = Arc::new(submission);
     server.register(Protocol::Submission, submission.clone());
     server.register(Protocol::Submissions, submission);
 }
@@ -76,28 +159,46 @@ pub fn serve(config_path: &Path) -> CmdResult {
         (Some(cert), Some(key)) => Some(bulwark_server::tls::load_server_config(cert, key)?),
         _ => None,
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // The resolver binds to the runtime it is made in.
+    let _entered = runtime.enter();
+    let dns = resolver(&config);
+    let queue = OutboundQueue::new(directory.store().clone(), queue_settings(&config));
+    let roots = Arc::new(root_store(None)?);
+    let runner = QueueRunner::new(
+        queue.clone(),
+        LocalDelivery::new(directory.clone()),
+        dns.clone(),
+        routing(&config),
+        roots,
+    );
     let metrics = Arc::new(Metrics::new());
     let mut server = Server::new(ServerOptions::from_config(&config), tls, metrics);
-    register_protocols(&mut server, &config, &directory);
+    register_protocols(&mut server, &config, &directory, &queue, dns.as_ref());
     let store = directory.store().clone();
     server.set_health_check(Arc::new(move || {
         store.domains().map(|_| ()).map_err(|e| e.to_string())
     }));
+    let grace = std::time::Duration::from_secs(config.server.shutdown_grace_secs);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     runtime.block_on(async move {
         // Handlers are installed before the banner, so a SIGTERM sent as soon
         // as the banner appears already means "shut down gracefully".
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
+        let (stopping, mut stop_seen) = tokio::sync::watch::channel(false);
         let stop = async move {
             tokio::select! {
                 _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
                 _ = interrupt.recv() => tracing::info!("SIGINT received, shutting down"),
             }
+            let _ = stopping.send(true);
         };
+        let runner = runner.spawn(async move {
+            let _ = stop_seen.changed().await;
+        });
         let bound = server.bind(&config.listeners).await?;
         let addrs = bound.local_addrs();
         println!(
@@ -124,6 +225,11 @@ pub fn serve(config_path: &Path) -> CmdResult {
         println!("Stop with Ctrl-C or SIGTERM.");
         tracing::info!(listeners = addrs.len(), "serving");
         bound.serve(stop).await;
+        // Deliveries in progress finish (each is bounded by its timeouts);
+        // one cut short is simply tried again after the restart.
+        if tokio::time::timeout(grace, runner).await.is_err() {
+            tracing::warn!("queue deliveries still running at shutdown; they will be retried");
+        }
         Ok::<(), Box<dyn std::error::Error>>(())
     })?;
     // Dropping the directory closes the store: the writer finishes every

@@ -55,6 +55,12 @@ pub struct Config {
     /// `[imap]`
     #[serde(default)]
     pub imap: ImapSection,
+    /// `[queue]`
+    #[serde(default)]
+    pub queue: QueueSection,
+    /// `[dns]`
+    #[serde(default)]
+    pub dns: DnsSection,
 }
 
 /// `[server]`: who this server is and where it keeps data.
@@ -285,6 +291,42 @@ mod defaults {
     pub fn log_format() -> LogFormat {
         LogFormat::Text
     }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn smtp_port() -> u16 {
+        25
+    }
+    pub fn submission_port() -> u16 {
+        587
+    }
+    pub fn route_tls() -> super::RouteTls {
+        super::RouteTls::Opportunistic
+    }
+    pub fn smarthost_tls() -> super::RouteTls {
+        super::RouteTls::Required
+    }
+    pub fn queue_lifetime_secs() -> u64 {
+        5 * 86_400
+    }
+    pub fn retry_initial_secs() -> u64 {
+        300
+    }
+    pub fn retry_max_secs() -> u64 {
+        4 * 3600
+    }
+    pub fn delay_notice_secs() -> u64 {
+        4 * 3600
+    }
+    pub fn max_parallel() -> u32 {
+        16
+    }
+    pub fn connect_timeout_secs() -> u64 {
+        30
+    }
+    pub fn command_timeout_secs() -> u64 {
+        300
+    }
     pub fn log_level() -> String {
         "info".into()
     }
@@ -334,6 +376,19 @@ pub struct SmtpSection {
     /// Protocol errors tolerated per session before it is closed.
     #[serde(default = "defaults::max_errors")]
     pub max_errors: u32,
+    /// Whether authenticated users may send to other domains (through the
+    /// outbound queue). Inbound (MX) never relays.
+    #[serde(default = "defaults::yes")]
+    pub relay: bool,
+    /// Whether inbound mail is checked with SPF, DKIM, ARC and DMARC.
+    #[serde(default = "defaults::yes")]
+    pub verify_inbound: bool,
+    /// `[[smtp.route]]`: fixed next hops per destination domain.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    /// `[smtp.smarthost]`: the next hop for every other remote domain.
+    #[serde(default)]
+    pub smarthost: Option<SmarthostConfig>,
 }
 
 impl Default for SmtpSection {
@@ -342,8 +397,116 @@ impl Default for SmtpSection {
             max_message_bytes: defaults::max_message_bytes(),
             max_recipients: defaults::max_recipients(),
             max_errors: defaults::max_errors(),
+            relay: true,
+            verify_inbound: true,
+            routes: Vec::new(),
+            smarthost: None,
         }
     }
+}
+
+/// How TLS is used towards a configured next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteTls {
+    /// STARTTLS when offered, certificate not checked.
+    Opportunistic,
+    /// STARTTLS required, certificate verified.
+    Required,
+    /// TLS from the first byte (port 465 style), certificate verified.
+    Implicit,
+    /// Plain text (loopback relays and tests).
+    None,
+}
+
+/// `[[smtp.route]]`: mail for `domain` goes to `host:port`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The destination domain.
+    pub domain: String,
+    /// Host name or IP address of the next hop.
+    pub host: String,
+    /// Its port.
+    #[serde(default = "defaults::smtp_port")]
+    pub port: u16,
+    /// TLS towards it.
+    #[serde(default = "defaults::route_tls")]
+    pub tls: RouteTls,
+}
+
+/// `[smtp.smarthost]`: a provider's relay that takes all other mail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmarthostConfig {
+    /// Host name or IP address.
+    pub host: String,
+    /// Its port.
+    #[serde(default = "defaults::submission_port")]
+    pub port: u16,
+    /// TLS towards it.
+    #[serde(default = "defaults::smarthost_tls")]
+    pub tls: RouteTls,
+    /// AUTH user name, if the relay wants one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// AUTH password (this file is kept 0600).
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// `[queue]`: outbound delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSection {
+    /// How long a message is retried before it bounces, seconds.
+    #[serde(default = "defaults::queue_lifetime_secs")]
+    pub lifetime_secs: u64,
+    /// Wait after the first failed attempt, seconds; doubles each time.
+    #[serde(default = "defaults::retry_initial_secs")]
+    pub retry_initial_secs: u64,
+    /// Longest wait between attempts, seconds.
+    #[serde(default = "defaults::retry_max_secs")]
+    pub retry_max_secs: u64,
+    /// Tell the sender once after this long undelivered, seconds; 0: never.
+    #[serde(default = "defaults::delay_notice_secs")]
+    pub delay_notice_secs: u64,
+    /// Messages delivered at the same time.
+    #[serde(default = "defaults::max_parallel")]
+    pub max_parallel: u32,
+    /// Timeout for connecting to a next hop, seconds.
+    #[serde(default = "defaults::connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    /// Timeout for each reply of a next hop, seconds.
+    #[serde(default = "defaults::command_timeout_secs")]
+    pub command_timeout_secs: u64,
+    /// Whether outgoing mail is DKIM-signed with its domain's key.
+    #[serde(default = "defaults::yes")]
+    pub dkim_sign: bool,
+}
+
+impl Default for QueueSection {
+    fn default() -> Self {
+        QueueSection {
+            lifetime_secs: defaults::queue_lifetime_secs(),
+            retry_initial_secs: defaults::retry_initial_secs(),
+            retry_max_secs: defaults::retry_max_secs(),
+            delay_notice_secs: defaults::delay_notice_secs(),
+            max_parallel: defaults::max_parallel(),
+            connect_timeout_secs: defaults::connect_timeout_secs(),
+            command_timeout_secs: defaults::command_timeout_secs(),
+            dkim_sign: true,
+        }
+    }
+}
+
+/// `[dns]`: the resolver for MX lookups and SPF/DKIM/DMARC.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// Resolvers as `ip:port`; empty means those of `/etc/resolv.conf`.
+    #[serde(default)]
+    pub servers: Vec<SocketAddr>,
 }
 
 /// `[imap]`: limits of the IMAP listeners.

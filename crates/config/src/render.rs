@@ -120,6 +120,48 @@ max_message_bytes = {max_message}
 max_recipients = {max_rcpt}
 # Protocol errors tolerated per session before it is closed.
 max_errors = {max_errors}
+# Whether authenticated users may send to other domains (through the
+# outbound queue). The MX listener never relays, whatever this says.
+relay = true
+# Check inbound mail with SPF, DKIM, ARC and DMARC; the results go into an
+# Authentication-Results field, and DMARC p=reject failures are refused.
+verify_inbound = true
+
+# Fixed next hops per destination domain (otherwise MX records decide):
+# [[smtp.route]]
+# domain = "partner.example"
+# host = "10.0.0.5"
+# port = 25
+# tls = "opportunistic"   # or "required", "implicit", "none"
+#
+# A provider's relay for all other remote mail:
+# [smtp.smarthost]
+# host = "smtp.provider.example"
+# port = 587
+# tls = "required"
+# username = "account"
+# password = "secret"
+
+[queue]
+# How long a message is retried before it bounces, seconds.
+lifetime_secs = 432000
+# Wait after the first failed attempt, seconds; doubles after each one.
+retry_initial_secs = 300
+# Longest wait between attempts, seconds.
+retry_max_secs = 14400
+# Tell the sender once when mail is this late, seconds (0: never).
+delay_notice_secs = 14400
+# Messages delivered at the same time.
+max_parallel = 16
+# Timeouts towards next hops, seconds.
+connect_timeout_secs = 30
+command_timeout_secs = 300
+# DKIM-sign outgoing mail with the key of its From: domain.
+dkim_sign = true
+
+[dns]
+# Resolvers as "ip:port"; empty means those of /etc/resolv.conf.
+servers = []
 
 [imap]
 # Largest message APPEND accepts, in bytes (announced as APPENDLIMIT).

@@ -112,6 +112,93 @@ pub(crate) fn validate(config: &Config, file: &Path) -> Result<(), ConfigError> 
         10_000,
     )?;
     in_range(file, "smtp.max_errors", u64::from(smtp.max_errors), 1, 1000)?;
+    for (n, route) in smtp.routes.iter().enumerate() {
+        let key = |field: &str| format!("smtp.route[{n}].{field}");
+        if check_hostname(&route.domain).is_err() {
+            return Err(error(file, key("domain"), "must be a domain name"));
+        }
+        if smtp.routes[..n]
+            .iter()
+            .any(|r| r.domain.eq_ignore_ascii_case(&route.domain))
+        {
+            return Err(error(file, key("domain"), "has a route already"));
+        }
+        if route.host.parse::<std::net::IpAddr>().is_err() && check_hostname(&route.host).is_err() {
+            return Err(error(
+                file,
+                key("host"),
+                "must be a host name or IP address",
+            ));
+        }
+        at_least_one(file, &key("port"), u64::from(route.port))?;
+    }
+    if let Some(relay) = &smtp.smarthost {
+        if relay.host.parse::<std::net::IpAddr>().is_err() && check_hostname(&relay.host).is_err() {
+            return Err(error(
+                file,
+                "smtp.smarthost.host",
+                "must be a host name or IP address",
+            ));
+        }
+        at_least_one(file, "smtp.smarthost.port", u64::from(relay.port))?;
+        if relay.username.is_some() != relay.password.is_some() {
+            return Err(error(
+                file,
+                "smtp.smarthost.password",
+                "username and password go together",
+            ));
+        }
+        if relay.username.is_some() && relay.tls == crate::RouteTls::None {
+            return Err(error(
+                file,
+                "smtp.smarthost.tls",
+                "must not be \"none\" with a password: it would be sent in clear",
+            ));
+        }
+    }
+    let queue = &config.queue;
+    in_range(
+        file,
+        "queue.lifetime_secs",
+        queue.lifetime_secs,
+        60,
+        30 * 86_400,
+    )?;
+    in_range(
+        file,
+        "queue.retry_initial_secs",
+        queue.retry_initial_secs,
+        1,
+        86_400,
+    )?;
+    in_range(
+        file,
+        "queue.retry_max_secs",
+        queue.retry_max_secs,
+        queue.retry_initial_secs,
+        86_400,
+    )?;
+    in_range(
+        file,
+        "queue.max_parallel",
+        u64::from(queue.max_parallel),
+        1,
+        1000,
+    )?;
+    in_range(
+        file,
+        "queue.connect_timeout_secs",
+        queue.connect_timeout_secs,
+        1,
+        600,
+    )?;
+    in_range(
+        file,
+        "queue.command_timeout_secs",
+        queue.command_timeout_secs,
+        1,
+        3600,
+    )?;
     let imap = &config.imap;
     in_range(
         file,

@@ -25,7 +25,10 @@ use bulwark_core::Right;
 use bulwark_directory::{AuthError, Directory};
 use bulwark_mail::{LocalDelivery, Resolution};
 use bulwark_server::{Connection, ConnectionHandler};
-use bulwark_store::Error as StoreError;
+use bulwark_store::{Error as StoreError, NewQueueRecipient};
+use bulwark_transport::dns::Dns;
+use bulwark_transport::queue::{OutboundEnvelope, OutboundQueue};
+use bulwark_transport::verify::{self, Inbound};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::limits::SmtpLimits;
@@ -50,6 +53,16 @@ const BUSY: &[u8] = b"421 4.3.2 Too many connections, try again later\r\n";
 pub struct SmtpHandler {
     config: Arc<SessionConfig>,
     delivery: LocalDelivery,
+    services: Services,
+}
+
+/// The transport services a handler uses besides local delivery.
+#[derive(Clone, Default)]
+struct Services {
+    /// Where submitted mail for other domains goes.
+    queue: Option<OutboundQueue>,
+    /// The resolver inbound checks (SPF, DKIM, DMARC) use.
+    verifier: Option<Dns>,
 }
 
 impl std::fmt::Debug for SmtpHandler {
@@ -74,9 +87,26 @@ impl SmtpHandler {
                 mode,
                 hostname: hostname.into(),
                 limits,
+                relay: false,
             }),
             delivery,
+            services: Services::default(),
         }
+    }
+
+    /// On submission, lets users send to other domains through `queue`.
+    pub fn with_queue(mut self, queue: OutboundQueue) -> SmtpHandler {
+        let mut config = (*self.config).clone();
+        config.relay = config.mode == Mode::Submission;
+        self.config = Arc::new(config);
+        self.services.queue = Some(queue);
+        self
+    }
+
+    /// On the MX, checks SPF, DKIM, ARC and DMARC through `dns`.
+    pub fn with_verification(mut self, dns: Dns) -> SmtpHandler {
+        self.services.verifier = Some(dns);
+        self
     }
 
     /// The settings every session of this handler uses.
@@ -89,7 +119,8 @@ impl ConnectionHandler for SmtpHandler {
     fn handle(&self, conn: Connection) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
         let config = Arc::clone(&self.config);
         let delivery = self.delivery.clone();
-        Box::pin(serve(config, delivery, conn))
+        let services = self.services.clone();
+        Box::pin(serve(config, delivery, services, conn))
     }
 
     fn busy_reply(&self) -> Option<&'static [u8]> {
@@ -115,7 +146,12 @@ fn session_id() -> String {
     format!("{:016x}{n:x}", hasher.finish())
 }
 
-async fn serve(config: Arc<SessionConfig>, delivery: LocalDelivery, mut conn: Connection) {
+async fn serve(
+    config: Arc<SessionConfig>,
+    delivery: LocalDelivery,
+    services: Services,
+    mut conn: Connection,
+) {
     let ip = conn.info.peer.ip();
     let protocol = conn.info.protocol.name();
     let client = ClientInfo {
@@ -124,6 +160,8 @@ async fn serve(config: Arc<SessionConfig>, delivery: LocalDelivery, mut conn: Co
         tls_available: conn.tls_available(),
     };
     let max_duration = config.limits.max_session_duration;
+    let mode = config.mode;
+    let hostname = config.hostname.clone();
     let mut session = Session::new(config, client, session_id());
     let deadline = tokio::time::Instant::now() + max_duration;
     let mut buf = vec![0u8; READ_CHUNK];
@@ -202,10 +240,32 @@ async fn serve(config: Arc<SessionConfig>, delivery: LocalDelivery, mut conn: Co
                 };
                 session.rcpt_result(outcome);
             }
-            Action::Deliver(transaction) => {
+            Action::Deliver(mut transaction) => {
+                if mode == Mode::Inbound
+                    && let Some(dns) = &services.verifier
+                {
+                    let verdict = verify::verify(
+                        dns,
+                        Inbound {
+                            ip,
+                            helo: &transaction.helo,
+                            mail_from: &transaction.reverse_path,
+                            hostname: &hostname,
+                        },
+                        &transaction.message,
+                    )
+                    .await;
+                    if let Some(text) = verdict.reject {
+                        tracing::info!(id = %transaction.id, %ip, reason = %text, "message refused by DMARC policy");
+                        session.delivery_result(DeliveryOutcome::Rejected(text));
+                        continue;
+                    }
+                    insert_after_return_path(&mut transaction.message, verdict.header.as_bytes());
+                }
                 let delivery = delivery.clone();
+                let queue = services.queue.clone();
                 let done = tokio::task::spawn_blocking(move || {
-                    deliver(&delivery, &transaction, ip, protocol)
+                    deliver(&delivery, queue.as_ref(), &transaction, ip, protocol)
                 })
                 .await;
                 let outcome = done.unwrap_or_else(|e| {
@@ -292,9 +352,66 @@ fn load_identity(
     })
 }
 
-/// Audits delegated use, then stores the message. Blocking.
+/// Puts `field` (a complete header field with its CRLF) right after the
+/// leading `Return-Path` field, or at the top when there is none.
+fn insert_after_return_path(message: &mut Vec<u8>, field: &[u8]) {
+    let at = if message.len() >= 12 && message[..12].eq_ignore_ascii_case(b"Return-Path:") {
+        message
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(0, |p| p + 2)
+    } else {
+        0
+    };
+    message.splice(at..at, field.iter().copied());
+}
+
+/// Queues the message for its remote recipients. Blocking.
+fn enqueue_remote(queue: Option<&OutboundQueue>, transaction: &Transaction) -> bool {
+    let recipients: Vec<NewQueueRecipient> = transaction
+        .recipients
+        .iter()
+        .filter(|r| r.is_remote())
+        .map(|r| NewQueueRecipient {
+            address: r.address.to_string(),
+            notify: r.notify.clone(),
+            original_recipient: r.original_recipient.clone(),
+        })
+        .collect();
+    if recipients.is_empty() {
+        return true;
+    }
+    let Some(queue) = queue else {
+        tracing::error!(id = %transaction.id, "remote recipients accepted without an outbound queue");
+        return false;
+    };
+    let envelope = OutboundEnvelope {
+        return_path: transaction.reverse_path.clone(),
+        envelope_id: transaction.envelope_id.clone(),
+        return_full: transaction.return_full,
+        recipients,
+    };
+    match queue.submit(
+        &Actor::system("submission"),
+        &transaction.message,
+        &envelope,
+    ) {
+        Ok(queue_id) => {
+            tracing::info!(id = %transaction.id, %queue_id, recipients = envelope.recipients.len(), "message queued");
+            true
+        }
+        Err(e) => {
+            tracing::error!(id = %transaction.id, error = %e, "cannot queue the message");
+            false
+        }
+    }
+}
+
+/// Audits delegated use, then stores the message for local recipients and
+/// queues it for remote ones. Blocking.
 fn deliver(
     delivery: &LocalDelivery,
+    queue: Option<&OutboundQueue>,
     transaction: &Transaction,
     ip: IpAddr,
     protocol: &str,
@@ -333,8 +450,13 @@ fn deliver(
         }
     }
     let accounts = transaction.accounts();
-    let result = delivery.deliver(&transaction.message, &accounts, transaction.received_at);
-    let outcome = match result {
+    let result = if accounts.is_empty() {
+        Ok(bulwark_mail::DeliveryReport::default())
+    } else {
+        delivery.deliver(&transaction.message, &accounts, transaction.received_at)
+    };
+    let has_remote = transaction.recipients.iter().any(|r| r.is_remote());
+    let mut outcome = match result {
         Ok(report) => {
             for (account, e) in &report.failed {
                 tracing::warn!(id = %transaction.id, account = account.0, error = %e, "an account refused the message");
@@ -358,6 +480,23 @@ fn deliver(
             DeliveryOutcome::TemporaryFailure
         }
     };
+    // Remote recipients are queued once local delivery did not fail
+    // temporarily (the client will send again, and must not find the
+    // remote copy queued already).
+    if has_remote
+        && !matches!(
+            outcome,
+            DeliveryOutcome::TemporaryFailure | DeliveryOutcome::Unavailable
+        )
+    {
+        outcome = if !enqueue_remote(queue, transaction) {
+            DeliveryOutcome::TemporaryFailure
+        } else if outcome == DeliveryOutcome::Stored {
+            DeliveryOutcome::Stored
+        } else {
+            DeliveryOutcome::PartiallyStored
+        };
+    }
     match outcome {
         DeliveryOutcome::Stored | DeliveryOutcome::PartiallyStored => {
             tracing::info!(

@@ -83,6 +83,7 @@ pub fn fuzz_session(input: &[u8]) {
                 max_message_size: 64 * 1024,
                 ..SmtpLimits::default()
             },
+            relay: true,
         });
         let client = ClientInfo {
             ip: std::net::IpAddr::from([192, 0, 2, 1]),

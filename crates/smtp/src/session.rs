@@ -55,6 +55,9 @@ pub struct SessionConfig {
     pub hostname: String,
     /// The limits.
     pub limits: SmtpLimits,
+    /// On submission, whether recipients outside our domains are accepted
+    /// (for the outbound queue). Inbound never relays, whatever this says.
+    pub relay: bool,
 }
 
 /// What the session knows of its connection.
@@ -99,8 +102,21 @@ impl std::fmt::Debug for Credentials {
 pub struct Recipient {
     /// The address as given in RCPT TO (validated, lower-case).
     pub address: EmailAddress,
-    /// The accounts it resolved to (groups expanded).
+    /// The accounts it resolved to (groups expanded); empty for a remote
+    /// recipient, which goes to the outbound queue.
     pub accounts: Vec<PrincipalId>,
+    /// The DSN `NOTIFY` parameter (RFC 3461 section 4.1), as a
+    /// comma-separated list, when the client gave one.
+    pub notify: Option<String>,
+    /// The DSN `ORCPT` parameter (RFC 3461 section 4.2).
+    pub original_recipient: Option<String>,
+}
+
+impl Recipient {
+    /// Whether it is outside our domains.
+    pub fn is_remote(&self) -> bool {
+        self.accounts.is_empty()
+    }
 }
 
 /// A complete message ready for local delivery.
@@ -120,6 +136,14 @@ pub struct Transaction {
     pub received_at: i64,
     /// The authenticated user, on submission.
     pub submitter: Option<Identity>,
+    /// The name the client gave in EHLO/HELO.
+    pub helo: String,
+    /// Whether the client asked for SMTPUTF8.
+    pub smtputf8: bool,
+    /// The DSN envelope id (`ENVID`).
+    pub envelope_id: Option<String>,
+    /// Whether a failure notice should return the whole message (`RET=FULL`).
+    pub return_full: bool,
     /// The other principals' addresses this message uses (envelope,
     /// `From:`, `Sender:`), each to be audited as `mail.send-as` or
     /// `mail.send-on-behalf` before it is delivered.
@@ -204,6 +228,9 @@ pub enum DeliveryOutcome {
     /// Storage failed (or the audit record could not be written); nothing
     /// was stored.
     TemporaryFailure,
+    /// Refused by policy (DMARC `p=reject`); the text starts with the
+    /// enhanced status code.
+    Rejected(String),
 }
 
 /// Why the driver ends a session.
@@ -251,7 +278,7 @@ enum Phase {
 enum Waiting {
     Tls,
     Auth,
-    Rcpt(EmailAddress),
+    Rcpt(EmailAddress, Option<String>, Option<String>),
     Delivery { id: String },
 }
 
@@ -274,6 +301,8 @@ struct Envelope {
     reverse_path: String,
     envelope_delegation: Option<Delegation>,
     smtputf8: bool,
+    envelope_id: Option<String>,
+    return_full: bool,
     recipients: Vec<Recipient>,
     /// The message so far, once a first BDAT chunk arrived.
     bdat: Option<Box<MessageScanner>>,
@@ -490,8 +519,14 @@ impl Session {
 
     /// The answer to [`Action::CheckRecipient`].
     pub fn rcpt_result(&mut self, outcome: RcptOutcome) {
-        let Some(Waiting::Rcpt(address)) = self.waiting.take() else {
+        let Some(Waiting::Rcpt(address, notify, original_recipient)) = self.waiting.take() else {
             return;
+        };
+        let outcome = match outcome {
+            RcptOutcome::NotLocal if self.config.mode == Mode::Submission && self.config.relay => {
+                RcptOutcome::Local(Vec::new())
+            }
+            other => other,
         };
         match outcome {
             RcptOutcome::Local(accounts) => match self.envelope.as_mut() {
@@ -499,6 +534,8 @@ impl Session {
                     envelope.recipients.push(Recipient {
                         address: address.clone(),
                         accounts,
+                        notify,
+                        original_recipient,
                     });
                     self.reply(250, [2, 1, 5], format!("<{address}> Recipient OK"));
                 }
@@ -520,7 +557,7 @@ impl Session {
                     550,
                     [5, 7, 1],
                     format!(
-                        "<{address}> Relaying to external domains is not available yet on this server; only local recipients are accepted"
+                        "<{address}> Relaying to external domains is turned off on this server; only local recipients are accepted"
                     ),
                 ),
             },
@@ -555,6 +592,10 @@ impl Session {
                 [4, 3, 0],
                 "Temporary failure storing the message, try again later",
             ),
+            DeliveryOutcome::Rejected(text) => {
+                let text = text.strip_prefix("5.7.1 ").unwrap_or(&text).to_string();
+                self.reply(550, [5, 7, 1], text)
+            }
         }
     }
 
@@ -1022,6 +1063,11 @@ impl Session {
             reverse_path: address.to_string(),
             envelope_delegation,
             smtputf8: from.flags & MAIL_SMTPUTF8 != 0,
+            envelope_id: from
+                .env_id
+                .as_ref()
+                .map(|e| e.chars().filter(|c| !c.is_control()).take(100).collect()),
+            return_full: from.flags & smtp_proto::MAIL_RET_FULL != 0,
             recipients: Vec::new(),
             bdat: None,
         });
@@ -1059,7 +1105,12 @@ impl Session {
             self.reply(452, [4, 5, 3], "Too many recipients");
             return Step::Continue;
         }
-        self.waiting = Some(Waiting::Rcpt(address.clone()));
+        let notify = notify_list(to.flags);
+        let original_recipient = to
+            .orcpt
+            .as_ref()
+            .map(|o| o.chars().filter(|c| !c.is_control()).take(500).collect());
+        self.waiting = Some(Waiting::Rcpt(address.clone(), notify, original_recipient));
         Step::Act(Action::CheckRecipient(address))
     }
 
@@ -1212,6 +1263,7 @@ impl Session {
             _ => None,
         };
         let helo = self.helo.as_ref();
+        let helo_name = helo.map_or(String::new(), |h| h.name.clone());
         let protocol = self.protocol_name(envelope.smtputf8);
         let mut prefix = trace::return_path(&quote_path(&envelope.reverse_path));
         prefix.push_str(&trace::received(&trace::ReceivedFields {
@@ -1240,6 +1292,10 @@ impl Session {
             received_at: now,
             submitter: self.identity.clone(),
             delegations,
+            helo: helo_name,
+            smtputf8: envelope.smtputf8,
+            envelope_id: envelope.envelope_id,
+            return_full: envelope.return_full,
         })))
     }
 
@@ -1313,6 +1369,24 @@ fn quote_path(path: &str) -> String {
         })
         .collect();
     format!("\"{escaped}\"@{domain}")
+}
+
+/// The RCPT `NOTIFY` flags as RFC 3461 writes them.
+fn notify_list(flags: u64) -> Option<String> {
+    if flags & smtp_proto::RCPT_NOTIFY_NEVER != 0 {
+        return Some("NEVER".into());
+    }
+    let named = [
+        (smtp_proto::RCPT_NOTIFY_SUCCESS, "SUCCESS"),
+        (smtp_proto::RCPT_NOTIFY_FAILURE, "FAILURE"),
+        (smtp_proto::RCPT_NOTIFY_DELAY, "DELAY"),
+    ];
+    let list: Vec<&str> = named
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, name)| *name)
+        .collect();
+    (!list.is_empty()).then(|| list.join(","))
 }
 
 #[cfg(test)]

@@ -149,6 +149,7 @@ fn config(mode: Mode, hostname: &str, limits: SmtpLimits) -> Arc<SessionConfig> 
         mode,
         hostname: hostname.into(),
         limits,
+        relay: false,
     })
 }
 

@@ -1,0 +1,153 @@
+//! DNS for mail transport: the resolver shared by outbound routing (MX,
+//! A/AAAA) and inbound authentication (SPF, DKIM, DMARC TXT records).
+//!
+//! Only names from envelopes and signatures are looked up here, never a
+//! URL, and nothing a lookup returns is fetched.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mail_auth::common::cache::NoCache;
+use mail_auth::hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
+use mail_auth::{IpLookupStrategy, MX, MessageAuthenticator};
+
+/// At most this many addresses per host are tried.
+const MAX_ADDRESSES_PER_HOST: usize = 4;
+/// At most this many exchangers per domain are tried.
+pub const MAX_EXCHANGERS: usize = 8;
+
+/// A shared resolver. Cloning is cheap.
+#[derive(Clone)]
+pub struct Dns {
+    authenticator: Arc<MessageAuthenticator>,
+}
+
+impl std::fmt::Debug for Dns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dns")
+    }
+}
+
+/// Why a lookup gave no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupError {
+    /// The name has no such records (or does not exist): permanent.
+    NotFound(String),
+    /// The domain says it accepts no mail (null MX, RFC 7505): permanent.
+    NullMx,
+    /// The resolver failed or timed out: try again later.
+    Temporary(String),
+}
+
+impl std::fmt::Display for LookupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LookupError::NotFound(what) => write!(f, "no DNS records: {what}"),
+            LookupError::NullMx => f.write_str("the domain accepts no mail (null MX)"),
+            LookupError::Temporary(why) => write!(f, "DNS lookup failed: {why}"),
+        }
+    }
+}
+
+fn lookup_error(e: mail_auth::Error, what: &str) -> LookupError {
+    match e {
+        mail_auth::Error::DnsRecordNotFound(_) => LookupError::NotFound(what.to_string()),
+        other => LookupError::Temporary(format!("{what}: {other}")),
+    }
+}
+
+impl Dns {
+    /// The resolvers in `/etc/resolv.conf`.
+    pub fn system() -> Result<Dns, String> {
+        let authenticator = MessageAuthenticator::new_system_conf()
+            .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?;
+        Ok(Dns {
+            authenticator: Arc::new(authenticator),
+        })
+    }
+
+    /// Plain DNS to these servers (each with its own port), for sites with
+    /// their own validating resolver and for tests.
+    pub fn with_servers(servers: &[SocketAddr]) -> Result<Dns, String> {
+        let mut group = NameServerConfigGroup::with_capacity(servers.len() * 2);
+        for server in servers {
+            group.merge(NameServerConfigGroup::from_ips_clear(
+                &[server.ip()],
+                server.port(),
+                true,
+            ));
+        }
+        let mut options = ResolverOpts::default();
+        options.timeout = Duration::from_secs(5);
+        options.attempts = 2;
+        let authenticator =
+            MessageAuthenticator::new(ResolverConfig::from_parts(None, vec![], group), options)
+                .map_err(|e| format!("cannot set up the resolver: {e}"))?;
+        Ok(Dns {
+            authenticator: Arc::new(authenticator),
+        })
+    }
+
+    /// The authenticator that SPF, DKIM and DMARC checks run on.
+    pub fn authenticator(&self) -> &MessageAuthenticator {
+        &self.authenticator
+    }
+
+    /// The hosts to deliver `domain`'s mail to, most preferred first
+    /// (RFC 5321 section 5.1): its MX hosts, or the domain itself when it
+    /// has no MX records but has an address.
+    pub async fn mail_exchangers(&self, domain: &str) -> Result<Vec<String>, LookupError> {
+        let fqdn = format!("{}.", domain.trim_end_matches('.'));
+        let answer = self
+            .authenticator
+            .mx_lookup(fqdn.as_str(), None::<&NoCache<String, Arc<Vec<MX>>>>)
+            .await;
+        match answer {
+            Ok(records) if !records.is_empty() => {
+                let mut hosts = Vec::new();
+                for record in records.iter() {
+                    for host in &record.exchanges {
+                        let host = host.trim_end_matches('.');
+                        // RFC 7505: a single MX of "." means no mail at all.
+                        if host.is_empty() {
+                            if records.len() == 1 && record.exchanges.len() == 1 {
+                                return Err(LookupError::NullMx);
+                            }
+                            continue;
+                        }
+                        if !hosts.iter().any(|h: &String| h == host) {
+                            hosts.push(host.to_string());
+                        }
+                    }
+                }
+                hosts.truncate(MAX_EXCHANGERS);
+                Ok(hosts)
+            }
+            Ok(_) | Err(mail_auth::Error::DnsRecordNotFound(_)) => {
+                // The implicit MX: the domain's own address, if it has one.
+                self.addresses(domain).await?;
+                Ok(vec![domain.trim_end_matches('.').to_string()])
+            }
+            Err(e) => Err(lookup_error(e, &format!("MX of {domain}"))),
+        }
+    }
+
+    /// A host's addresses, IPv4 first.
+    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, LookupError> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        let fqdn = format!("{}.", host.trim_end_matches('.'));
+        self.authenticator
+            .ip_lookup(
+                &fqdn,
+                IpLookupStrategy::Ipv4thenIpv6,
+                MAX_ADDRESSES_PER_HOST,
+                None::<&NoCache<String, Arc<Vec<Ipv4Addr>>>>,
+                None::<&NoCache<String, Arc<Vec<Ipv6Addr>>>>,
+            )
+            .await
+            .map_err(|e| lookup_error(e, &format!("address of {host}")))
+    }
+}

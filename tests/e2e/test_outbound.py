@@ -1,0 +1,316 @@
+"""Outbound mail between two Bulwark servers and to Postfix's smtp-sink.
+
+Server A (a.test) and server B (b.test) run side by side on loopback with
+a private DNS server (dnslib) that publishes exactly what
+`bulwark domain dns` prints. A routes b.test to B through a static route,
+signs with its DKIM key; B checks SPF, DKIM and DMARC through that DNS.
+"""
+
+import email
+import imaplib
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN
+
+PASSWORD = "a long enough password 1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def eventually(check, timeout: float = 40, what: str = "condition"):
+    deadline = time.time() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.3)
+
+
+def tls_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class Server:
+    def __init__(self, root: Path, domain: str):
+        self.domain = domain
+        self.hostname = f"mx.{domain}"
+        self.data = root / domain
+        self.config = self.data / "bulwark.toml"
+        self.ports = {p: free_port() for p in ("smtp", "submission", "imaps")}
+        self.proc = None
+        subprocess.run(
+            [BIN, "init", "--data-dir", str(self.data), "--domain", domain,
+             "--hostname", self.hostname],
+            check=True, capture_output=True,
+        )
+
+    def configure(self, dns_port: int, extra: str) -> None:
+        text = self.config.read_text()
+        # Our own listeners replace the standard ones.
+        kept, skipping = [], False
+        for line in text.splitlines():
+            if line == "[[listener]]":
+                skipping = True
+            elif skipping and not line.strip():
+                skipping = False
+            if not skipping:
+                kept.append(line)
+        text = "\n".join(kept) + "\n"
+        text = text.replace("servers = []", f'servers = ["127.0.0.1:{dns_port}"]')
+        text = text.replace("retry_initial_secs = 300", "retry_initial_secs = 1")
+        text = text.replace("retry_max_secs = 14400", "retry_max_secs = 2")
+        for protocol, port in self.ports.items():
+            text += f'\n[[listener]]\nprotocol = "{protocol}"\nbind = "127.0.0.1:{port}"\n'
+        text += extra
+        self.config.write_text(text)
+
+    def admin(self, *args: str, stdin: str | None = None) -> str:
+        return subprocess.run(
+            [BIN, "--config", str(self.config), *args],
+            capture_output=True, text=True, check=True, input=stdin,
+        ).stdout
+
+    def add_user(self, local: str) -> str:
+        address = f"{local}@{self.domain}"
+        self.admin("user", "add", address, "--password-stdin", stdin=PASSWORD + "\n")
+        return address
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [BIN, "--config", str(self.config), "serve"],
+            stdout=subprocess.DEVNULL, stderr=open(self.data / "server.log", "ab"),
+        )
+        for port in self.ports.values():
+            wait_port(port)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            assert self.proc.wait(timeout=30) == 0
+
+    def send(self, sender: str, recipients: list[str], subject: str, body: str = "Hello.\r\n") -> None:
+        message = (
+            f"From: <{sender}>\r\nTo: {', '.join(recipients)}\r\nSubject: {subject}\r\n"
+            f"\r\n{body}"
+        )
+        with smtplib.SMTP("127.0.0.1", self.ports["submission"], timeout=30) as c:
+            c.starttls(context=tls_context())
+            c.login(sender, PASSWORD)
+            c.sendmail(sender, recipients, message)
+
+    def inbox(self, user: str) -> list[email.message.Message]:
+        with imaplib.IMAP4_SSL("127.0.0.1", self.ports["imaps"], ssl_context=tls_context()) as c:
+            c.login(user, PASSWORD)
+            c.select("INBOX", readonly=True)
+            _, data = c.search(None, "ALL")
+            found = []
+            for num in data[0].split():
+                _, parts = c.fetch(num, "(BODY.PEEK[])")
+                found.append(email.message_from_bytes(parts[0][1]))
+            return found
+
+    def find(self, user: str, subject: str):
+        for m in self.inbox(user):
+            if subject in (m["Subject"] or ""):
+                return m
+        return None
+
+
+def peer(name: str) -> str | None:
+    found = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    if found is None and os.environ.get("BULWARK_REQUIRE_PEERS") == "1":
+        pytest.fail(f"{name} is required (BULWARK_REQUIRE_PEERS=1) but not installed")
+    return found
+
+
+@pytest.fixture(scope="module")
+def world():
+    root = Path(tempfile.mkdtemp())
+    dns_port = free_port()
+    sink_port = free_port()
+    dead_port = free_port()
+    a = Server(root, "a.test")
+    b = Server(root, "b.test")
+    a.configure(dns_port, f"""
+[[smtp.route]]
+domain = "b.test"
+host = "127.0.0.1"
+port = {b.ports['smtp']}
+tls = "opportunistic"
+
+[[smtp.route]]
+domain = "sink.test"
+host = "127.0.0.1"
+port = {sink_port}
+tls = "none"
+""")
+    b.configure(dns_port, "")
+    # The zone holds what `bulwark domain dns` tells administrators to publish.
+    zone = a.admin("domain", "dns", "a.test") + b.admin("domain", "dns", "b.test")
+    zone += "mx.a.test.\tIN A 127.0.0.1\nmx.b.test.\tIN A 127.0.0.1\n"
+    # A domain that forbids unauthenticated use of its name.
+    zone += 'c.test.\tIN TXT "v=spf1 -all"\n_dmarc.c.test.\tIN TXT "v=DMARC1; p=reject"\n'
+    zone_file = root / "zone.txt"
+    zone_file.write_text("\n".join(l for l in zone.splitlines() if not l.startswith(";")) + "\n")
+    dns = subprocess.Popen(
+        [sys.executable, "-m", "dnslib.zoneresolver", "--zone", str(zone_file),
+         "--port", str(dns_port), "--address", "127.0.0.1", "--tcp", "--log=-request,-reply"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_port(dns_port)  # its TCP side; UDP is served by the same process
+    users = {
+        "alice": a.add_user("alice"),
+        "bob": b.add_user("bob"),
+    }
+    try:
+        a.start()
+        b.start()
+    except BaseException:
+        for server in (a, b):
+            if server.proc and server.proc.poll() is None:
+                server.proc.kill()
+        dns.kill()
+        raise
+    yield {"a": a, "b": b, "users": users, "root": root, "sink_port": sink_port,
+           "dead_port": dead_port}
+    for server in (a, b):
+        if server.proc and server.proc.poll() is None:
+            server.proc.kill()
+    dns.kill()
+    if not os.environ.get("BULWARK_KEEP_TEST_DATA"):
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_mail_reaches_the_other_server_signed_and_verified(world):
+    a, b, users = world["a"], world["b"], world["users"]
+    subject = f"cross-server {uuid.uuid4()}"
+    a.send(users["alice"], [users["bob"]], subject)
+    got = eventually(lambda: b.find(users["bob"], subject), what="delivery to b.test")
+    results = got["Authentication-Results"]
+    assert results.startswith("mx.b.test"), results
+    assert "dkim=pass" in results and "a.test" in results, results
+    assert "spf=pass" in results, results
+    assert "dmarc=pass" in results, results
+    assert got["DKIM-Signature"] is not None
+    assert "d=a.test" in got["DKIM-Signature"].replace(" ", "")
+    assert got["Return-Path"] == f"<{users['alice']}>"
+    assert "queue is empty" in eventually(
+        lambda: "queue is empty" in a.admin("queue", "list") and a.admin("queue", "list"),
+        what="empty queue")
+
+
+def test_unknown_remote_recipient_bounces_to_the_sender(world):
+    a, users = world["a"], world["users"]
+    subject = f"to nobody {uuid.uuid4()}"
+    a.send(users["alice"], ["nobody@b.test"], subject)
+    notice = eventually(
+        lambda: next((m for m in a.inbox(users["alice"])
+                      if m["Subject"] == "Undelivered Mail Returned to Sender"
+                      and subject in m.as_string()), None),
+        what="failure notice")
+    assert notice.get_content_type() == "multipart/report"
+    assert notice.get_param("report-type") == "delivery-status"
+    text = notice.as_string()
+    assert "Final-Recipient: rfc822; nobody@b.test" in text
+    assert "Status: 5.1.1" in text
+    assert "Action: failed" in text
+    assert notice["Return-Path"] == "<>"
+    assert "queue is empty" in a.admin("queue", "list")
+
+
+def test_dmarc_reject_is_refused_at_the_mx_and_not_stored(world):
+    b, users = world["b"], world["users"]
+    subject = f"spoofed {uuid.uuid4()}"
+    message = f"From: <ceo@c.test>\r\nTo: <{users['bob']}>\r\nSubject: {subject}\r\n\r\npay now\r\n"
+    with smtplib.SMTP("127.0.0.1", b.ports["smtp"], timeout=60) as c:
+        c.ehlo("attacker.example")
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            c.sendmail("ceo@c.test", [users["bob"]], message)
+    assert refused.value.smtp_code == 550
+    assert b"DMARC" in refused.value.smtp_error
+    assert b.find(users["bob"], subject) is None
+
+
+def test_queue_retries_survives_restart_and_delivers_to_postfix(world):
+    sink = peer("smtp-sink")
+    if sink is None:
+        pytest.skip("Postfix smtp-sink is not installed")
+    a, users, port = world["a"], world["users"], world["sink_port"]
+    subject = f"to the sink {uuid.uuid4()}"
+    a.send(users["alice"], ["someone@sink.test"], subject)
+
+    # Nothing listens yet: the recipient stays queued with the error.
+    def deferred():
+        out = a.admin("queue", "list")
+        ids = [line.split()[0] for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
+        for qid in ids:
+            shown = a.admin("queue", "show", qid)
+            if "someone@sink.test" in shown and "attempts=0" not in shown:
+                return qid, shown
+        return None
+    qid, shown = eventually(deferred, what="a deferred attempt")
+    assert "pending" in shown, shown
+
+    # The queue is on disk: it survives a restart.
+    a.stop()
+    a.start()
+    assert "someone@sink.test" in a.admin("queue", "show", qid)
+
+    # smtp-sink drops privileges to nobody, which must reach the dump
+    # directory (the test's own temporary root is private).
+    dump = Path(tempfile.mkdtemp(prefix="bulwark-sink-"))
+    os.chmod(dump, 0o777)
+    proc = subprocess.Popen(
+        [sink, "-u", "nobody", "-d", f"{dump}/%M.", f"127.0.0.1:{port}", "10"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port)
+        a.admin("queue", "retry", qid)
+        eventually(lambda: "queue is empty" in a.admin("queue", "list"), what="delivery to smtp-sink")
+        files = eventually(lambda: [p for p in dump.iterdir() if p.is_file()], what="a dumped message")
+        dumped = b"".join(p.read_bytes() for p in files)
+        assert subject.encode() in dumped
+        assert b"DKIM-Signature:" in dumped
+        assert proc.poll() is None, "smtp-sink stopped"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(dump, ignore_errors=True)
+    # Exactly one copy was accepted, and the sender got no notice.
+    assert dumped.count(subject.encode()) == 1
+    assert not any("Undelivered" in (m["Subject"] or "") and subject in m.as_string()
+                   for m in a.inbox(users["alice"]))
