@@ -314,3 +314,27 @@ def test_queue_retries_survives_restart_and_delivers_to_postfix(world):
     assert dumped.count(subject.encode()) == 1
     assert not any("Undelivered" in (m["Subject"] or "") and subject in m.as_string()
                    for m in a.inbox(users["alice"]))
+
+
+def test_dsn_success_notice_on_request(world):
+    a, b, users = world["a"], world["b"], world["users"]
+    subject = f"notify me {uuid.uuid4()}"
+    message = f"From: <{users['alice']}>\r\nTo: <{users['bob']}>\r\nSubject: {subject}\r\n\r\nhi\r\n"
+    with smtplib.SMTP("127.0.0.1", a.ports["submission"], timeout=30) as c:
+        c.starttls(context=tls_context())
+        c.ehlo()
+        assert c.has_extn("dsn")
+        c.login(users["alice"], PASSWORD)
+        c.sendmail(users["alice"], [users["bob"]], message,
+                   mail_options=["RET=HDRS", "ENVID=track-7"],
+                   rcpt_options=["NOTIFY=SUCCESS,FAILURE"])
+    eventually(lambda: b.find(users["bob"], subject), what="delivery")
+    notice = eventually(
+        lambda: next((m for m in a.inbox(users["alice"])
+                      if m["Subject"] == "Successful Mail Delivery Report"
+                      and subject in m.as_string()), None),
+        what="a success notice")
+    text = notice.as_string()
+    assert "Action: relayed" in text
+    assert f"Final-Recipient: rfc822; {users['bob']}" in text
+    assert "Original-Envelope-Id: track-7" in text

@@ -141,6 +141,7 @@ fn register_protocols(
     {
         inbound = inbound.with_verification(dns.clone());
     }
+    inbound = inbound.with_queue(queue.clone());
     server.register(Protocol::Smtp, Arc::new(inbound));
     let mut submission = SmtpHandler::new(Mode::Submission, delivery, hostname, smtp_limits);
     if config.smtp.relay {

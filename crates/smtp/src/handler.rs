@@ -88,16 +88,19 @@ impl SmtpHandler {
                 hostname: hostname.into(),
                 limits,
                 relay: false,
+                notices: false,
             }),
             delivery,
             services: Services::default(),
         }
     }
 
-    /// On submission, lets users send to other domains through `queue`.
+    /// Sends delivery status notifications through `queue` (and offers
+    /// DSN); on submission, also lets users send to other domains.
     pub fn with_queue(mut self, queue: OutboundQueue) -> SmtpHandler {
         let mut config = (*self.config).clone();
         config.relay = config.mode == Mode::Submission;
+        config.notices = true;
         self.config = Arc::new(config);
         self.services.queue = Some(queue);
         self
@@ -366,6 +369,53 @@ fn insert_after_return_path(message: &mut Vec<u8>, field: &[u8]) {
     message.splice(at..at, field.iter().copied());
 }
 
+/// Tells the sender of local deliveries that asked with `NOTIFY=SUCCESS`
+/// (RFC 3461 section 4.1). Blocking; a notice that cannot be queued is
+/// logged, the delivery stands.
+fn notify_local_success(queue: Option<&OutboundQueue>, transaction: &Transaction) {
+    use bulwark_transport::dsn::{self, Notice, NoticeKind, RecipientReport};
+    let Some(queue) = queue else { return };
+    if transaction.reverse_path.is_empty() {
+        return;
+    }
+    let reports: Vec<RecipientReport> = transaction
+        .recipients
+        .iter()
+        .filter(|r| !r.is_remote())
+        .filter(|r| {
+            bulwark_transport::queue::notify_wants(r.notify.as_deref(), NoticeKind::Delivered)
+        })
+        .map(|r| RecipientReport {
+            address: r.address.to_string(),
+            original_recipient: r.original_recipient.clone(),
+            status: "2.0.0".into(),
+            diagnostic: "250 2.0.0 delivered to the mailbox".into(),
+            remote_mta: None,
+        })
+        .collect();
+    if reports.is_empty() {
+        return;
+    }
+    let now = bulwark_transport::queue::now_ms();
+    let token = format!("{}.delivered", transaction.id);
+    let notice = dsn::build(&Notice {
+        kind: NoticeKind::Delivered,
+        hostname: &queue.settings().hostname,
+        to: &transaction.reverse_path,
+        envelope_id: transaction.envelope_id.as_deref(),
+        arrival_ms: transaction.received_at,
+        retry_until_ms: None,
+        recipients: &reports,
+        original: &transaction.message,
+        return_full: false,
+        token: &token,
+        now_ms: now,
+    });
+    if let Err(e) = queue.send_notice(&notice, &transaction.reverse_path) {
+        tracing::warn!(id = %transaction.id, error = %e, "cannot queue a delivery notice");
+    }
+}
+
 /// Queues the message for its remote recipients. Blocking.
 fn enqueue_remote(queue: Option<&OutboundQueue>, transaction: &Transaction) -> bool {
     let recipients: Vec<NewQueueRecipient> = transaction
@@ -496,6 +546,12 @@ fn deliver(
         } else {
             DeliveryOutcome::PartiallyStored
         };
+    }
+    if matches!(
+        outcome,
+        DeliveryOutcome::Stored | DeliveryOutcome::PartiallyStored
+    ) {
+        notify_local_success(queue, transaction);
     }
     match outcome {
         DeliveryOutcome::Stored | DeliveryOutcome::PartiallyStored => {

@@ -8,8 +8,8 @@
 //!   smtp-proto's command parser and reply writer. It speaks ESMTP with
 //!   PIPELINING (RFC 2920), 8BITMIME (RFC 6152), SMTPUTF8 (RFC 6531), SIZE
 //!   (RFC 1870), ENHANCEDSTATUSCODES (RFC 2034/3463), CHUNKING (RFC 3030),
-//!   STARTTLS (RFC 3207) and AUTH PLAIN/LOGIN (RFC 4954, RFC 4616), accepts
-//!   the DSN parameters of RFC 3461 syntactically, and enforces the
+//!   STARTTLS (RFC 3207), AUTH PLAIN/LOGIN (RFC 4954, RFC 4616) and, when
+//!   an outbound queue carries notices, DSN (RFC 3461); it enforces the
 //!   [`SmtpLimits`].
 //! * The strict reading of message data: end of data is only
 //!   `CRLF . CRLF`, and a message with a bare CR or LF is refused after its
@@ -20,23 +20,21 @@
 //!   `Message-ID` are added when missing.
 //! * The driver ([`SmtpHandler`]), which plugs the session into the
 //!   listener runtime (`bulwark-server`) and answers its questions from the
-//!   directory and local delivery (`bulwark-mail`).
+//!   directory and local delivery (`bulwark-mail`); on the MX it has
+//!   `bulwark-transport` check SPF, DKIM, ARC and DMARC before storing, and
+//!   on submission it hands mail for other domains to the outbound queue.
 //!
 //! # What it must not do
 //!
-//! * Relay: a recipient outside our domains is refused at RCPT, on every
-//!   port. Remote delivery will go through `bulwark-mail`'s queue, never
-//!   from here.
+//! * Relay for anyone but an authenticated submitter: on the MX a
+//!   recipient outside our domains is refused at RCPT. Remote delivery goes
+//!   through `bulwark-transport`'s queue, never from here.
 //! * Touch storage or sockets from the session: only the driver does, and
 //!   only through `spawn_blocking` for storage, never while writing.
 //! * Answer 250 to message data before the store says it is durable.
 //! * Offer or accept AUTH on a plaintext connection, or tell an unknown
 //!   user from a wrong password.
 //! * Depend on another protocol front end (DESIGN.md "Layers").
-//!
-//! Not yet here (see issue 3): SPF/DKIM/DMARC/ARC, the outbound queue and
-//! relaying, DSN generation (so `DSN` is not advertised: its parameters are
-//! accepted but no notification is sent).
 //!
 //! # Choices worth knowing
 //!
@@ -84,6 +82,7 @@ pub fn fuzz_session(input: &[u8]) {
                 ..SmtpLimits::default()
             },
             relay: true,
+            notices: true,
         });
         let client = ClientInfo {
             ip: std::net::IpAddr::from([192, 0, 2, 1]),

@@ -58,6 +58,9 @@ pub struct SessionConfig {
     /// On submission, whether recipients outside our domains are accepted
     /// (for the outbound queue). Inbound never relays, whatever this says.
     pub relay: bool,
+    /// Whether delivery status notifications can be sent (an outbound
+    /// queue carries them): the DSN extension (RFC 3461) is offered then.
+    pub notices: bool,
 }
 
 /// What the session knows of its connection.
@@ -826,6 +829,9 @@ impl Session {
             "ENHANCEDSTATUSCODES".to_string(),
             "CHUNKING".to_string(),
         ];
+        if self.config.notices {
+            lines.push("DSN".to_string());
+        }
         if self.client.tls_available && !self.client.tls {
             lines.push("STARTTLS".to_string());
         }

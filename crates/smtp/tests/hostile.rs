@@ -404,7 +404,7 @@ async fn starttls_injection_is_discarded() {
 }
 
 /// One account over quota among several: the message is accepted for the
-/// others (the refusal is logged; a DSN will report it once DSNs exist).
+/// others (the refusal is logged).
 /// Alone, the same account gets 552 5.2.2 and nothing is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quota_refusals() {

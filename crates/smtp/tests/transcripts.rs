@@ -150,6 +150,7 @@ fn config(mode: Mode, hostname: &str, limits: SmtpLimits) -> Arc<SessionConfig> 
         hostname: hostname.into(),
         limits,
         relay: false,
+        notices: false,
     })
 }
 
@@ -830,7 +831,7 @@ fn submission_sender_rules() {
         C: MAIL FROM:<alice@example.com>
         C: RCPT TO:<someone@gmail.example>
         S: 250 2.1.0 Sender OK
-        S: 550 5.7.1 <someone@gmail.example> Relaying to external domains is not available yet on this server; only local recipients are accepted
+        S: 550 5.7.1 <someone@gmail.example> Relaying to external domains is turned off on this server; only local recipients are accepted
         C: RCPT TO:<bob@example.com>
         C: DATA
         S: 250 2.1.5 *

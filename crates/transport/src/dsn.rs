@@ -17,6 +17,23 @@ pub enum NoticeKind {
     Failed,
     /// Delivery is late and still being tried.
     Delayed,
+    /// Delivered into the recipient's mailbox (asked for with
+    /// `NOTIFY=SUCCESS`).
+    Delivered,
+    /// Handed to a next hop that was not asked to report further
+    /// (`NOTIFY=SUCCESS`; RFC 3461 section 6.2.1 "relayed").
+    Relayed,
+}
+
+impl NoticeKind {
+    /// The DSN `NOTIFY` keyword that asks for this kind of notice.
+    pub fn notify_keyword(self) -> &'static str {
+        match self {
+            NoticeKind::Failed => "FAILURE",
+            NoticeKind::Delayed => "DELAY",
+            NoticeKind::Delivered | NoticeKind::Relayed => "SUCCESS",
+        }
+    }
 }
 
 /// One recipient's line in a notice.
@@ -118,6 +135,16 @@ pub fn build(notice: &Notice<'_>) -> Vec<u8> {
             "Delayed Mail (still being retried)",
             "delayed",
             "Your message has not been delivered yet to the recipients below. Delivery is still being attempted; you do not need to send it again.",
+        ),
+        NoticeKind::Delivered => (
+            "Successful Mail Delivery Report",
+            "delivered",
+            "Your message was delivered to the mailboxes of the recipients below.",
+        ),
+        NoticeKind::Relayed => (
+            "Successful Mail Delivery Report",
+            "relayed",
+            "Your message was handed to the recipients' mail servers below; they were not asked to report further.",
         ),
     };
     let mut out = String::new();

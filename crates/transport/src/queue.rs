@@ -207,6 +207,22 @@ impl OutboundQueue {
         Ok(id)
     }
 
+    /// Queues a delivery status notification (built with [`dsn::build`])
+    /// for `to`, with the null sender so it is never bounced. Blocking.
+    pub fn send_notice(&self, notice: &[u8], to: &str) -> Result<QueueId, StoreError> {
+        let envelope = OutboundEnvelope {
+            return_path: String::new(),
+            envelope_id: None,
+            return_full: false,
+            recipients: vec![NewQueueRecipient {
+                address: to.to_string(),
+                notify: Some("NEVER".into()),
+                original_recipient: None,
+            }],
+        };
+        self.enqueue_prepared(&Actor::system("queue"), notice, &envelope)
+    }
+
     fn enqueue_prepared(
         &self,
         actor: &Actor,
@@ -246,12 +262,16 @@ pub fn backoff(settings: &QueueSettings, attempts: u32) -> Duration {
 /// Whether the recipient's `NOTIFY` asks for notices of `kind` (RFC 3461
 /// section 4.1: without the parameter, failures and delays are reported).
 fn wants(recipient: &QueueRecipient, kind: NoticeKind) -> bool {
-    let word = match kind {
-        NoticeKind::Failed => "FAILURE",
-        NoticeKind::Delayed => "DELAY",
-    };
-    match &recipient.notify {
-        None => true,
+    notify_wants(recipient.notify.as_deref(), kind)
+}
+
+/// Whether a `NOTIFY` value asks for notices of `kind` (RFC 3461 section
+/// 4.1: without the parameter, failures and delays are reported, success
+/// is not).
+pub fn notify_wants(notify: Option<&str>, kind: NoticeKind) -> bool {
+    let word = kind.notify_keyword();
+    match notify {
+        None => matches!(kind, NoticeKind::Failed | NoticeKind::Delayed),
         Some(list) => list.split(',').any(|w| w.trim().eq_ignore_ascii_case(word)),
     }
 }
@@ -259,7 +279,8 @@ fn wants(recipient: &QueueRecipient, kind: NoticeKind) -> bool {
 /// One attempt's result for one recipient.
 #[derive(Debug, Clone)]
 enum Attempt {
-    Delivered,
+    /// Accepted; `remote` names the next hop (none: a local mailbox).
+    Delivered { remote: Option<String> },
     Temporary {
         reply: String,
         remote: Option<String>,
@@ -407,6 +428,8 @@ impl QueueRunner {
         let mut updates = Vec::new();
         let mut failed = Vec::new();
         let mut delayed = Vec::new();
+        let mut relayed = Vec::new();
+        let mut delivered = Vec::new();
         for (recipient, result) in results {
             let report = |reply: &str, remote: &Option<String>, permanent: bool| RecipientReport {
                 address: recipient.address.clone(),
@@ -416,8 +439,25 @@ impl QueueRunner {
                 remote_mta: remote.clone(),
             };
             let update = match result {
-                Attempt::Delivered => {
+                Attempt::Delivered { remote } => {
                     tracing::info!(queue_id = %message.id, recipient = %recipient.address, "delivered");
+                    let kind = if remote.is_some() {
+                        NoticeKind::Relayed
+                    } else {
+                        NoticeKind::Delivered
+                    };
+                    if wants(recipient, kind) {
+                        let text = match &remote {
+                            Some(host) => format!("250 2.0.0 accepted by {host}"),
+                            None => "250 2.0.0 delivered to the mailbox".to_string(),
+                        };
+                        let list = if remote.is_some() {
+                            &mut relayed
+                        } else {
+                            &mut delivered
+                        };
+                        list.push(report(&text, &remote, false));
+                    }
                     RecipientUpdate::Delivered
                 }
                 Attempt::Permanent { reply, remote } => {
@@ -461,10 +501,13 @@ impl QueueRunner {
         // Notices are queued before the results are recorded: a crash in
         // between repeats a notice rather than losing it.
         if !message.return_path.is_empty() {
-            for (kind, reports) in [
+            let notices = [
                 (NoticeKind::Failed, &failed),
                 (NoticeKind::Delayed, &delayed),
-            ] {
+                (NoticeKind::Relayed, &relayed),
+                (NoticeKind::Delivered, &delivered),
+            ];
+            for (kind, reports) in notices {
                 if reports.is_empty() {
                     continue;
                 }
@@ -478,26 +521,15 @@ impl QueueRunner {
                     retry_until_ms: Some(message.expires_at),
                     recipients: reports,
                     original: raw,
-                    return_full: message.return_full,
+                    return_full: message.return_full && kind == NoticeKind::Failed,
                     token: &token,
                     now_ms: now,
                 });
-                let envelope = OutboundEnvelope {
-                    return_path: String::new(),
-                    envelope_id: None,
-                    return_full: false,
-                    recipients: vec![NewQueueRecipient {
-                        address: message.return_path.clone(),
-                        notify: Some("NEVER".into()),
-                        original_recipient: None,
-                    }],
-                };
                 let queue = self.queue.clone();
-                tokio::task::spawn_blocking(move || {
-                    queue.enqueue_prepared(&Actor::system("queue"), &notice, &envelope)
-                })
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("queue task failed: {e}")))??;
+                let to = message.return_path.clone();
+                tokio::task::spawn_blocking(move || queue.send_notice(&notice, &to))
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("queue task failed: {e}")))??;
             }
         }
         let store = self.queue.store.clone();
@@ -636,7 +668,9 @@ impl QueueRunner {
                         return outcomes
                             .into_iter()
                             .map(|o| match o {
-                                RecipientOutcome::Delivered { .. } => Attempt::Delivered,
+                                RecipientOutcome::Delivered { .. } => Attempt::Delivered {
+                                    remote: remote.clone(),
+                                },
                                 RecipientOutcome::Temporary { reply } => Attempt::Temporary {
                                     reply,
                                     remote: remote.clone(),
@@ -705,7 +739,7 @@ impl QueueRunner {
                                 Ok(report)
                                     if report.failed.is_empty() || !report.delivered.is_empty() =>
                                 {
-                                    Attempt::Delivered
+                                    Attempt::Delivered { remote: None }
                                 }
                                 Ok(report) => Attempt::Temporary {
                                     reply: format!(
