@@ -74,3 +74,74 @@ def test_acknowledged_mail_survives_sigkill(quickstart):
     finally:
         if restarted.proc.poll() is None:
             restarted.proc.kill()
+
+
+def test_acknowledged_submissions_are_queued_exactly_once_after_sigkill(quickstart):
+    """Submissions for another domain go to the outbound queue; killed
+    mid-load, the restarted server holds every acknowledged one exactly
+    once (read with `bulwark queue`)."""
+    import socket
+
+    # Route the remote domain to a port where nothing listens, so every
+    # message stays queued (attempts fail temporarily).
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        dead = s.getsockname()[1]
+    assert quickstart.stop() == 0
+    config = quickstart.data / "bulwark.toml"
+    config.write_text(config.read_text() + (
+        f'\n[[smtp.route]]\ndomain = "elsewhere.test"\nhost = "127.0.0.1"\nport = {dead}\ntls = "none"\n'))
+    server = start_quickstart(quickstart.root)
+    creds = quickstart.credentials()
+    alice = "alice@example.test"
+    ctx = ssl.create_default_context(cafile=str(quickstart.cert))
+    ctx.check_hostname = False
+    acked = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def sender(n):
+        i = 0
+        while not stop.is_set():
+            rcpt = f"r{n}x{i}@elsewhere.test"
+            body = (f"From: {alice}\r\nTo: {rcpt}\r\nSubject: queued {n} {i}\r\n\r\n"
+                    + "y" * (100 + 53 * i % 2000) + "\r\n").encode()
+            try:
+                with smtplib.SMTP(HOST, 5870, timeout=10) as c:
+                    c.starttls(context=ctx)
+                    c.login(alice, creds[alice])
+                    if c.sendmail(alice, [rcpt], body) == {}:
+                        with lock:
+                            acked.append(rcpt)
+            except (OSError, smtplib.SMTPException):
+                if stop.is_set():
+                    return
+                time.sleep(0.01)
+            i += 1
+
+    try:
+        threads = [threading.Thread(target=sender, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        deadline = time.time() + 60
+        while len(acked) < 60 and time.time() < deadline:
+            time.sleep(0.05)
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(timeout=30)
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        assert len(acked) >= 60, "the load did not get going"
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+
+    listing = quickstart.admin("queue", "list")
+    ids = [line.split()[0] for line in listing.splitlines() if line.split() and line.split()[0].isdigit()]
+    queued = []
+    for qid in ids:
+        shown = quickstart.admin("queue", "show", qid)
+        queued += [line.split()[0] for line in shown.splitlines() if line.startswith("  ")]
+    for rcpt in acked:
+        assert queued.count(rcpt) == 1, f"{rcpt}: {queued.count(rcpt)} copies queued"
+    assert len(queued) == len(set(queued)), "nothing queued twice"
