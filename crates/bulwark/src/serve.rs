@@ -12,6 +12,7 @@ use bulwark_server::{Metrics, Server, ServerOptions};
 use bulwark_smtp::{Mode, SmtpHandler, SmtpLimits};
 use bulwark_transport::client::{Credentials, TlsPolicy, root_store};
 use bulwark_transport::dns::Dns;
+use bulwark_transport::mta_sts::MtaSts;
 use bulwark_transport::queue::{OutboundQueue, QueueRunner, QueueSettings};
 use bulwark_transport::route::{NextHop, Routing};
 use tokio::signal::unix::{SignalKind, signal};
@@ -97,6 +98,7 @@ fn queue_settings(config: &Config) -> QueueSettings {
         command_timeout: secs(q.command_timeout_secs),
         data_timeout: secs(q.command_timeout_secs.saturating_mul(2)),
         dkim_sign: q.dkim_sign,
+        ..QueueSettings::default()
     }
 }
 
@@ -168,13 +170,16 @@ pub fn serve(config_path: &Path) -> CmdResult {
     let dns = resolver(&config);
     let queue = OutboundQueue::new(directory.store().clone(), queue_settings(&config));
     let roots = Arc::new(root_store(None)?);
-    let runner = QueueRunner::new(
+    let mut runner = QueueRunner::new(
         queue.clone(),
         LocalDelivery::new(directory.clone()),
         dns.clone(),
         routing(&config),
-        roots,
+        Arc::clone(&roots),
     );
+    if let Some(dns) = &dns {
+        runner = runner.with_mta_sts(MtaSts::new(dns.clone(), roots, 443));
+    }
     let metrics = Arc::new(Metrics::new());
     let mut server = Server::new(ServerOptions::from_config(&config), tls, metrics);
     register_protocols(&mut server, &config, &directory, &queue, dns.as_ref());

@@ -9,7 +9,8 @@
 //!   retries, expiry and delivery status notifications ([`dsn`]).
 //! * [`client`]: the SMTP client that hands mail to the next hop.
 //! * [`route`]: where mail for a domain goes: a static route, the
-//!   smarthost, or the domain's MX hosts ([`dns`]).
+//!   smarthost, or the domain's MX hosts ([`dns`]), with TLS required where
+//!   the domain publishes an MTA-STS policy ([`mta_sts`]).
 //! * [`dkim`]: per-domain signing keys and signatures.
 //! * [`verify`]: the checks of inbound mail, as an `Authentication-Results`
 //!   field and a DMARC verdict.
@@ -20,7 +21,8 @@
 //!   submission, later JMAP and iMIP from CalDAV) put mail in the queue
 //!   through [`queue::OutboundQueue`]; they never call the client.
 //! * Contact anything a message names. The only hosts contacted are next
-//!   hops found from recipient domains (static routes, MX, A/AAAA).
+//!   hops found from recipient domains (static routes, MX, A/AAAA) and,
+//!   for MTA-STS, the fixed `mta-sts.` host of a recipient domain.
 //! * Lose or duplicate queued mail knowingly: a recipient is settled in the
 //!   store only after the next hop's final reply, and a message leaves the
 //!   queue in the same write as its last recipient. A crash between a next
@@ -32,6 +34,7 @@ pub mod client;
 pub mod dkim;
 pub mod dns;
 pub mod dsn;
+pub mod mta_sts;
 pub mod queue;
 pub mod route;
 pub mod verify;

@@ -28,6 +28,7 @@ use crate::client::{self, ClientSettings, Envelope, RecipientOutcome, SessionErr
 use crate::dkim;
 use crate::dns::{Dns, LookupError};
 use crate::dsn::{self, Notice, NoticeKind, RecipientReport};
+use crate::mta_sts::{self, MtaSts};
 use crate::route::{NextHop, Route, Routing};
 
 /// Messages fetched per look at the queue.
@@ -35,8 +36,6 @@ const BATCH: usize = 64;
 /// The runner looks at the queue at least this often, so a change made by
 /// another process (an administrator's `queue retry`) is noticed.
 const MAX_IDLE: Duration = Duration::from_secs(30);
-/// The standard SMTP port for MX delivery (RFC 5321 section 4.5.4).
-const SMTP_PORT: u16 = 25;
 
 /// Unix time in milliseconds.
 pub fn now_ms() -> i64 {
@@ -72,6 +71,9 @@ pub struct QueueSettings {
     pub data_timeout: Duration,
     /// Whether outgoing mail is DKIM-signed with the sender domain's key.
     pub dkim_sign: bool,
+    /// The port MX hosts are contacted on: 25 (RFC 5321 section 4.5.4);
+    /// tests point it elsewhere. Not a configuration key.
+    pub mx_port: u16,
 }
 
 impl Default for QueueSettings {
@@ -87,6 +89,7 @@ impl Default for QueueSettings {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             dkim_sign: true,
+            mx_port: 25,
         }
     }
 }
@@ -298,6 +301,7 @@ pub struct QueueRunner {
     dns: Option<Dns>,
     routing: Arc<Routing>,
     roots: Arc<rustls::RootCertStore>,
+    mta_sts: Option<MtaSts>,
     in_flight: Arc<Mutex<HashSet<QueueId>>>,
 }
 
@@ -319,8 +323,16 @@ impl QueueRunner {
             dns,
             routing: Arc::new(routing),
             roots,
+            mta_sts: None,
             in_flight: Arc::new(Mutex::new(HashSet::new())),
         }
+    }
+
+    /// Honours the MTA-STS policies of recipient domains (RFC 8461) for
+    /// MX delivery.
+    pub fn with_mta_sts(mut self, mta_sts: MtaSts) -> QueueRunner {
+        self.mta_sts = Some(mta_sts);
+        self
     }
 
     /// Runs until `shutdown` completes, then lets deliveries in progress
@@ -587,14 +599,37 @@ impl QueueRunner {
                 };
                 match dns.mail_exchangers(domain).await {
                     Ok(hosts) => {
+                        let port = self.queue.settings.mx_port;
+                        let policy = match &self.mta_sts {
+                            Some(sts) => sts.policy(domain).await,
+                            None => None,
+                        };
+                        let enforce = policy.filter(|p| p.mode == mta_sts::Mode::Enforce);
+                        let hosts: Vec<(String, u16)> = hosts
+                            .into_iter()
+                            .filter(|h| enforce.as_ref().is_none_or(|p| p.allows(h)))
+                            .map(|h| (h, port))
+                            .collect();
+                        if enforce.is_some() && hosts.is_empty() {
+                            return all(Attempt::Temporary {
+                                reply: format!(
+                                    "451 4.7.5 No MX host of {domain} matches its MTA-STS policy"
+                                ),
+                                remote: None,
+                            });
+                        }
+                        // RFC 8461 section 5: under enforce, only verified TLS.
+                        let tls = if enforce.is_some() {
+                            TlsPolicy::RequireVerified
+                        } else {
+                            TlsPolicy::Opportunistic
+                        };
                         let hop = NextHop {
                             host: String::new(),
-                            port: SMTP_PORT,
-                            tls: TlsPolicy::Opportunistic,
+                            port,
+                            tls,
                             auth: None,
                         };
-                        let hosts: Vec<(String, u16)> =
-                            hosts.into_iter().map(|h| (h, SMTP_PORT)).collect();
                         self.try_hosts(message, raw, &addresses, &hosts, &hop).await
                     }
                     Err(LookupError::Temporary(why)) => all(Attempt::Temporary {
