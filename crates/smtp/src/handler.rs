@@ -263,6 +263,7 @@ async fn serve(
                         session.delivery_result(DeliveryOutcome::Rejected(text));
                         continue;
                     }
+                    verify::strip_forged_results(&mut transaction.message, &hostname);
                     insert_after_return_path(&mut transaction.message, verdict.header.as_bytes());
                 }
                 let delivery = delivery.clone();

@@ -156,9 +156,67 @@ async fn verify_inner(dns: &Dns, inbound: Inbound<'_>, message: &[u8]) -> Verdic
     }
 }
 
+/// Removes `Authentication-Results` fields that claim to come from us
+/// (`authserv-id` equal to `hostname`): RFC 8601 section 5 says a receiver
+/// must not let a sender forge its own verdicts. Other servers' fields stay.
+pub fn strip_forged_results(message: &mut Vec<u8>, hostname: &str) {
+    let header_end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(message.len(), |p| p + 2);
+    // Field boundaries: a line that does not start with white space starts a field.
+    let mut fields = Vec::new();
+    let mut start = 0;
+    let mut pos = 0;
+    while pos < header_end {
+        let eol = message[pos..header_end]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(header_end, |p| pos + p + 2);
+        let next_is_continuation = message.get(eol).is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !next_is_continuation || eol >= header_end {
+            fields.push((start, eol));
+            start = eol;
+        }
+        pos = eol;
+    }
+    let ours = |field: &[u8]| -> bool {
+        let text = String::from_utf8_lossy(field);
+        let Some((name, value)) = text.split_once(':') else {
+            return false;
+        };
+        if !name.trim().eq_ignore_ascii_case("Authentication-Results") {
+            return false;
+        }
+        let id = value
+            .trim_start()
+            .split(|c: char| c == ';' || c.is_whitespace())
+            .next()
+            .unwrap_or_default();
+        id.eq_ignore_ascii_case(hostname)
+    };
+    let forged: Vec<(usize, usize)> = fields
+        .into_iter()
+        .filter(|(a, b)| ours(&message[*a..*b]))
+        .collect();
+    for (a, b) in forged.into_iter().rev() {
+        message.drain(a..b);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::organisational_domain;
+
+    #[test]
+    fn forged_results_are_removed() {
+        let mut m = b"Received: x\r\nAuthentication-Results: mx.example.com;\r\n\tdkim=pass\r\nAuthentication-Results: other.example; spf=fail\r\nauthentication-results: MX.EXAMPLE.COM; dmarc=pass\r\nSubject: s\r\n\r\nAuthentication-Results: mx.example.com; body stays\r\n".to_vec();
+        super::strip_forged_results(&mut m, "mx.example.com");
+        assert_eq!(
+            String::from_utf8(m).expect("still text"),
+            "Received: x\r\nAuthentication-Results: other.example; spf=fail\r\nSubject: s\r\n\r\nAuthentication-Results: mx.example.com; body stays\r\n"
+        );
+    }
 
     #[test]
     fn organisational_domains() {
