@@ -43,6 +43,7 @@ pub const CHECKS: &[Check] = &[
     ("queue_tracks_each_recipient", queue),
     ("queue_shares_blobs_with_mail", queue_blobs),
     ("dkim_keys_per_domain", dkim_keys),
+    ("mailbox_rights", mailbox_rights),
 ];
 
 fn admin() -> Actor {
@@ -1163,4 +1164,52 @@ fn dkim_keys(b: &dyn Backend) {
         b.dkim_keys(d.id).unwrap().is_empty(),
         "keys go with their domain"
     );
+}
+
+fn mailbox_rights(b: &dyn Backend) {
+    domain(b, "example.com");
+    let alice = user(b, "alice@example.com");
+    let bob = user(b, "bob@example.com");
+    let inbox = inbox(b, alice);
+    let alice_actor = Actor::user("alice@example.com", alice.0, "password", None, "imap");
+    b.set_mailbox_rights(&alice_actor, alice, inbox, bob, "lr")
+        .unwrap();
+    assert_eq!(
+        b.mailbox_rights(alice, inbox).unwrap(),
+        vec![(bob, "lr".to_string())]
+    );
+    assert_eq!(
+        b.rights_granted_to(bob).unwrap(),
+        vec![(alice, inbox, "lr".to_string())]
+    );
+    assert!(b.rights_granted_to(alice).unwrap().is_empty());
+    b.set_mailbox_rights(&alice_actor, alice, inbox, bob, "lrsw")
+        .unwrap();
+    assert_eq!(b.mailbox_rights(alice, inbox).unwrap()[0].1, "lrsw");
+    // Bad input and other accounts' mailboxes are refused.
+    assert!(matches!(
+        b.set_mailbox_rights(&alice_actor, alice, inbox, bob, "L R"),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        b.set_mailbox_rights(&alice_actor, alice, inbox, alice, "l"),
+        Err(Error::Invalid(_))
+    ));
+    let bob_inbox = self::inbox(b, bob);
+    assert!(
+        b.set_mailbox_rights(&alice_actor, alice, bob_inbox, bob, "l")
+            .is_err()
+    );
+    assert!(b.mailbox_rights(alice, bob_inbox).is_err());
+    // Removal, and cleanup with the mailbox.
+    b.set_mailbox_rights(&alice_actor, alice, inbox, bob, "")
+        .unwrap();
+    assert!(b.rights_granted_to(bob).unwrap().is_empty());
+    let other = b
+        .create_mailbox(&admin(), alice, "Projects", None, None)
+        .unwrap();
+    b.set_mailbox_rights(&alice_actor, alice, other.id, bob, "lr")
+        .unwrap();
+    b.delete_mailbox(&admin(), alice, other.id).unwrap();
+    assert!(b.rights_granted_to(bob).unwrap().is_empty());
 }

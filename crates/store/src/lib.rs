@@ -246,6 +246,32 @@ pub trait Backend: Send + Sync + 'static {
     /// Takes a message out of the queue without delivering it.
     fn remove_queued(&self, actor: &Actor, id: QueueId) -> Result<()>;
 
+    // ---- mailbox rights ----
+
+    /// Sets what `grantee` may do in one of `account`'s mailboxes, as
+    /// RFC 4314 right letters; empty rights remove the entry. The store
+    /// keeps the letters; the protocol layer decides what they allow.
+    fn set_mailbox_rights(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        mailbox: MailboxId,
+        grantee: PrincipalId,
+        rights: &str,
+    ) -> Result<()>;
+    /// The rights entries of one mailbox.
+    fn mailbox_rights(
+        &self,
+        account: PrincipalId,
+        mailbox: MailboxId,
+    ) -> Result<Vec<(PrincipalId, String)>>;
+    /// Every mailbox of another account with a rights entry for `grantee`:
+    /// `(owner, mailbox, rights)`.
+    fn rights_granted_to(
+        &self,
+        grantee: PrincipalId,
+    ) -> Result<Vec<(PrincipalId, MailboxId, String)>>;
+
     // ---- DKIM keys ----
 
     /// Stores a signing key for a domain.

@@ -236,6 +236,16 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (domain_id, selector)
     ) WITHOUT ROWID;
     "#,
+    // 4: per-mailbox access rights (IMAP ACL, RFC 4314).
+    r#"
+    CREATE TABLE mailbox_rights (
+        mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+        grantee_id INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+        rights TEXT NOT NULL,
+        PRIMARY KEY (mailbox_id, grantee_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX mailbox_rights_grantee ON mailbox_rights(grantee_id);
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -1624,6 +1624,85 @@ impl Backend for SqliteBackend {
         self.queue_remove(actor, id)
     }
 
+    fn set_mailbox_rights(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        mailbox: MailboxId,
+        grantee: PrincipalId,
+        rights: &str,
+    ) -> Result<()> {
+        let valid = rights.len() <= 32
+            && rights
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !valid {
+            return Err(Error::Invalid(format!("invalid rights {rights:?}")));
+        }
+        if grantee == account {
+            return Err(Error::Invalid(
+                "an owner's own rights cannot be changed".into(),
+            ));
+        }
+        let rights = rights.to_string();
+        let target = self.audit_name(actor, account, Some(account))?;
+        self.write(actor, "mailbox.rights.set", target, Some(account), move |ctx, event| {
+            require_mailbox(ctx.conn, account, mailbox)?;
+            let exists = ctx.conn.prepare_cached("SELECT 1 FROM principals WHERE id = ?1")?.exists([grantee.0])?;
+            if !exists {
+                return Err(Error::not_found("principal", grantee));
+            }
+            if rights.is_empty() {
+                ctx.conn
+                    .prepare_cached("DELETE FROM mailbox_rights WHERE mailbox_id = ?1 AND grantee_id = ?2")?
+                    .execute(params![mailbox.0, grantee.0])?;
+            } else {
+                ctx.conn
+                    .prepare_cached(
+                        "INSERT INTO mailbox_rights (mailbox_id, grantee_id, rights) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (mailbox_id, grantee_id) DO UPDATE SET rights = excluded.rights",
+                    )?
+                    .execute(params![mailbox.0, grantee.0, rights])?;
+            }
+            event.object_ids.push(format!("{mailbox}:{grantee}:{rights}"));
+            Ok(())
+        })
+    }
+
+    fn mailbox_rights(
+        &self,
+        account: PrincipalId,
+        mailbox: MailboxId,
+    ) -> Result<Vec<(PrincipalId, String)>> {
+        self.read(|c| {
+            require_mailbox(c, account, mailbox)?;
+            let rows = c
+                .prepare_cached("SELECT grantee_id, rights FROM mailbox_rights WHERE mailbox_id = ?1 ORDER BY grantee_id")?
+                .query_map([mailbox.0], |r| Ok((PrincipalId(r.get(0)?), r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn rights_granted_to(
+        &self,
+        grantee: PrincipalId,
+    ) -> Result<Vec<(PrincipalId, MailboxId, String)>> {
+        self.read(|c| {
+            let rows = c
+                .prepare_cached(
+                    "SELECT m.account_id, m.id, r.rights FROM mailbox_rights r
+                     JOIN mailboxes m ON m.id = r.mailbox_id
+                     WHERE r.grantee_id = ?1 AND m.account_id != ?1 ORDER BY m.account_id, m.name",
+                )?
+                .query_map([grantee.0], |r| {
+                    Ok((PrincipalId(r.get(0)?), MailboxId(r.get(1)?), r.get(2)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })
+    }
+
     fn add_dkim_key(&self, actor: &Actor, domain: DomainId, key: &DkimKey) -> Result<()> {
         self.dkim_add(actor, domain, key)
     }
