@@ -5,10 +5,12 @@
 //! * Store calls are blocking and run through [`Store::run`]; Argon2 runs
 //!   on a blocking thread too.
 //! * Every store write passes the session's [`Actor`].
-//! * Mailbox names are resolved by [`resolve`], today against the user's
-//!   own account only: the seam where shared mailboxes and ACL rights
-//!   (RFC 4314) plug in later. Nothing else looks up mailboxes, so no
-//!   command can reach another account's data.
+//! * Mailbox names are resolved by `Conn::reach`, which gives the mailbox
+//!   with the user's rights on it (all of them for their own; for another
+//!   account's, those of a full-access grant and the mailbox's ACL,
+//!   RFC 4314). Nothing else looks up mailboxes, so no command reaches
+//!   another account's data without its rights checked, and every use of
+//!   another account's mailbox is audited (reads here, writes by the store).
 //! * After every command the selected view is refreshed when the account's
 //!   change notifier reported a write; expunges are held back during
 //!   FETCH, STORE and SEARCH (see `view.rs`).
@@ -20,7 +22,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bulwark_audit::Actor;
-use bulwark_core::{ChangeNotice, MailboxId, MailboxRole, ModSeq, PrincipalId};
+use bulwark_core::{
+    ChangeNotice, EmailAddress, MailboxId, MailboxRole, ModSeq, PrincipalId, Right,
+};
 use bulwark_directory::{AuthError, Directory};
 use bulwark_server::{Connection, ConnectionHandler};
 use bulwark_store::{Delivery, Error as StoreError, KeywordUpdate, Mailbox, MessageEntry, Store};
@@ -37,6 +41,7 @@ use imap_codec::imap_types::status::StatusDataItemName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
 
+use crate::acl::{self, Rights};
 use crate::fetch;
 use crate::flags;
 use crate::limits::Limits;
@@ -139,7 +144,111 @@ struct User {
 struct Selected {
     mailbox: Mailbox,
     read_only: bool,
+    /// The user's rights on it.
+    rights: Rights,
+    /// The owner's address, when it is another account's mailbox.
+    owner: Option<String>,
     view: View,
+}
+
+/// A mailbox as the logged-in user reaches it.
+#[derive(Debug, Clone)]
+struct Reached {
+    mailbox: Mailbox,
+    /// The name the user knows it by: the stored name, or the namespace
+    /// form for another account's mailbox.
+    name: String,
+    rights: Rights,
+    /// The owner's address, when it is another account's mailbox.
+    owner: Option<String>,
+}
+
+impl Reached {
+    /// Refuses unless the user holds `letter` (RFC 4314 section 4).
+    fn require(&self, letter: u8, what: &str) -> Result<(), Refusal> {
+        if self.rights.has(letter) {
+            Ok(())
+        } else {
+            Err(Refusal::no(
+                Some("NOPERM"),
+                format!("You have no right to {what} in this mailbox"),
+            ))
+        }
+    }
+}
+
+/// What `user` may do in `owner`'s `mailbox`: a full-access grant plus the
+/// mailbox's own entry for the user.
+fn effective_rights(
+    b: &dyn bulwark_store::Backend,
+    user: PrincipalId,
+    owner: PrincipalId,
+    mailbox: MailboxId,
+) -> Result<Rights, StoreError> {
+    if user == owner {
+        return Ok(Rights::all());
+    }
+    let mut rights = Rights::default();
+    if b.grants(Some(owner), Some(user))?
+        .iter()
+        .any(|g| g.right == Right::FullAccess)
+    {
+        rights = rights.union(Rights::full_access());
+    }
+    for (grantee, letters) in b.mailbox_rights(owner, mailbox)? {
+        if grantee == user {
+            rights = rights.union(Rights::parse(&letters).unwrap_or_default());
+        }
+    }
+    Ok(rights)
+}
+
+/// Every mailbox `user` can see: their own, and other accounts' where they
+/// hold the `l` right, named in the shared namespaces.
+fn visible(b: &dyn bulwark_store::Backend, user: PrincipalId) -> Result<Vec<Reached>, StoreError> {
+    let mut out: Vec<Reached> = b
+        .mailboxes(user)?
+        .into_iter()
+        .map(|m| Reached {
+            name: m.name.clone(),
+            mailbox: m,
+            rights: Rights::all(),
+            owner: None,
+        })
+        .collect();
+    let mut owners: Vec<PrincipalId> = b
+        .grants(None, Some(user))?
+        .into_iter()
+        .filter(|g| g.right == Right::FullAccess && g.grantor != user)
+        .map(|g| g.grantor)
+        .collect();
+    owners.extend(
+        b.rights_granted_to(user)?
+            .into_iter()
+            .map(|(owner, _, _)| owner),
+    );
+    owners.sort_unstable();
+    owners.dedup();
+    for owner in owners {
+        let Some(principal) = b.principal(owner)? else {
+            continue;
+        };
+        let namespace = acl::namespace_of(principal.kind);
+        let address = principal.address.to_string();
+        for m in b.mailboxes(owner)? {
+            let rights = effective_rights(b, user, owner, m.id)?;
+            if !rights.has(b'l') {
+                continue;
+            }
+            out.push(Reached {
+                name: acl::foreign_name(namespace, &address, &m.name),
+                mailbox: m,
+                rights,
+                owner: Some(address.clone()),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// How the loop goes on after a command.
@@ -155,6 +264,9 @@ struct Conn {
     user: Option<User>,
     selected: Option<Selected>,
     changes: Option<broadcast::Receiver<ChangeNotice>>,
+    /// Change notices of the selected mailbox's account, when it is not
+    /// the user's own.
+    foreign_changes: Option<broadcast::Receiver<ChangeNotice>>,
     /// The store reported writes the view has not caught up with.
     dirty: bool,
 }
@@ -224,6 +336,7 @@ async fn serve(shared: Arc<Shared>, mut conn: Connection) {
         user: None,
         selected: None,
         changes: None,
+        foreign_changes: None,
         dirty: false,
     };
     if !send(&mut conn, &c.session.greeting()).await {
@@ -273,6 +386,13 @@ async fn serve(shared: Arc<Shared>, mut conn: Connection) {
                     Flow::Continue => {}
                     Flow::Close => return,
                 },
+                Input::Acl(tag, command) => {
+                    let result = c.acl(command).await;
+                    match c.finish(&mut conn, &tag, result, true, false).await {
+                        Flow::Continue => {}
+                        Flow::Close => return,
+                    }
+                }
             }
         }
         tokio::select! {
@@ -296,25 +416,65 @@ fn wire_name(mailbox: &WireMailbox<'_>) -> Vec<u8> {
     }
 }
 
-/// Finds a mailbox by its stored name. The seam for shared mailboxes and
-/// ACLs: today only `user`'s own account is searched.
-async fn resolve(
-    store: &Store,
-    account: PrincipalId,
+/// Finds `name` (stored form, possibly in a shared namespace) for `user`,
+/// with the user's rights. `None` when it does not exist or the user holds
+/// no right on it: the two are never told apart.
+fn reach_blocking(
+    b: &dyn bulwark_store::Backend,
+    user: PrincipalId,
     name: &str,
-) -> Result<Option<Mailbox>, StoreError> {
-    let name = name.to_string();
-    store
-        .run(move |b| Ok(b.mailboxes(account)?.into_iter().find(|m| m.name == name)))
-        .await
-}
-
-/// Every mailbox the user can see. The seam for shared namespaces.
-async fn visible_mailboxes(
-    store: &Store,
-    account: PrincipalId,
-) -> Result<Vec<Mailbox>, StoreError> {
-    store.run(move |b| b.mailboxes(account)).await
+) -> Result<Option<Reached>, StoreError> {
+    match acl::place(name) {
+        acl::Place::Own(own) => {
+            Ok(b.mailboxes(user)?
+                .into_iter()
+                .find(|m| m.name == own)
+                .map(|m| Reached {
+                    name: m.name.clone(),
+                    mailbox: m,
+                    rights: Rights::all(),
+                    owner: None,
+                }))
+        }
+        acl::Place::Virtual => Ok(None),
+        acl::Place::Foreign {
+            namespace,
+            owner,
+            path,
+        } => {
+            let Ok(address) = owner.parse::<EmailAddress>() else {
+                return Ok(None);
+            };
+            let Some(principal) = b.principal_by_address(&address)? else {
+                return Ok(None);
+            };
+            // Only the primary address names an account here, and only in
+            // its own namespace; one's own mailboxes have no second name.
+            if principal.address != address
+                || acl::namespace_of(principal.kind) != namespace
+                || principal.id == user
+            {
+                return Ok(None);
+            }
+            let Some(mailbox) = b
+                .mailboxes(principal.id)?
+                .into_iter()
+                .find(|m| m.name == path)
+            else {
+                return Ok(None);
+            };
+            let rights = effective_rights(b, user, principal.id, mailbox.id)?;
+            if rights.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(Reached {
+                name: acl::foreign_name(namespace, principal.address.as_str(), &mailbox.name),
+                mailbox,
+                rights,
+                owner: Some(principal.address.to_string()),
+            }))
+        }
+    }
 }
 
 /// UIDs removed from `mailbox` after `since`, ascending, from the account
@@ -440,19 +600,77 @@ impl Conn {
         Ok(names::from_client(&wire_name(mailbox), self.utf8())?)
     }
 
-    async fn mailbox(&self, name: &str) -> Result<Mailbox, Refusal> {
-        resolve(&self.shared.store, self.account()?, name)
+    /// The mailbox `name` as this user reaches it, if it exists for them.
+    async fn reach(&self, name: &str) -> Result<Option<Reached>, Refusal> {
+        let user = self.account()?;
+        let name = name.to_string();
+        Ok(self
+            .shared
+            .store
+            .run(move |b| reach_blocking(b, user, &name))
+            .await?)
+    }
+
+    /// One of the user's own mailboxes, for commands that change the
+    /// mailbox tree (CREATE, RENAME, DELETE): other accounts' trees are
+    /// their owners' to change.
+    async fn own_mailbox(&self, name: &str) -> Result<Mailbox, Refusal> {
+        let reached = self.mailbox(name).await?;
+        if reached.owner.is_some() {
+            return Err(Refusal::no(
+                Some("NOPERM"),
+                "Only the owner can rename or delete this mailbox",
+            ));
+        }
+        Ok(reached.mailbox)
+    }
+
+    /// Like `reach`, refusing a mailbox that does not exist for the user.
+    async fn mailbox(&self, name: &str) -> Result<Reached, Refusal> {
+        self.reach(name)
             .await?
             .ok_or_else(|| Refusal::no(Some("NONEXISTENT"), "No such mailbox"))
     }
 
+    /// Records a read of another account's mailbox in the audit log; the
+    /// read is refused when it cannot be recorded.
+    async fn audit_foreign(
+        &self,
+        operation: &str,
+        owner: &Option<String>,
+        mailbox: &Mailbox,
+        items: u64,
+    ) -> Result<(), Refusal> {
+        let Some(owner) = owner else {
+            return Ok(());
+        };
+        let actor = self.actor()?;
+        let mut event = actor.event(operation, Some((owner, Some(mailbox.account.0))));
+        event.object_ids = vec![mailbox.id.to_string()];
+        event.item_count = items;
+        self.shared
+            .store
+            .run(move |b| b.append_audit(event))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot audit a delegated read; refusing it");
+                Refusal::no(
+                    Some("UNAVAILABLE"),
+                    "Cannot record this access; try again later",
+                )
+            })?;
+        Ok(())
+    }
+
     /// Takes notices off the channel; true when any arrived.
     fn drain_notices(&mut self) {
-        let Some(rx) = self.changes.as_mut() else {
-            return;
-        };
-        while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = rx.try_recv() {
-            self.dirty = true;
+        for rx in [self.changes.as_mut(), self.foreign_changes.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = rx.try_recv() {
+                self.dirty = true;
+            }
         }
     }
 
@@ -544,7 +762,8 @@ impl Conn {
                 "ID completed".into(),
             )),
             CommandBody::Namespace => Ok((
-                b"* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n".to_vec(),
+                b"* NAMESPACE ((\"\" \"/\")) ((\"Other Users/\" \"/\")) ((\"Shared Folders/\" \"/\"))\r\n"
+                    .to_vec(),
                 "NAMESPACE completed".into(),
             )),
             CommandBody::Enable { capabilities } => {
@@ -996,8 +1215,19 @@ impl Conn {
             self.session.state = State::Authenticated;
         }
         let name = self.name(mailbox)?;
-        let mailbox = self.mailbox(&name).await?;
-        let account = self.account()?;
+        let reached = self.mailbox(&name).await?;
+        reached.require(b'r', "read")?;
+        // RFC 4314 section 4: without a right that changes the mailbox it
+        // opens read-only.
+        let read_only = read_only || !reached.rights.writes();
+        let Reached {
+            mailbox,
+            name: shown_name,
+            rights,
+            owner,
+        } = reached;
+        let account = mailbox.account;
+        self.foreign_changes = owner.as_ref().map(|_| self.shared.store.subscribe(account));
         self.drain_notices();
         let id = mailbox.id;
         let listing = self
@@ -1047,9 +1277,11 @@ impl Conn {
         data.extend_from_slice(text.as_bytes());
         if self.session.rev2 {
             data.extend_from_slice(b"* LIST () \"/\" ");
-            out::astring(&mut data, names::to_client(&mailbox.name, true).as_bytes());
+            out::astring(&mut data, names::to_client(&shown_name, true).as_bytes());
             data.extend_from_slice(b"\r\n");
         }
+        self.audit_foreign("mailbox.select", &owner, &mailbox, listing.len() as u64)
+            .await?;
         if let Some((validity, since, known)) = resync
             && validity == mailbox.uid_validity
         {
@@ -1094,6 +1326,8 @@ impl Conn {
         self.selected = Some(Selected {
             mailbox,
             read_only,
+            rights,
+            owner,
             view: View::new(listing),
         });
         self.dirty = false;
@@ -1106,12 +1340,151 @@ impl Conn {
         Ok((data, done.into()))
     }
 
+    /// The ACL commands (RFC 4314 section 3).
+    async fn acl(&mut self, command: acl::AclCommand) -> CmdResult {
+        use acl::AclCommand as A;
+        let utf8 = self.utf8();
+        let (raw, verb) = match &command {
+            A::SetAcl { mailbox, .. } => (mailbox, "SETACL"),
+            A::DeleteAcl { mailbox, .. } => (mailbox, "DELETEACL"),
+            A::GetAcl { mailbox } => (mailbox, "GETACL"),
+            A::ListRights { mailbox, .. } => (mailbox, "LISTRIGHTS"),
+            A::MyRights { mailbox } => (mailbox, "MYRIGHTS"),
+        };
+        let name = names::from_client(raw, utf8)?;
+        let reached = self.mailbox(&name).await?;
+        let mut shown = Vec::new();
+        out::astring(&mut shown, names::to_client(&reached.name, utf8).as_bytes());
+        let shown = String::from_utf8_lossy(&shown).into_owned();
+        if let A::MyRights { .. } = command {
+            return Ok((
+                format!("* MYRIGHTS {shown} {}\r\n", reached.rights).into_bytes(),
+                "MYRIGHTS completed".into(),
+            ));
+        }
+        // Everything else administers the mailbox (section 4: `a`).
+        reached.require(b'a', "administer access")?;
+        let owner = reached.mailbox.account;
+        let mailbox_id = reached.mailbox.id;
+        let identifier = |id: &str| -> Result<EmailAddress, Refusal> {
+            if id.starts_with('-') {
+                return Err(Refusal::no(
+                    Some("CANNOT"),
+                    "Negative rights are not supported",
+                ));
+            }
+            id.parse::<EmailAddress>()
+                .map_err(|_| Refusal::no(Some("CANNOT"), "Identifiers are account addresses"))
+        };
+        match command {
+            A::GetAcl { .. } => {
+                let entries = self
+                    .shared
+                    .store
+                    .run(move |b| {
+                        let mut out = Vec::new();
+                        if let Some(p) = b.principal(owner)? {
+                            out.push((p.address.to_string(), Rights::all().to_string()));
+                        }
+                        for (grantee, letters) in b.mailbox_rights(owner, mailbox_id)? {
+                            if let Some(p) = b.principal(grantee)? {
+                                out.push((p.address.to_string(), letters));
+                            }
+                        }
+                        Ok(out)
+                    })
+                    .await?;
+                let mut line = format!("* ACL {shown}");
+                for (who, letters) in entries {
+                    line.push_str(&format!(" {who} {letters}"));
+                }
+                line.push_str("\r\n");
+                Ok((line.into_bytes(), format!("{verb} completed")))
+            }
+            A::ListRights { identifier: id, .. } => {
+                identifier(&id)?;
+                let mut line = Vec::from(format!("* LISTRIGHTS {shown} ").as_bytes());
+                out::astring(&mut line, id.as_bytes());
+                // Section 3.7: nothing is always granted; each right stands alone.
+                line.extend_from_slice(b" \"\" l r s w i p k x t e a\r\n");
+                Ok((line, format!("{verb} completed")))
+            }
+            A::SetAcl { .. } | A::DeleteAcl { .. } => {
+                let (id, spec) = match command {
+                    A::SetAcl {
+                        identifier, rights, ..
+                    } => (identifier, rights),
+                    A::DeleteAcl { identifier, .. } => (identifier, String::new()),
+                    _ => return Err(Refusal::bad("Unexpected ACL command")),
+                };
+                let address = identifier(&id)?;
+                let actor = self.actor()?;
+                let audit_actor = actor.clone();
+                let owner_name = reached.owner.clone();
+                let stored = self
+                    .shared
+                    .store
+                    .run(move |b| {
+                        let Some(grantee) = b.principal_by_address(&address)? else {
+                            return Ok(Err("No such account"));
+                        };
+                        if grantee.id == owner {
+                            return Ok(Err("The owner's rights cannot be changed"));
+                        }
+                        let current = b
+                            .mailbox_rights(owner, mailbox_id)?
+                            .into_iter()
+                            .find(|(g, _)| *g == grantee.id)
+                            .map(|(_, r)| Rights::parse(&r).unwrap_or_default())
+                            .unwrap_or_default();
+                        let new = if spec.is_empty() {
+                            Rights::default()
+                        } else {
+                            match acl::apply_modification(current, &spec) {
+                                Ok(r) => r,
+                                Err(_) => return Ok(Err("Unknown right")),
+                            }
+                        };
+                        b.set_mailbox_rights(
+                            &actor,
+                            owner,
+                            mailbox_id,
+                            grantee.id,
+                            &new.to_string(),
+                        )?;
+                        // Sharing is a security decision: recorded even when
+                        // the owner makes it.
+                        let target = owner_name
+                            .clone()
+                            .unwrap_or_else(|| audit_actor.name.clone());
+                        let mut event =
+                            audit_actor.event("mailbox.rights.set", Some((&target, Some(owner.0))));
+                        event.object_ids = vec![format!("{mailbox_id}:{}:{new}", grantee.address)];
+                        b.append_audit(event)?;
+                        Ok(Ok(()))
+                    })
+                    .await?;
+                match stored {
+                    Ok(()) => Ok((Vec::new(), format!("{verb} completed"))),
+                    Err(why) => Err(Refusal::no(Some("CANNOT"), why)),
+                }
+            }
+            A::MyRights { .. } => Err(Refusal::bad("Unexpected ACL command")),
+        }
+    }
+
     async fn create(&mut self, mailbox: &WireMailbox<'_>) -> CmdResult {
         let raw = wire_name(mailbox);
         // RFC 9051 section 6.3.4: a trailing delimiter only says the name
         // will have children.
         let trimmed = raw.strip_suffix(b"/").unwrap_or(&raw);
         let name = names::from_client(trimmed, self.utf8())?;
+        if acl::reserved(&name) {
+            return Err(Refusal::no(
+                Some("CANNOT"),
+                "That name belongs to the shared namespaces",
+            ));
+        }
         let account = self.account()?;
         let actor = self.actor()?;
         self.shared
@@ -1149,7 +1522,13 @@ impl Conn {
         if target == "INBOX" {
             return Err(Refusal::no(Some("ALREADYEXISTS"), "INBOX always exists"));
         }
-        let source_box = self.mailbox(&source).await?;
+        if acl::reserved(&target) {
+            return Err(Refusal::no(
+                Some("CANNOT"),
+                "That name belongs to the shared namespaces",
+            ));
+        }
+        let source_box = self.own_mailbox(&source).await?;
         let account = self.account()?;
         let actor = self.actor()?;
         self.shared
@@ -1196,7 +1575,7 @@ impl Conn {
         if name == "INBOX" {
             return Err(Refusal::no(Some("CANNOT"), "The Inbox cannot be deleted"));
         }
-        let target = self.mailbox(&name).await?;
+        let target = self.own_mailbox(&name).await?;
         if self
             .selected
             .as_ref()
@@ -1253,22 +1632,47 @@ impl Conn {
         {
             return Err(Refusal::bad("LIST pattern too complex"));
         }
-        let mailboxes = visible_mailboxes(&self.shared.store, self.account()?).await?;
+        let user = self.account()?;
+        let reachable = self.shared.store.run(move |b| visible(b, user)).await?;
+        // The namespace roots and owner levels above other accounts'
+        // mailboxes are listed as \Noselect so clients can show the tree.
+        let mut entries: Vec<(String, Option<MailboxRole>, bool)> = reachable
+            .iter()
+            .map(|r| (r.name.clone(), r.mailbox.role, true))
+            .collect();
+        let mut levels: Vec<String> = Vec::new();
+        for r in reachable.iter().filter(|r| r.owner.is_some()) {
+            let mut parts = r.name.splitn(3, '/');
+            if let (Some(root), Some(owner)) = (parts.next(), parts.next()) {
+                levels.push(root.to_string());
+                levels.push(format!("{root}/{owner}"));
+            }
+        }
+        levels.sort();
+        levels.dedup();
+        for level in levels {
+            if !entries.iter().any(|(n, _, _)| *n == level) {
+                entries.push((level, None, false));
+            }
+        }
         let mut data = Vec::new();
-        for m in &mailboxes {
-            if !matcher.matches(&m.name) {
+        for (name, role, selectable) in &entries {
+            if !matcher.matches(name) {
                 continue;
             }
-            let prefix = format!("{}/", m.name);
-            let children = mailboxes.iter().any(|o| o.name.starts_with(&prefix));
+            let prefix = format!("{name}/");
+            let children = entries.iter().any(|(o, _, _)| o.starts_with(&prefix));
             let mut attrs = vec![if children {
                 "\\HasChildren"
             } else {
                 "\\HasNoChildren"
             }];
-            attrs.extend(role_attribute(m.role));
+            if !selectable {
+                attrs.insert(0, "\\Noselect");
+            }
+            attrs.extend(role_attribute(*role));
             data.extend_from_slice(format!("* {verb} ({}) \"/\" ", attrs.join(" ")).as_bytes());
-            out::astring(&mut data, names::to_client(&m.name, utf8).as_bytes());
+            out::astring(&mut data, names::to_client(name, utf8).as_bytes());
             data.extend_from_slice(b"\r\n");
         }
         Ok((data, format!("{verb} completed")))
@@ -1280,8 +1684,15 @@ impl Conn {
         items: &[StatusDataItemName],
     ) -> CmdResult {
         let name = self.name(mailbox)?;
-        let mailbox = self.mailbox(&name).await?;
-        let account = self.account()?;
+        let reached = self.mailbox(&name).await?;
+        reached.require(b'r', "read")?;
+        let Reached {
+            mailbox,
+            name: shown_name,
+            owner,
+            ..
+        } = reached;
+        let account = mailbox.account;
         let id = mailbox.id;
         let listing = self
             .shared
@@ -1314,10 +1725,12 @@ impl Conn {
                 _ => return Err(Refusal::bad("STATUS item not supported")),
             });
         }
+        self.audit_foreign("mailbox.status", &owner, &mailbox, listing.len() as u64)
+            .await?;
         let mut data = b"* STATUS ".to_vec();
         out::astring(
             &mut data,
-            names::to_client(&mailbox.name, self.utf8()).as_bytes(),
+            names::to_client(&shown_name, self.utf8()).as_bytes(),
         );
         data.extend_from_slice(format!(" ({})\r\n", parts.join(" ")).as_bytes());
         Ok((data, "STATUS completed".into()))
@@ -1331,8 +1744,11 @@ impl Conn {
         raw: Vec<u8>,
     ) -> CmdResult {
         let name = self.name(mailbox)?;
-        let target = match resolve(&self.shared.store, self.account()?, &name).await? {
-            Some(m) => m,
+        let target = match self.reach(&name).await? {
+            Some(reached) => {
+                reached.require(b'i', "add messages")?;
+                reached.mailbox
+            }
             // RFC 9051 section 6.3.12.
             None => return Err(Refusal::no(Some("TRYCREATE"), "No such mailbox")),
         };
@@ -1345,7 +1761,7 @@ impl Conn {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let received_at = received_at.unwrap_or(now);
-        let account = self.account()?;
+        let account = target.account;
         let actor = self.actor()?;
         let delivered = self
             .shared
@@ -1376,7 +1792,9 @@ impl Conn {
             return Err(Refusal::bad("No mailbox selected"));
         };
         self.session.state = State::Authenticated;
-        if expunge && !selected.read_only {
+        self.foreign_changes = None;
+        // RFC 4314 section 4: without `e`, CLOSE just closes.
+        if expunge && !selected.read_only && selected.rights.has(b'e') {
             // RFC 9051 section 6.4.1: silently expunge.
             let (account, id) = (selected.mailbox.account, selected.mailbox.id);
             let actor = self.actor()?;
@@ -1439,6 +1857,12 @@ impl Conn {
 
     async fn expunge(&mut self, only: Option<SequenceSet>) -> CmdResult {
         let selected = self.writable()?;
+        if !selected.rights.has(b'e') {
+            return Err(Refusal::no(
+                Some("NOPERM"),
+                "You have no right to expunge this mailbox",
+            ));
+        }
         let (account, id) = (selected.mailbox.account, selected.mailbox.id);
         let actor = self.actor()?;
         self.shared
@@ -1636,6 +2060,17 @@ impl Conn {
             Ok(p) => p,
             Err(r) => return self.finish(conn, tag, Err(r), uid, uid).await,
         };
+        if let Some(selected) = self.selected.as_ref()
+            && selected.owner.is_some()
+        {
+            let (owner, mailbox) = (selected.owner.clone(), selected.mailbox.clone());
+            if let Err(r) = self
+                .audit_foreign("mail.fetch", &owner, &mailbox, indices.len() as u64)
+                .await
+            {
+                return self.finish(conn, tag, Err(r), uid, uid).await;
+            }
+        }
         if want_vanished
             && let (Some(since), Some(selected)) = (changed_since, self.selected.as_ref())
         {
@@ -1682,6 +2117,7 @@ impl Conn {
         if plan.sets_seen
             && let Some(selected) = self.selected.as_ref()
             && !selected.read_only
+            && selected.rights.has(b's')
         {
             let unseen: Vec<u32> = indices
                 .iter()
@@ -1859,6 +2295,26 @@ impl Conn {
             .filter(|m| !m.gone)
             .map(|m| m.entry.uid)
             .collect();
+        // RFC 4314 section 4: \Seen needs `s`, \Deleted `t`, other flags `w`;
+        // replacing the whole set touches all three.
+        let needs = |k: &str| match k {
+            flags::SEEN => b's',
+            flags::DELETED => b't',
+            _ => b'w',
+        };
+        let needed: Vec<u8> = match kind {
+            StoreType::Replace => vec![b's', b't', b'w'],
+            _ => keywords.iter().map(|k| needs(k)).collect(),
+        };
+        if let Some(missing) = needed.iter().find(|&&l| !selected.rights.has(l)) {
+            return Err(Refusal::no(
+                Some("NOPERM"),
+                format!(
+                    "You have no right to change these flags here (missing right {})",
+                    char::from(*missing)
+                ),
+            ));
+        }
         let (account, id) = (selected.mailbox.account, selected.mailbox.id);
         let actor = self.actor()?;
         let update = match kind {
@@ -1964,11 +2420,21 @@ impl Conn {
     ) -> CmdResult {
         let indices = self.resolve_set(set, uid)?;
         if is_move {
-            self.writable()?;
+            let selected = self.writable()?;
+            // RFC 6851 section 3.3 with RFC 4314: a move deletes and expunges.
+            if !(selected.rights.has(b't') && selected.rights.has(b'e')) {
+                return Err(Refusal::no(
+                    Some("NOPERM"),
+                    "You have no right to remove messages from this mailbox",
+                ));
+            }
         }
         let name = self.name(mailbox)?;
-        let target = match resolve(&self.shared.store, self.account()?, &name).await? {
-            Some(m) => m,
+        let target = match self.reach(&name).await? {
+            Some(reached) => {
+                reached.require(b'i', "add messages")?;
+                reached.mailbox
+            }
             None => return Err(Refusal::no(Some("TRYCREATE"), "No such mailbox")),
         };
         let selected = self.selected()?;
@@ -1996,18 +2462,68 @@ impl Conn {
             ));
         }
         let (account, source_id) = (selected.mailbox.account, selected.mailbox.id);
+        let owner = selected.owner.clone();
+        let source_mailbox = selected.mailbox.clone();
         let actor = self.actor()?;
         let target_id = target.id;
-        // The same email is filed in the target mailbox with its flags and
-        // internal date (RFC 9051 section 6.4.7); MOVE removes the source
-        // entries in the same write, so a crash cannot leave both or neither
-        // (RFC 6851 section 3.3).
+        let target_account = target.account;
+        self.audit_foreign(
+            if is_move {
+                "mail.move-out"
+            } else {
+                "mail.copy-out"
+            },
+            &owner,
+            &source_mailbox,
+            sources.len() as u64,
+        )
+        .await?;
         let uids: Vec<u32> = sources.iter().map(|entry| entry.uid).collect();
-        let pairs: Vec<(u32, u32)> = self
-            .shared
-            .store
-            .run(move |b| b.copy_messages(&actor, account, source_id, &uids, target_id, is_move))
-            .await?;
+        let pairs: Vec<(u32, u32)> = if target_account == account {
+            // The same email is filed in the target mailbox with its flags
+            // and internal date (RFC 9051 section 6.4.7); MOVE removes the
+            // source entries in the same write, so a crash cannot leave both
+            // or neither (RFC 6851 section 3.3).
+            self.shared
+                .store
+                .run(move |b| {
+                    b.copy_messages(&actor, account, source_id, &uids, target_id, is_move)
+                })
+                .await?
+        } else {
+            // Between accounts the target gets its own email (each account
+            // owns its data and quota); a move then expunges the source.
+            self.shared
+                .store
+                .run(move |b| {
+                    let mut pairs = Vec::with_capacity(sources.len());
+                    for entry in &sources {
+                        let Some(record) = b.email(account, entry.email)? else {
+                            continue;
+                        };
+                        let raw = b.read_blob(&record.blob)?;
+                        let delivered = b.deliver(
+                            &actor,
+                            &raw,
+                            &record.meta,
+                            &[Delivery {
+                                account: target_account,
+                                mailbox: target_id,
+                                keywords: entry.keywords.clone(),
+                            }],
+                        )?;
+                        if let Some(d) = delivered.first() {
+                            pairs.push((entry.uid, d.uid));
+                        }
+                    }
+                    if is_move && !pairs.is_empty() {
+                        let moved: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+                        b.expunge(&actor, account, source_id, &moved)?;
+                    }
+                    Ok(pairs)
+                })
+                .await?
+        };
         let src: Vec<u32> = pairs.iter().map(|p| p.0).collect();
         let dst: Vec<u32> = pairs.iter().map(|p| p.1).collect();
         let code = format!(
@@ -2074,13 +2590,29 @@ impl Conn {
                     None => {}
                 }
             }
-            let changes = &mut self.changes;
+            let (changes, foreign) = (&mut self.changes, &mut self.foreign_changes);
             let notice = async move {
-                match changes.as_mut() {
-                    Some(rx) => {
-                        let _ = rx.recv().await;
+                // The user's own account, and the selected mailbox's when it
+                // belongs to someone else.
+                let own = async {
+                    match changes.as_mut() {
+                        Some(rx) => {
+                            let _ = rx.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
                     }
-                    None => std::future::pending::<()>().await,
+                };
+                let other = async {
+                    match foreign.as_mut() {
+                        Some(rx) => {
+                            let _ = rx.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    () = own => {}
+                    () = other => {}
                 }
             };
             let mut noticed = false;

@@ -13,6 +13,7 @@ use imap_codec::decode::Decoder;
 use imap_codec::imap_types::IntoStatic;
 use imap_codec::imap_types::command::{Command, CommandBody};
 
+use crate::acl::AclCommand;
 use crate::framing::{Frame, Framer, Reject};
 use crate::limits::Limits;
 use crate::out;
@@ -42,6 +43,8 @@ pub(crate) enum Input {
     /// `tag STARTTLS` (parsed here: imap-codec gates it behind a feature
     /// this workspace does not enable).
     StartTls(String),
+    /// An ACL command (RFC 4314), parsed here: imap-codec has none.
+    Acl(String, AclCommand),
 }
 
 /// The sans-I/O session core.
@@ -130,7 +133,7 @@ impl Session {
             }
         }
         caps.push_str(
-            " SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE CONDSTORE QRESYNC",
+            " SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE CONDSTORE QRESYNC ACL RIGHTS=kxte",
         );
         caps.push_str(&format!(" APPENDLIMIT={}", self.limits.max_append_bytes));
         caps
@@ -211,6 +214,15 @@ impl Session {
     fn parse(&mut self, bytes: &[u8]) -> Input {
         if let Some(tag) = starttls(bytes) {
             return Input::StartTls(tag);
+        }
+        if let Some(parsed) = crate::acl::parse_command(bytes) {
+            return match parsed {
+                Ok((tag, _)) if !matches!(self.state, State::Authenticated | State::Selected) => {
+                    self.after_bad(out::status(&tag, "BAD", None, "Log in first"))
+                }
+                Ok((tag, command)) => Input::Acl(tag, command),
+                Err((tag, why)) => self.after_bad(out::status(&tag, "BAD", None, &why)),
+            };
         }
         let command = match CommandCodec::default().decode(bytes) {
             Ok((b"", command)) => command.into_static(),
@@ -323,6 +335,7 @@ mod tests {
                 Input::Write(b) | Input::Close(b) => String::from_utf8_lossy(&b).into_owned(),
                 Input::Command(c) => format!("command {}", c.body.name()),
                 Input::StartTls(tag) => format!("starttls {tag}"),
+                Input::Acl(tag, command) => format!("acl {tag} {command:?}"),
             });
         }
         out

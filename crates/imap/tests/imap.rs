@@ -529,7 +529,10 @@ async fn rfc_9051_mailbox_examples() {
     let r = c.run("DELETE INBOX").await;
     assert!(r.last().unwrap().contains("NO"), "{r:?}");
     let r = c.run("NAMESPACE").await;
-    assert_eq!(r[0], "* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
+    assert_eq!(
+        r[0],
+        "* NAMESPACE ((\"\" \"/\")) ((\"Other Users/\" \"/\")) ((\"Shared Folders/\" \"/\"))\r\n"
+    );
     let r = c.run("ID (\"name\" \"test\")").await;
     assert!(joined(&r).contains("* ID (\"name\" \"Bulwark\")"), "{r:?}");
     let r = c.run("LSUB \"\" *").await;
