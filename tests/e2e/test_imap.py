@@ -82,3 +82,60 @@ def test_wrong_password_is_refused_generically(quickstart):
         conn.login("nobody@example.test", "not the password")
     assert str(wrong.value) == str(unknown.value)
     conn.logout()
+
+
+def test_sharing_with_acl_and_a_shared_mailbox_is_enforced_and_audited(quickstart):
+    """Alice shares her Inbox read-only with imaplib's SETACL; the
+    administrator gives bob full access to a shared mailbox; bob's reads
+    and writes are limited to what was granted and appear in the audit log,
+    whose chain `bulwark audit verify` still accepts."""
+    quickstart.admin("shared", "add", "support@example.test")
+    quickstart.admin("grant", "add", "--from", "support@example.test",
+                     "--to", "bob@example.test", "--right", "full-access")
+    alice = login_imaps(quickstart, "alice@example.test")
+    bob = login_imaps(quickstart, "bob@example.test")
+    alice.append("INBOX", None, None, b"Subject: private\r\n\r\nfor alice\r\n")
+
+    alice_inbox = '"Other Users/alice@example.test/INBOX"'
+    typ, _ = bob.select(alice_inbox, readonly=True)
+    assert typ == "NO"
+    typ, _ = alice.setacl("INBOX", "bob@example.test", "lr")
+    assert typ == "OK"
+    typ, data = alice.getacl("INBOX")
+    assert typ == "OK" and b"bob@example.test lr" in data[0], data
+
+    typ, boxes = bob.list()
+    listing = b"\n".join(boxes)
+    assert b"Other Users/alice@example.test/INBOX" in listing, listing
+    assert b"Shared Folders/support@example.test/INBOX" in listing, listing
+    assert b"alice@example.test/Sent" not in listing, listing
+    typ, data = bob.myrights(alice_inbox)
+    assert typ == "OK" and data[0].endswith(b" lr"), data
+    try:
+        bob.select(alice_inbox)
+        raise AssertionError("SELECT with only `lr` must open read-only")
+    except imaplib.IMAP4.readonly:
+        pass
+    typ, data = bob.select(alice_inbox, readonly=True)
+    assert typ == "OK"
+    typ, data = bob.fetch("1", "(BODY.PEEK[])")
+    assert b"for alice" in data[0][1]
+    typ, data = bob.store("1", "+FLAGS", r"(\Deleted)")
+    assert typ == "NO", data
+
+    shared = '"Shared Folders/support@example.test/INBOX"'
+    typ, _ = bob.append(shared, None, None, b"Subject: for the team\r\n\r\nhi\r\n")
+    assert typ == "OK"
+    typ, data = bob.select(shared)
+    assert typ == "OK" and data[0] == b"1"
+    typ, _ = alice.select(shared)
+    assert typ == "NO", "alice holds no grant on the shared mailbox"
+
+    tail = quickstart.admin("audit", "tail", "-n", "200")
+    bob_lines = [l for l in tail.splitlines() if "bob@example.test" in l]
+    assert any("mailbox.select" in l and "alice@example.test" in l for l in bob_lines), tail
+    assert any("mail.fetch" in l for l in bob_lines), tail
+    assert any("email.append" in l and "support@example.test" in l for l in bob_lines), tail
+    assert "intact" in quickstart.admin("audit", "verify")
+    for conn in (alice, bob):
+        conn.logout()

@@ -105,6 +105,17 @@ fn add_principal(d: &Directory, text: &str, kind: PrincipalKind, name: &str) -> 
             quota_bytes: 0,
         },
     )?;
+    if kind == PrincipalKind::Shared {
+        // Delegates reach a shared mailbox before any mail arrived, so its
+        // Inbox exists from the start.
+        d.store().create_mailbox(
+            &operator(),
+            id,
+            "INBOX",
+            Some(bulwark_core::MailboxRole::Inbox),
+            None,
+        )?;
+    }
     println!("added {kind} {text} (id {id})");
     Ok(())
 }
