@@ -45,6 +45,7 @@ use crate::acl::{self, Rights};
 use crate::fetch;
 use crate::flags;
 use crate::limits::Limits;
+use crate::listext::{ExtendedList, ListOptions, SearchReturn};
 use crate::names::{self, NameError};
 use crate::out;
 use crate::search;
@@ -386,6 +387,13 @@ async fn serve(shared: Arc<Shared>, mut conn: Connection) {
                     Flow::Continue => {}
                     Flow::Close => return,
                 },
+                Input::List(tag, list) => {
+                    let result = c.list_extended(list).await;
+                    match c.finish(&mut conn, &tag, result, true, false).await {
+                        Flow::Continue => {}
+                        Flow::Close => return,
+                    }
+                }
                 Input::Acl(tag, command) => {
                     let result = c.acl(command).await;
                     match c.finish(&mut conn, &tag, result, true, false).await {
@@ -741,6 +749,7 @@ impl Conn {
             CommandBody::Copy { uid, .. } | CommandBody::Move { uid, .. } => (true, *uid),
             _ => (true, false),
         };
+        let search_return = self.session.search_return.take();
         let result = match command.body {
             CommandBody::Capability => Ok((
                 format!("* CAPABILITY {}\r\n", self.session.capabilities()).into_bytes(),
@@ -871,6 +880,7 @@ impl Conn {
                     }),
                     criteria,
                     uid,
+                    search_return,
                 )
                 .await
             }
@@ -1618,7 +1628,32 @@ impl Conn {
         };
         let pattern = names::decode_wire(&pattern_bytes, utf8)?;
         let verb = if lsub { "LSUB" } else { "LIST" };
-        if pattern.is_empty() {
+        self.list_names(reference, vec![pattern], ListOptions::default(), verb)
+            .await
+    }
+
+    /// LIST with LIST-EXTENDED options (RFC 5258, 5819, 6154).
+    async fn list_extended(&mut self, list: ExtendedList) -> CmdResult {
+        let utf8 = self.utf8();
+        let reference = names::decode_wire(&list.reference, utf8)?;
+        let patterns = list
+            .patterns
+            .iter()
+            .map(|p| names::decode_wire(p, utf8))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.list_names(reference, patterns, list.options, "LIST")
+            .await
+    }
+
+    async fn list_names(
+        &mut self,
+        reference: String,
+        patterns: Vec<String>,
+        options: ListOptions,
+        verb: &str,
+    ) -> CmdResult {
+        let utf8 = self.utf8();
+        if patterns.len() == 1 && patterns[0].is_empty() {
             // RFC 9051 section 6.3.9: the delimiter and root.
             return Ok((
                 format!("* {verb} (\\Noselect) \"/\" \"\"\r\n").into_bytes(),
@@ -1626,11 +1661,15 @@ impl Conn {
             ));
         }
         let limits = self.session.limits();
-        let matcher = names::Pattern::new(&reference, &pattern);
-        if reference.len() + pattern.len() > limits.max_list_pattern_bytes
-            || matcher.wildcards() > limits.max_list_wildcards
-        {
-            return Err(Refusal::bad("LIST pattern too complex"));
+        let mut matchers = Vec::with_capacity(patterns.len());
+        for pattern in &patterns {
+            let matcher = names::Pattern::new(&reference, pattern);
+            if reference.len() + pattern.len() > limits.max_list_pattern_bytes
+                || matcher.wildcards() > limits.max_list_wildcards
+            {
+                return Err(Refusal::bad("LIST pattern too complex"));
+            }
+            matchers.push(matcher);
         }
         let user = self.account()?;
         let reachable = self.shared.store.run(move |b| visible(b, user)).await?;
@@ -1656,8 +1695,13 @@ impl Conn {
             }
         }
         let mut data = Vec::new();
+        let mut status_for = Vec::new();
         for (name, role, selectable) in &entries {
-            if !matcher.matches(name) {
+            if !matchers.iter().any(|m| m.matches(name)) {
+                continue;
+            }
+            // RFC 6154 section 3: the SPECIAL-USE selection option.
+            if options.special_use_only && role_attribute(*role).is_none() {
                 continue;
             }
             let prefix = format!("{name}/");
@@ -1669,11 +1713,28 @@ impl Conn {
             }];
             if !selectable {
                 attrs.insert(0, "\\Noselect");
+            } else {
+                status_for.push(name.clone());
+            }
+            // Every mailbox counts as subscribed (SUBSCRIBE is a no-op).
+            if (options.subscribed || options.return_subscribed) && *selectable {
+                attrs.push("\\Subscribed");
             }
             attrs.extend(role_attribute(*role));
             data.extend_from_slice(format!("* {verb} ({}) \"/\" ", attrs.join(" ")).as_bytes());
             out::astring(&mut data, names::to_client(name, utf8).as_bytes());
             data.extend_from_slice(b"\r\n");
+        }
+        // RFC 5819: a STATUS response after each selectable mailbox's LIST
+        // (here grouped after the LIST responses, which section 2 allows).
+        if let Some(items) = &options.status {
+            for name in status_for {
+                if let Some(reached) = self.reach(&name).await?
+                    && reached.rights.has(b'r')
+                {
+                    data.extend_from_slice(&self.status_of(reached, items).await?);
+                }
+            }
         }
         Ok((data, format!("{verb} completed")))
     }
@@ -1685,6 +1746,16 @@ impl Conn {
     ) -> CmdResult {
         let name = self.name(mailbox)?;
         let reached = self.mailbox(&name).await?;
+        let data = self.status_of(reached, items).await?;
+        Ok((data, "STATUS completed".into()))
+    }
+
+    /// The `* STATUS` response for a mailbox the user reached.
+    async fn status_of(
+        &self,
+        reached: Reached,
+        items: &[StatusDataItemName],
+    ) -> Result<Vec<u8>, Refusal> {
         reached.require(b'r', "read")?;
         let Reached {
             mailbox,
@@ -1733,7 +1804,7 @@ impl Conn {
             names::to_client(&shown_name, self.utf8()).as_bytes(),
         );
         data.extend_from_slice(format!(" ({})\r\n", parts.join(" ")).as_bytes());
-        Ok((data, "STATUS completed".into()))
+        Ok(data)
     }
 
     async fn append(
@@ -1909,6 +1980,7 @@ impl Conn {
         charset: Option<String>,
         criteria: Vec1<SearchKey<'static>>,
         uid: bool,
+        options: Option<SearchReturn>,
     ) -> CmdResult {
         if let Some(charset) = charset
             && !charset.eq_ignore_ascii_case("UTF-8")
@@ -1977,17 +2049,33 @@ impl Conn {
                 n
             })
             .collect();
-        let data = if self.session.rev2 {
-            // RFC 9051 section 7.3.4: ESEARCH replaces SEARCH.
+        let data = if self.session.rev2 || options.is_some() {
+            // RFC 9051 section 7.3.4: ESEARCH replaces SEARCH; RFC 4731
+            // section 3.1 for the RETURN options (default: ALL).
+            let options = options.unwrap_or(SearchReturn {
+                all: true,
+                ..SearchReturn::default()
+            });
             let mut line = format!("* ESEARCH (TAG \"{tag}\")");
             if uid {
                 line.push_str(" UID");
             }
-            if !hits.is_empty() {
-                let mut sorted = hits.clone();
-                sorted.sort_unstable();
-                line.push_str(" ALL ");
-                line.push_str(&out::compact_set(&sorted));
+            let mut sorted = hits.clone();
+            sorted.sort_unstable();
+            if let (true, Some(min)) = (options.min, sorted.first()) {
+                line.push_str(&format!(" MIN {min}"));
+            }
+            if let (true, Some(max)) = (options.max, sorted.last()) {
+                line.push_str(&format!(" MAX {max}"));
+            }
+            if options.count {
+                line.push_str(&format!(" COUNT {}", sorted.len()));
+            }
+            if !sorted.is_empty() {
+                if options.all {
+                    line.push_str(" ALL ");
+                    line.push_str(&out::compact_set(&sorted));
+                }
                 // RFC 7162 section 3.1.5 with RFC 4731.
                 if with_modseq {
                     line.push_str(&format!(" MODSEQ {highest}"));

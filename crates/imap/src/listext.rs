@@ -1,0 +1,397 @@
+//! Command forms imap-codec 2.0.0-alpha.10 does not parse: LIST with
+//! selection and return options (LIST-EXTENDED, RFC 5258; LIST-STATUS,
+//! RFC 5819; SPECIAL-USE, RFC 6154) and SEARCH with RETURN options
+//! (ESEARCH, RFC 4731). Sans-I/O.
+//!
+//! Only these exact shapes are recognised; anything else goes to the
+//! codec as before. Every list here is bounded.
+
+use imap_codec::imap_types::status::StatusDataItemName;
+
+/// Most mailbox patterns in one LIST.
+const MAX_PATTERNS: usize = 16;
+
+/// LIST-EXTENDED selection and return options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ListOptions {
+    /// Selection `SUBSCRIBED` (every mailbox is subscribed here).
+    pub subscribed: bool,
+    /// Selection `SPECIAL-USE`: only mailboxes with a special use.
+    pub special_use_only: bool,
+    /// Return `SUBSCRIBED`: add `\Subscribed`.
+    pub return_subscribed: bool,
+    /// Return `SPECIAL-USE`.
+    pub return_special_use: bool,
+    /// Return `STATUS (...)` (RFC 5819).
+    pub status: Option<Vec<StatusDataItemName>>,
+}
+
+/// A parsed extended LIST.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ExtendedList {
+    pub reference: Vec<u8>,
+    pub patterns: Vec<Vec<u8>>,
+    pub options: ListOptions,
+}
+
+/// ESEARCH result options (RFC 4731 section 3.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SearchReturn {
+    pub min: bool,
+    pub max: bool,
+    pub count: bool,
+    pub all: bool,
+}
+
+/// A tiny tokenizer over one command line: atoms, quoted strings and
+/// parentheses. Literals are not accepted in these forms.
+struct Tokens<'a> {
+    input: &'a [u8],
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Token {
+    Open,
+    Close,
+    Word(Vec<u8>),
+    Quoted(Vec<u8>),
+}
+
+impl<'a> Tokens<'a> {
+    fn skip_space(&mut self) {
+        while let Some(b' ') = self.input.first() {
+            self.input = &self.input[1..];
+        }
+    }
+
+    fn next(&mut self) -> Result<Option<Token>, &'static str> {
+        self.skip_space();
+        let Some(&first) = self.input.first() else {
+            return Ok(None);
+        };
+        match first {
+            b'(' => {
+                self.input = &self.input[1..];
+                Ok(Some(Token::Open))
+            }
+            b')' => {
+                self.input = &self.input[1..];
+                Ok(Some(Token::Close))
+            }
+            b'{' => Err("literals are not accepted here"),
+            b'"' => {
+                let mut out = Vec::new();
+                let mut i = 1;
+                while i < self.input.len() {
+                    match self.input[i] {
+                        b'\\' => {
+                            let next = *self.input.get(i + 1).ok_or("unterminated string")?;
+                            if next != b'"' && next != b'\\' {
+                                return Err("bad escape");
+                            }
+                            out.push(next);
+                            i += 2;
+                        }
+                        b'"' => {
+                            self.input = &self.input[i + 1..];
+                            return Ok(Some(Token::Quoted(out)));
+                        }
+                        b'\r' | b'\n' | 0 => return Err("bad character in string"),
+                        b => {
+                            out.push(b);
+                            i += 1;
+                        }
+                    }
+                }
+                Err("unterminated string")
+            }
+            _ => {
+                let end = self
+                    .input
+                    .iter()
+                    .position(|&b| b == b' ' || b == b'(' || b == b')')
+                    .unwrap_or(self.input.len());
+                let word = self.input[..end].to_vec();
+                if word.iter().any(|&b| b < 0x21 || b == 0x7f || b == b'"') {
+                    return Err("bad atom");
+                }
+                self.input = &self.input[end..];
+                Ok(Some(Token::Word(word)))
+            }
+        }
+    }
+
+    /// The words of a parenthesised list, after its `(`.
+    fn words_until_close(&mut self, max: usize) -> Result<Vec<Vec<u8>>, &'static str> {
+        let mut out = Vec::new();
+        loop {
+            match self.next()? {
+                Some(Token::Close) => return Ok(out),
+                Some(Token::Word(w)) | Some(Token::Quoted(w)) if out.len() < max => out.push(w),
+                Some(Token::Word(_)) | Some(Token::Quoted(_)) => return Err("list too long"),
+                _ => return Err("unexpected token in list"),
+            }
+        }
+    }
+}
+
+fn line_of(bytes: &[u8]) -> &[u8] {
+    bytes
+        .strip_suffix(b"\r\n")
+        .or_else(|| bytes.strip_suffix(b"\n"))
+        .unwrap_or(bytes)
+}
+
+/// Splits `tag VERB rest`; the verb upper-cased.
+fn head(line: &[u8]) -> Option<(&[u8], Vec<u8>, &[u8])> {
+    let space = line.iter().position(|&b| b == b' ')?;
+    let (tag, rest) = (&line[..space], &line[space + 1..]);
+    let end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+    Some((tag, rest[..end].to_ascii_uppercase(), &rest[end..]))
+}
+
+fn status_item(word: &[u8]) -> Result<StatusDataItemName, &'static str> {
+    Ok(match word.to_ascii_uppercase().as_slice() {
+        b"MESSAGES" => StatusDataItemName::Messages,
+        b"UIDNEXT" => StatusDataItemName::UidNext,
+        b"UIDVALIDITY" => StatusDataItemName::UidValidity,
+        b"UNSEEN" => StatusDataItemName::Unseen,
+        b"DELETED" => StatusDataItemName::Deleted,
+        b"SIZE" => StatusDataItemName::Size,
+        b"RECENT" => StatusDataItemName::Recent,
+        b"HIGHESTMODSEQ" => StatusDataItemName::HighestModSeq,
+        _ => return Err("unknown STATUS item"),
+    })
+}
+
+/// Recognises `tag LIST (selection) ref pattern(s) [RETURN (...)]` or
+/// `tag LIST ref pattern RETURN (...)`. `None` for the basic form (the
+/// codec parses it) and other commands.
+pub(crate) fn parse_list(bytes: &[u8]) -> Option<Result<(String, ExtendedList), (String, String)>> {
+    let line = line_of(bytes);
+    let (tag, verb, rest) = head(line)?;
+    if verb != b"LIST" {
+        return None;
+    }
+    let upper = rest.to_ascii_uppercase();
+    // The basic form has no parentheses (outside quoted names, which the
+    // parser below also handles) and no RETURN.
+    let has_return = upper.windows(8).any(|w| w == b" RETURN ");
+    if !rest.contains(&b'(') && !has_return {
+        return None;
+    }
+    let tag = String::from_utf8_lossy(tag).into_owned();
+    let parsed = (|| -> Result<ExtendedList, &'static str> {
+        let mut tokens = Tokens { input: rest };
+        let mut options = ListOptions::default();
+        let mut first = tokens.next()?.ok_or("missing arguments")?;
+        if first == Token::Open {
+            for word in tokens.words_until_close(8)? {
+                match word.to_ascii_uppercase().as_slice() {
+                    b"SUBSCRIBED" => options.subscribed = true,
+                    b"SPECIAL-USE" => options.special_use_only = true,
+                    // RFC 5258 section 3.1: valid, nothing to do here (no
+                    // remote mailboxes; recursive match is implied as every
+                    // mailbox is subscribed).
+                    b"REMOTE" | b"RECURSIVEMATCH" => {}
+                    _ => return Err("unknown selection option"),
+                }
+            }
+            first = tokens.next()?.ok_or("missing reference")?;
+        }
+        let reference = match first {
+            Token::Word(w) | Token::Quoted(w) => w,
+            _ => return Err("bad reference"),
+        };
+        let patterns = match tokens.next()?.ok_or("missing pattern")? {
+            Token::Word(w) | Token::Quoted(w) => vec![w],
+            Token::Open => {
+                let list = tokens.words_until_close(MAX_PATTERNS)?;
+                if list.is_empty() {
+                    return Err("empty pattern list");
+                }
+                list
+            }
+            Token::Close => return Err("bad pattern"),
+        };
+        match tokens.next()? {
+            None => {}
+            Some(Token::Word(w)) if w.eq_ignore_ascii_case(b"RETURN") => {
+                if tokens.next()? != Some(Token::Open) {
+                    return Err("RETURN needs a list");
+                }
+                loop {
+                    match tokens.next()?.ok_or("unterminated RETURN list")? {
+                        Token::Close => break,
+                        Token::Word(w) => match w.to_ascii_uppercase().as_slice() {
+                            b"SUBSCRIBED" => options.return_subscribed = true,
+                            b"CHILDREN" => {}
+                            b"SPECIAL-USE" => options.return_special_use = true,
+                            b"STATUS" => {
+                                if tokens.next()? != Some(Token::Open) {
+                                    return Err("STATUS needs a list");
+                                }
+                                let items = tokens
+                                    .words_until_close(10)?
+                                    .iter()
+                                    .map(|w| status_item(w))
+                                    .collect::<Result<Vec<_>, _>>()?;
+                                options.status = Some(items);
+                            }
+                            _ => return Err("unknown return option"),
+                        },
+                        _ => return Err("bad RETURN list"),
+                    }
+                }
+                if tokens.next()?.is_some() {
+                    return Err("unexpected text after RETURN");
+                }
+            }
+            Some(_) => return Err("unexpected arguments"),
+        }
+        Ok(ExtendedList {
+            reference,
+            patterns,
+            options,
+        })
+    })();
+    Some(match parsed {
+        Ok(list) => Ok((tag, list)),
+        Err(why) => Err((tag, format!("Syntax error in LIST: {why}"))),
+    })
+}
+
+/// The options and the rewritten command, or the tag and why it is refused.
+type SplitSearch = Result<(SearchReturn, Vec<u8>), (String, String)>;
+
+/// Takes `RETURN (...)` out of `tag [UID] SEARCH RETURN (...) criteria`,
+/// giving the options and the command without them for the codec.
+pub(crate) fn split_search_return(bytes: &[u8]) -> Option<SplitSearch> {
+    let line = line_of(bytes);
+    let (tag, verb, rest) = head(line)?;
+    let (prefix_len, rest) = if verb == b"UID" {
+        let rest = rest.strip_prefix(b" ")?;
+        let end = rest.iter().position(|&b| b == b' ')?;
+        if !rest[..end].eq_ignore_ascii_case(b"SEARCH") {
+            return None;
+        }
+        (line.len() - rest.len() + end, &rest[end..])
+    } else if verb == b"SEARCH" {
+        (line.len() - rest.len(), rest)
+    } else {
+        return None;
+    };
+    let after = rest.strip_prefix(b" ")?;
+    if after.len() < 7 || !after[..7].eq_ignore_ascii_case(b"RETURN ") {
+        return None;
+    }
+    let tag = String::from_utf8_lossy(tag).into_owned();
+    let mut tokens = Tokens { input: &after[7..] };
+    let parsed = (|| -> Result<SearchReturn, &'static str> {
+        if tokens.next()? != Some(Token::Open) {
+            return Err("RETURN needs a list");
+        }
+        let mut options = SearchReturn::default();
+        for word in tokens.words_until_close(8)? {
+            match word.to_ascii_uppercase().as_slice() {
+                b"MIN" => options.min = true,
+                b"MAX" => options.max = true,
+                b"COUNT" => options.count = true,
+                b"ALL" => options.all = true,
+                b"SAVE" => return Err("SAVE (SEARCHRES) is not supported"),
+                _ => return Err("unknown RETURN option"),
+            }
+        }
+        // RFC 4731 section 3.1: an empty list means ALL.
+        if options == SearchReturn::default() {
+            options.all = true;
+        }
+        Ok(options)
+    })();
+    Some(match parsed {
+        Ok(options) => {
+            let mut command = line[..prefix_len].to_vec();
+            command.extend_from_slice(tokens.input);
+            command.extend_from_slice(b"\r\n");
+            Ok((options, command))
+        }
+        Err(why) => Err((tag, format!("Syntax error in SEARCH RETURN: {why}"))),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extended_lists_parse() {
+        // RFC 5258 section 5 examples.
+        let (tag, l) = parse_list(b"A02 LIST (SUBSCRIBED) \"\" \"*\"\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(tag, "A02");
+        assert!(l.options.subscribed);
+        assert_eq!(l.patterns, vec![b"*".to_vec()]);
+        let (_, l) = parse_list(b"A03 LIST () \"\" \"%\" RETURN (CHILDREN)\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!l.options.subscribed);
+        let (_, l) = parse_list(
+            b"A05 LIST \"\" (\"INBOX\" \"Drafts\") RETURN (STATUS (MESSAGES UNSEEN))\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(l.patterns.len(), 2);
+        assert!(l.options.status.is_some());
+        let (_, l) = parse_list(
+            b"A04 LIST (SPECIAL-USE) \"\" (\"INBOX\" \"Sent\") RETURN (STATUS (MESSAGES UNSEEN) SPECIAL-USE)\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(l.options.special_use_only && l.options.return_special_use);
+        assert_eq!(l.patterns.len(), 2);
+        assert_eq!(
+            l.options.status,
+            Some(vec![
+                StatusDataItemName::Messages,
+                StatusDataItemName::Unseen
+            ])
+        );
+        assert!(
+            parse_list(b"A06 LIST \"\" *\r\n").is_none(),
+            "basic form for the codec"
+        );
+        assert!(parse_list(b"A07 LIST (BOGUS) \"\" *\r\n").unwrap().is_err());
+        assert!(
+            parse_list(b"A08 LIST () \"\" * RETURN (STATUS (NOPE))\r\n")
+                .unwrap()
+                .is_err()
+        );
+        assert!(parse_list(b"A09 LIST () {3}\r\n").unwrap().is_err());
+        let many = format!("A10 LIST () \"\" ({})\r\n", "x ".repeat(40));
+        assert!(parse_list(many.as_bytes()).unwrap().is_err());
+    }
+
+    #[test]
+    fn search_return_is_split_off() {
+        let (opts, rest) =
+            split_search_return(b"A282 SEARCH RETURN (MIN COUNT) FLAGGED SINCE 1-Feb-1994\r\n")
+                .unwrap()
+                .unwrap();
+        assert!(opts.min && opts.count && !opts.max && !opts.all);
+        assert_eq!(rest, b"A282 SEARCH FLAGGED SINCE 1-Feb-1994\r\n".to_vec());
+        let (opts, rest) = split_search_return(b"A3 UID SEARCH RETURN () ALL\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(opts.all);
+        assert_eq!(rest, b"A3 UID SEARCH ALL\r\n".to_vec());
+        assert!(split_search_return(b"A4 SEARCH ALL\r\n").is_none());
+        assert!(
+            split_search_return(b"A5 SEARCH RETURN (SAVE) ALL\r\n")
+                .unwrap()
+                .is_err()
+        );
+        assert!(split_search_return(b"A6 FETCH 1 FLAGS\r\n").is_none());
+    }
+}

@@ -1,0 +1,94 @@
+//! LIST-EXTENDED (RFC 5258), LIST-STATUS (RFC 5819), SPECIAL-USE selection
+//! (RFC 6154) and SEARCH RETURN options (RFC 4731) over a socket.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{joined, message, ok};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_list_with_status_and_special_use() {
+    let fx = common::start().await;
+    fx.deliver(fx.alice, &message("one")).await;
+    fx.deliver(fx.alice, &message("two")).await;
+    let mut c = fx.login("alice@example.com").await;
+    let caps = joined(&c.run("CAPABILITY").await);
+    for cap in ["LIST-EXTENDED", "LIST-STATUS", "ESEARCH", "ACL"] {
+        assert!(caps.contains(cap), "{cap}: {caps}");
+    }
+    assert!(
+        !ok(&c.run("STORE 1 +FLAGS (\\Seen)").await),
+        "nothing selected yet"
+    );
+
+    // RFC 5819 section 2: STATUS for each listed mailbox.
+    let r = c
+        .run("LIST \"\" (\"INBOX\" \"Drafts\") RETURN (STATUS (MESSAGES UNSEEN))")
+        .await;
+    assert!(ok(&r), "{r:?}");
+    let text = joined(&r);
+    assert!(
+        text.contains("* LIST (\\HasNoChildren) \"/\" INBOX"),
+        "{r:?}"
+    );
+    assert!(
+        text.contains("* STATUS INBOX (MESSAGES 2 UNSEEN 2)"),
+        "{r:?}"
+    );
+    assert!(
+        text.contains("* STATUS Drafts (MESSAGES 0 UNSEEN 0)"),
+        "{r:?}"
+    );
+    assert!(!text.contains("Sent"), "only the two patterns: {r:?}");
+
+    // RFC 6154 section 3: only special-use mailboxes.
+    let r = c
+        .run("LIST (SPECIAL-USE) \"\" \"*\" RETURN (SPECIAL-USE)")
+        .await;
+    let text = joined(&r);
+    assert!(text.contains("\\Sent") && text.contains("\\Trash"), "{r:?}");
+    assert!(
+        !text.contains(" INBOX\r\n"),
+        "INBOX has no special use: {r:?}"
+    );
+
+    // RFC 5258 section 5, example 2 shape: subscribed mailboxes.
+    let r = c.run("LIST (SUBSCRIBED) \"\" \"*\"").await;
+    assert!(joined(&r).contains("\\Subscribed"), "{r:?}");
+
+    // Malformed options are refused, not guessed at.
+    let r = c.run("LIST (NONSENSE) \"\" \"*\"").await;
+    assert!(r.last().unwrap().contains("BAD"), "{r:?}");
+    let r = c.run("LIST () \"\" * RETURN (STATUS (FOO))").await;
+    assert!(r.last().unwrap().contains("BAD"), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_return_options() {
+    let fx = common::start().await;
+    for n in 0..5 {
+        fx.deliver(fx.alice, &message(&format!("m{n}"))).await;
+    }
+    let mut c = fx.login("alice@example.com").await;
+    assert!(ok(&c.run("SELECT INBOX").await));
+    assert!(ok(&c.run("STORE 2,4 +FLAGS (\\Flagged)").await));
+    // RFC 4731 section 3.1 examples.
+    let r = c.run("SEARCH RETURN (MIN COUNT) FLAGGED").await;
+    assert!(ok(&r), "{r:?}");
+    assert!(joined(&r).contains(") MIN 2 COUNT 2\r\n"), "{r:?}");
+    let r = c.run("UID SEARCH RETURN (MAX ALL) FLAGGED").await;
+    assert!(joined(&r).contains("UID MAX 4 ALL 2,4"), "{r:?}");
+    let r = c.run("SEARCH RETURN () ALL").await;
+    assert!(joined(&r).contains("ALL 1:5"), "{r:?}");
+    let r = c.run("SEARCH RETURN (COUNT MIN) DELETED").await;
+    assert!(
+        joined(&r).contains(") COUNT 0\r\n"),
+        "no MIN without matches: {r:?}"
+    );
+    let r = c.run("SEARCH RETURN (SAVE) ALL").await;
+    assert!(r.last().unwrap().contains("BAD"), "{r:?}");
+    // The plain form keeps the IMAP4rev1 answer.
+    let r = c.run("SEARCH FLAGGED").await;
+    assert!(joined(&r).contains("* SEARCH 2 4\r\n"), "{r:?}");
+}
