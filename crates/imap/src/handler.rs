@@ -580,7 +580,7 @@ fn sasl_plain(message: &[u8]) -> Option<(String, String)> {
 
 impl Conn {
     fn utf8(&self) -> bool {
-        self.session.rev2
+        self.session.rev2 || self.session.utf8_accept
     }
 
     fn ext(&self) -> Ext {
@@ -786,6 +786,10 @@ impl Conn {
                         // RFC 7162 section 3.1.
                         self.session.condstore = true;
                         enabled.push("CONDSTORE");
+                    } else if text.eq_ignore_ascii_case("UTF8=ACCEPT") {
+                        // RFC 6855 section 3.
+                        self.session.utf8_accept = true;
+                        enabled.push("UTF8=ACCEPT");
                     } else if text.eq_ignore_ascii_case("QRESYNC") {
                         // RFC 7162 section 3.2.3: QRESYNC implies CONDSTORE.
                         self.session.condstore = true;

@@ -63,8 +63,10 @@
 //! RFC 4731): imap-codec 2.0.0-alpha.10 parses neither, so [`listext`]
 //! recognises these forms before the codec.
 //!
+//! UTF8=ACCEPT (RFC 6855): after ENABLE, names are UTF-8 both ways.
+//!
 //! Not yet: SEARCHRES (`RETURN (SAVE)` is answered BAD), BINARY, SORT,
-//! THREAD, QUOTA, UTF8=ACCEPT quoted strings, ACL entries for groups and
+//! THREAD, QUOTA, the UTF8 APPEND data item, ACL entries for groups and
 //! negative rights.
 //!
 //! POP3 (RFC 1939 with STLS, CAPA, UIDL, TOP and SASL PLAIN) lives in

@@ -66,6 +66,9 @@ pub(crate) struct Session {
     pub condstore: bool,
     /// `ENABLE QRESYNC` was sent (RFC 7162 section 3.2.3).
     pub qresync: bool,
+    /// `ENABLE UTF8=ACCEPT` was sent (RFC 6855 section 3): names and
+    /// quoted strings are UTF-8 from now on.
+    pub utf8_accept: bool,
     /// Failed LOGIN/AUTHENTICATE attempts in this session.
     pub auth_failures: u32,
     /// ESEARCH RETURN options of the SEARCH just parsed (RFC 4731); the
@@ -98,6 +101,7 @@ impl Session {
             qresync: false,
             auth_failures: 0,
             search_return: None,
+            utf8_accept: false,
             bad_in_a_row: 0,
             limits,
         }
@@ -140,7 +144,7 @@ impl Session {
             }
         }
         caps.push_str(
-            " SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE CONDSTORE QRESYNC ACL RIGHTS=kxte LIST-EXTENDED LIST-STATUS ESEARCH",
+            " SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE CONDSTORE QRESYNC ACL RIGHTS=kxte LIST-EXTENDED LIST-STATUS ESEARCH UTF8=ACCEPT",
         );
         caps.push_str(&format!(" APPENDLIMIT={}", self.limits.max_append_bytes));
         caps

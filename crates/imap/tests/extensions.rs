@@ -92,3 +92,29 @@ async fn search_return_options() {
     let r = c.run("SEARCH FLAGGED").await;
     assert!(joined(&r).contains("* SEARCH 2 4\r\n"), "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn utf8_accept_names() {
+    let fx = common::start().await;
+    let mut c = fx.login("alice@example.com").await;
+    assert!(joined(&c.run("CAPABILITY").await).contains("UTF8=ACCEPT"));
+    // Before ENABLE, a raw UTF-8 name is not valid modified UTF-7.
+    let r = c.run("CREATE \"Entwürfe\"").await;
+    assert!(!ok(&r), "{r:?}");
+    // The IMAP4rev1 form of the same name works and is stored as UTF-8.
+    assert!(ok(&c.run("CREATE \"Entw&APw-rfe\"").await));
+    let r = c.run("ENABLE UTF8=ACCEPT").await;
+    assert!(joined(&r).contains("* ENABLED UTF8=ACCEPT"), "{r:?}");
+    let r = c.run("LIST \"\" \"Entw*\"").await;
+    // UTF-8 on the wire (as a literal, which every client reads).
+    assert!(
+        joined(&r).contains("Entwürfe\r\n"),
+        "names are UTF-8 now: {r:?}"
+    );
+    assert!(!joined(&r).contains("&APw-"), "{r:?}");
+    assert!(ok(&c.run("CREATE \"Почта/Входящие\"").await));
+    let r = c.run("SELECT \"Почта/Входящие\"").await;
+    assert!(ok(&r), "{r:?}");
+    let r = c.run("STATUS \"Entwürfe\" (MESSAGES)").await;
+    assert!(joined(&r).contains("Entwürfe (MESSAGES 0)"), "{r:?}");
+}
