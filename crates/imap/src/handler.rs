@@ -1222,6 +1222,8 @@ impl Conn {
                 }
             }
         }
+        // RFC 5182 section 2.1: a new mailbox starts with no saved result.
+        self.session.saved = None;
         let mut data = Vec::new();
         if self.selected.take().is_some() {
             // RFC 9051 section 6.3.2: the previous mailbox is closed first.
@@ -1868,6 +1870,7 @@ impl Conn {
         };
         self.session.state = State::Authenticated;
         self.foreign_changes = None;
+        self.session.saved = None;
         // RFC 4314 section 4: without `e`, CLOSE just closes.
         if expunge && !selected.read_only && selected.rights.has(b'e') {
             // RFC 9051 section 6.4.1: silently expunge.
@@ -1986,6 +1989,10 @@ impl Conn {
         uid: bool,
         options: Option<SearchReturn>,
     ) -> CmdResult {
+        if options.is_some_and(|o| o.save) {
+            // RFC 5182 section 2.1: a failed SEARCH leaves `$` empty.
+            self.session.saved = Some(Vec::new());
+        }
         if let Some(charset) = charset
             && !charset.eq_ignore_ascii_case("UTF-8")
             && !charset.eq_ignore_ascii_case("US-ASCII")
@@ -2017,7 +2024,7 @@ impl Conn {
             last_uid: selected.view.messages().last().map_or(0, |m| m.entry.uid),
         };
         let mut highest = 0u64;
-        let found: Vec<(u32, u64)> = self
+        let found: Vec<(u32, u64, u32)> = self
             .shared
             .store
             .run(move |b| {
@@ -2040,20 +2047,44 @@ impl Conn {
                         raw: raw.as_deref(),
                     };
                     if search::matches(&key, &candidate, &scope) {
-                        hits.push((if uid { entry.uid } else { *msn }, entry.modseq.0));
+                        hits.push((
+                            if uid { entry.uid } else { *msn },
+                            entry.modseq.0,
+                            entry.uid,
+                        ));
                     }
                 }
                 Ok(hits)
             })
             .await?;
+        if let Some(options) = options
+            && options.save
+        {
+            // RFC 5182 section 2.4: with MIN or MAX alone, only those are kept.
+            let mut uids: Vec<u32> = found.iter().map(|f| f.2).collect();
+            uids.sort_unstable();
+            if (options.min || options.max) && !options.all && !options.count {
+                let (first, last) = (uids.first().copied(), uids.last().copied());
+                uids = [options.min.then_some(first), options.max.then_some(last)]
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .collect();
+                uids.dedup();
+            }
+            self.session.saved = Some(uids);
+        }
         let hits: Vec<u32> = found
             .iter()
-            .map(|&(n, modseq)| {
+            .map(|&(n, modseq, _)| {
                 highest = highest.max(modseq);
                 n
             })
             .collect();
-        let data = if self.session.rev2 || options.is_some() {
+        let data = if options.is_some_and(|o| !o.answers()) {
+            // SAVE alone: nothing to report (RFC 5182 section 2.4).
+            String::new()
+        } else if self.session.rev2 || options.is_some() {
             // RFC 9051 section 7.3.4: ESEARCH replaces SEARCH; RFC 4731
             // section 3.1 for the RETURN options (default: ALL).
             let options = options.unwrap_or(SearchReturn {

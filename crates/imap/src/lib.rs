@@ -59,13 +59,14 @@
 //! audited.
 //!
 //! LIST-EXTENDED (RFC 5258) with LIST-STATUS (RFC 5819) and the
-//! SPECIAL-USE selection option, and SEARCH RETURN (MIN MAX COUNT ALL,
-//! RFC 4731): imap-codec 2.0.0-alpha.10 parses neither, so [`listext`]
-//! recognises these forms before the codec.
+//! SPECIAL-USE selection option, SEARCH RETURN (MIN MAX COUNT ALL,
+//! RFC 4731) and SEARCHRES (`SAVE` and `$`, RFC 5182): imap-codec
+//! 2.0.0-alpha.10 parses none of them, so [`listext`] recognises these
+//! forms before the codec (`$` becomes the saved UIDs).
 //!
 //! UTF8=ACCEPT (RFC 6855): after ENABLE, names are UTF-8 both ways.
 //!
-//! Not yet: SEARCHRES (`RETURN (SAVE)` is answered BAD), BINARY, SORT,
+//! Not yet: BINARY, SORT,
 //! THREAD, QUOTA, the UTF8 APPEND data item, ACL entries for groups and
 //! negative rights.
 //!

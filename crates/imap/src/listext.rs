@@ -41,6 +41,16 @@ pub(crate) struct SearchReturn {
     pub max: bool,
     pub count: bool,
     pub all: bool,
+    /// SEARCHRES (RFC 5182): keep the result for `$`.
+    pub save: bool,
+}
+
+impl SearchReturn {
+    /// Whether an ESEARCH response is due: not when SAVE is the only
+    /// option (RFC 5182 section 2.4).
+    pub(crate) fn answers(self) -> bool {
+        self.min || self.max || self.count || self.all
+    }
 }
 
 /// A tiny tokenizer over one command line: atoms, quoted strings and
@@ -298,7 +308,7 @@ pub(crate) fn split_search_return(bytes: &[u8]) -> Option<SplitSearch> {
                 b"MAX" => options.max = true,
                 b"COUNT" => options.count = true,
                 b"ALL" => options.all = true,
-                b"SAVE" => return Err("SAVE (SEARCHRES) is not supported"),
+                b"SAVE" => options.save = true,
                 _ => return Err("unknown RETURN option"),
             }
         }
@@ -317,6 +327,92 @@ pub(crate) fn split_search_return(bytes: &[u8]) -> Option<SplitSearch> {
         }
         Err(why) => Err((tag, format!("Syntax error in SEARCH RETURN: {why}"))),
     })
+}
+
+/// Replaces a `$` sequence set (RFC 5182 section 2.1) with the saved
+/// UIDs. A command using `$` by message number becomes its UID form, so
+/// the saved UIDs keep pointing at the same messages whatever was expunged
+/// meanwhile; `SEARCH $` becomes `SEARCH UID <set>`. `None` when the
+/// command has no `$`.
+pub(crate) fn substitute_saved(bytes: &[u8], saved: &[u32]) -> Option<Vec<u8>> {
+    // Where `$` stands alone as an argument, outside quoted strings and
+    // literal data.
+    let mut positions = Vec::new();
+    let mut i = 0;
+    let mut quoted = false;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if quoted {
+            match b {
+                b'\\' => i += 1,
+                b'"' => quoted = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            quoted = true;
+        } else if b == b'{' {
+            // `{n}` or `{n+}` then CRLF, then n bytes of data.
+            if let Some(close) = bytes[i..].iter().position(|&c| c == b'}') {
+                let digits = &bytes[i + 1..i + close];
+                let digits = digits.strip_suffix(b"+").unwrap_or(digits);
+                if let Some(n) = std::str::from_utf8(digits)
+                    .ok()
+                    .and_then(|d| d.parse::<usize>().ok())
+                    && bytes.get(i + close + 1..i + close + 3) == Some(b"\r\n")
+                {
+                    i += close + 3 + n;
+                    continue;
+                }
+            }
+        } else if b == b'$'
+            && i > 0
+            && matches!(bytes[i - 1], b' ' | b'(')
+            && matches!(bytes.get(i + 1), Some(b' ' | b')' | b'\r' | b'\n') | None)
+        {
+            positions.push(i);
+        }
+        i += 1;
+    }
+    if positions.is_empty() {
+        return None;
+    }
+    // An empty result matches nothing: a UID no message can have.
+    let set = if saved.is_empty() {
+        "4294967295".to_string()
+    } else {
+        crate::out::compact_set(saved)
+    };
+    let space = bytes.iter().position(|&b| b == b' ')?;
+    let tag_end = space + 1;
+    let rest = &bytes[tag_end..];
+    let verb_end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+    let verb = rest[..verb_end].to_ascii_uppercase();
+    // In SEARCH (UID or not) a bare set means message numbers, so `$`
+    // becomes the UID search key.
+    let is_search = verb == b"SEARCH"
+        || (verb == b"UID"
+            && rest[verb_end..]
+                .trim_ascii_start()
+                .get(..6)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"SEARCH")));
+    let mut out = Vec::with_capacity(bytes.len() + set.len());
+    let mut last = 0;
+    if verb != b"UID" && !is_search {
+        // FETCH/STORE/COPY/MOVE by number with `$`: the UID form.
+        out.extend_from_slice(&bytes[..tag_end]);
+        out.extend_from_slice(b"UID ");
+        last = tag_end;
+    }
+    for pos in positions {
+        out.extend_from_slice(&bytes[last..pos]);
+        if is_search {
+            out.extend_from_slice(b"UID ");
+        }
+        out.extend_from_slice(set.as_bytes());
+        last = pos + 1;
+    }
+    out.extend_from_slice(&bytes[last..]);
+    Some(out)
 }
 
 #[cfg(test)]
@@ -387,11 +483,60 @@ mod tests {
         assert!(opts.all);
         assert_eq!(rest, b"A3 UID SEARCH ALL\r\n".to_vec());
         assert!(split_search_return(b"A4 SEARCH ALL\r\n").is_none());
-        assert!(
-            split_search_return(b"A5 SEARCH RETURN (SAVE) ALL\r\n")
-                .unwrap()
-                .is_err()
-        );
+        let (opts, _) = split_search_return(b"A5 SEARCH RETURN (SAVE) ALL\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(opts.save && !opts.answers());
         assert!(split_search_return(b"A6 FETCH 1 FLAGS\r\n").is_none());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod saved_tests {
+    use super::substitute_saved;
+
+    #[test]
+    fn dollar_becomes_the_saved_uids() {
+        let s = |line: &str| {
+            substitute_saved(line.as_bytes(), &[3, 4, 5, 9]).map(|v| String::from_utf8(v).unwrap())
+        };
+        assert_eq!(
+            s("A1 UID FETCH $ (FLAGS)\r\n").unwrap(),
+            "A1 UID FETCH 3:5,9 (FLAGS)\r\n"
+        );
+        assert_eq!(
+            s("A2 FETCH $ (FLAGS)\r\n").unwrap(),
+            "A2 UID FETCH 3:5,9 (FLAGS)\r\n"
+        );
+        assert_eq!(
+            s("A3 SEARCH $ SMALLER 4\r\n").unwrap(),
+            "A3 SEARCH UID 3:5,9 SMALLER 4\r\n"
+        );
+        assert_eq!(
+            s("A4 SEARCH OR $ 1:3\r\n").unwrap(),
+            "A4 SEARCH OR UID 3:5,9 1:3\r\n"
+        );
+        assert_eq!(
+            s("A4 UID SEARCH $\r\n").unwrap(),
+            "A4 UID SEARCH UID 3:5,9\r\n"
+        );
+        assert_eq!(
+            s("A5 STORE $ +FLAGS (\\Seen)\r\n").unwrap(),
+            "A5 UID STORE 3:5,9 +FLAGS (\\Seen)\r\n"
+        );
+        assert!(
+            s("A6 SEARCH SUBJECT \"$\"\r\n").is_none(),
+            "quoted dollars stay"
+        );
+        assert!(
+            s("A7 SEARCH SUBJECT {1+}\r\n$\r\n").is_none(),
+            "literal dollars stay"
+        );
+        assert!(s("A8 FETCH 1 (FLAGS)\r\n").is_none());
+        assert_eq!(
+            String::from_utf8(substitute_saved(b"A9 UID COPY $ Trash\r\n", &[]).unwrap()).unwrap(),
+            "A9 UID COPY 4294967295 Trash\r\n"
+        );
     }
 }

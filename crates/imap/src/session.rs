@@ -74,6 +74,9 @@ pub(crate) struct Session {
     /// ESEARCH RETURN options of the SEARCH just parsed (RFC 4731); the
     /// executor takes them with the command.
     pub search_return: Option<SearchReturn>,
+    /// The UIDs a `SEARCH RETURN (SAVE)` kept for `$` (RFC 5182); reset
+    /// when a mailbox is selected or closed.
+    pub saved: Option<Vec<u32>>,
     bad_in_a_row: u32,
     limits: Limits,
 }
@@ -101,6 +104,7 @@ impl Session {
             qresync: false,
             auth_failures: 0,
             search_return: None,
+            saved: None,
             utf8_accept: false,
             bad_in_a_row: 0,
             limits,
@@ -144,7 +148,7 @@ impl Session {
             }
         }
         caps.push_str(
-            " SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE CONDSTORE QRESYNC ACL RIGHTS=kxte LIST-EXTENDED LIST-STATUS ESEARCH UTF8=ACCEPT",
+            " SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE CONDSTORE QRESYNC ACL RIGHTS=kxte LIST-EXTENDED LIST-STATUS ESEARCH SEARCHRES UTF8=ACCEPT",
         );
         caps.push_str(&format!(" APPENDLIMIT={}", self.limits.max_append_bytes));
         caps
@@ -235,6 +239,15 @@ impl Session {
                 Err((tag, why)) => self.after_bad(out::status(&tag, "BAD", None, &why)),
             };
         }
+        let substituted;
+        let bytes =
+            match crate::listext::substitute_saved(bytes, self.saved.as_deref().unwrap_or(&[])) {
+                Some(command) => {
+                    substituted = command;
+                    substituted.as_slice()
+                }
+                None => bytes,
+            };
         let mut search_return = None;
         let rewritten;
         let bytes = match crate::listext::split_search_return(bytes) {

@@ -87,6 +87,8 @@ async fn search_return_options() {
         "no MIN without matches: {r:?}"
     );
     let r = c.run("SEARCH RETURN (SAVE) ALL").await;
+    assert!(ok(&r) && r.len() == 1, "SAVE alone answers nothing: {r:?}");
+    let r = c.run("SEARCH RETURN (BOGUS) ALL").await;
     assert!(r.last().unwrap().contains("BAD"), "{r:?}");
     // The plain form keeps the IMAP4rev1 answer.
     let r = c.run("SEARCH FLAGGED").await;
@@ -117,4 +119,52 @@ async fn utf8_accept_names() {
     assert!(ok(&r), "{r:?}");
     let r = c.run("STATUS \"Entwürfe\" (MESSAGES)").await;
     assert!(joined(&r).contains("Entwürfe (MESSAGES 0)"), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searchres_saves_a_result_for_dollar() {
+    let fx = common::start().await;
+    for n in 0..6 {
+        fx.deliver(fx.alice, &message(&format!("r{n}"))).await;
+    }
+    let mut c = fx.login("alice@example.com").await;
+    assert!(joined(&c.run("CAPABILITY").await).contains("SEARCHRES"));
+    assert!(ok(&c.run("SELECT INBOX").await));
+    assert!(ok(&c.run("STORE 2,3,5 +FLAGS (\\Flagged)").await));
+    // RFC 5182 section 2.4: SAVE alone answers nothing but OK.
+    let r = c.run("SEARCH RETURN (SAVE) FLAGGED").await;
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert!(ok(&r));
+    let r = c.run("FETCH $ (FLAGS)").await;
+    let text = joined(&r);
+    assert!(
+        text.contains("* 2 FETCH") && text.contains("* 3 FETCH") && text.contains("* 5 FETCH"),
+        "{r:?}"
+    );
+    assert!(
+        !text.contains("* 1 FETCH") && !text.contains("* 4 FETCH"),
+        "{r:?}"
+    );
+    // `$` stays on the same messages after an expunge renumbers them.
+    assert!(ok(&c.run("STORE 1 +FLAGS (\\Deleted)").await));
+    assert!(ok(&c.run("EXPUNGE").await));
+    let r = c.run("SEARCH $ NOT FLAGGED").await;
+    assert!(joined(&r).contains("* SEARCH\r\n"), "{r:?}");
+    let r = c.run("SEARCH $").await;
+    assert!(
+        joined(&r).contains("* SEARCH 1 2 4\r\n"),
+        "renumbered: {r:?}"
+    );
+    assert!(ok(&c.run("STORE $ -FLAGS (\\Flagged)").await));
+    let r = c.run("SEARCH FLAGGED").await;
+    assert!(joined(&r).contains("* SEARCH\r\n"), "{r:?}");
+    // MIN and MAX with SAVE keep only those.
+    let r = c.run("SEARCH RETURN (SAVE MIN MAX) ALL").await;
+    assert!(joined(&r).contains("MIN 1 MAX 5"), "{r:?}");
+    let r = c.run("UID SEARCH $").await;
+    assert!(joined(&r).contains("* SEARCH 2 6\r\n"), "{r:?}");
+    // Selecting again empties it.
+    assert!(ok(&c.run("SELECT INBOX").await));
+    let r = c.run("FETCH $ (FLAGS)").await;
+    assert!(ok(&r) && !joined(&r).contains("FETCH ("), "{r:?}");
 }
