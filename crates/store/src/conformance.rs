@@ -44,6 +44,7 @@ pub const CHECKS: &[Check] = &[
     ("queue_shares_blobs_with_mail", queue_blobs),
     ("dkim_keys_per_domain", dkim_keys),
     ("mailbox_rights", mailbox_rights),
+    ("batch_delivery_is_all_or_nothing", batch_delivery),
 ];
 
 fn admin() -> Actor {
@@ -1212,4 +1213,51 @@ fn mailbox_rights(b: &dyn Backend) {
         .unwrap();
     b.delete_mailbox(&admin(), alice, other.id).unwrap();
     assert!(b.rights_granted_to(bob).unwrap().is_empty());
+}
+
+fn batch_delivery(b: &dyn Backend) {
+    domain(b, "example.com");
+    let alice = user(b, "alice@example.com");
+    let inbox = inbox(b, alice);
+    let item = |n: usize, size: usize, keywords: Vec<String>| crate::BatchItem {
+        raw: message(n, size),
+        meta: meta(n),
+        targets: vec![Delivery {
+            account: alice,
+            mailbox: inbox,
+            keywords,
+        }],
+    };
+    let done = b
+        .deliver_batch(
+            &Actor::system("test"),
+            &[
+                item(1, 100, vec!["$seen".into()]),
+                item(2, 64 * 1024, vec![]),
+                item(3, 10, vec![]),
+            ],
+        )
+        .unwrap();
+    assert_eq!(done.len(), 3);
+    let uids: Vec<u32> = done.iter().map(|d| d[0].uid).collect();
+    assert_eq!(uids, vec![1, 2, 3]);
+    assert_eq!(b.messages(alice, inbox).unwrap().len(), 3);
+    // One bad item: nothing of the batch is stored.
+    let mut bad = item(5, 10, vec![]);
+    bad.targets[0].mailbox = bulwark_core::MailboxId(999_999);
+    assert!(
+        b.deliver_batch(&Actor::system("test"), &[item(4, 10, vec![]), bad])
+            .is_err()
+    );
+    assert_eq!(b.messages(alice, inbox).unwrap().len(), 3);
+    let check = b.check_blobs().unwrap();
+    assert!(
+        check.miscounted.is_empty() && check.missing.is_empty(),
+        "{check:?}"
+    );
+    assert!(
+        b.deliver_batch(&Actor::system("test"), &[])
+            .unwrap()
+            .is_empty()
+    );
 }

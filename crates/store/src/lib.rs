@@ -155,6 +155,9 @@ pub trait Backend: Send + Sync + 'static {
         meta: &EmailMeta,
         targets: &[Delivery],
     ) -> Result<Vec<Delivered>>;
+    /// Stores several messages in one write: every one or none (IMAP
+    /// MULTIAPPEND, RFC 3502). Returns where each landed, in order.
+    fn deliver_batch(&self, actor: &Actor, items: &[BatchItem]) -> Result<Vec<Vec<Delivered>>>;
     /// Messages of a mailbox in UID order.
     fn messages(&self, account: PrincipalId, mailbox: MailboxId) -> Result<Vec<MessageEntry>>;
     /// One email's stored data.

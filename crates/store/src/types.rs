@@ -365,3 +365,14 @@ pub struct DkimKey {
     /// Creation time, Unix milliseconds.
     pub created_at: i64,
 }
+
+/// One message of [`crate::Backend::deliver_batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchItem {
+    /// The message bytes.
+    pub raw: Vec<u8>,
+    /// Its header facts.
+    pub meta: EmailMeta,
+    /// Where it goes.
+    pub targets: Vec<Delivery>,
+}

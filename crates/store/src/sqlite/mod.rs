@@ -545,6 +545,126 @@ const AUDIT_COLUMNS: &str =
     "seq, time_ms, actor, auth_method, logon_type, target, operation, object_ids,
                              item_count, client_ip, protocol, outcome, prev_hash, hash";
 
+/// Stores one message for its targets inside an open write: the blob
+/// reference, per account the quota check, UIDs, thread, email row and
+/// mailbox entries. Shared by single and batch deliveries.
+fn deliver_in(
+    ctx: &mut OpCtx<'_>,
+    id: &BlobId,
+    size: u64,
+    inline: Option<&[u8]>,
+    meta: &EmailMeta,
+    targets: &[Delivery],
+) -> Result<Vec<Delivered>> {
+    let (id, meta, inline) = (*id, meta, inline);
+
+    let mut by_account: BTreeMap<PrincipalId, Vec<&Delivery>> = BTreeMap::new();
+    for target in targets {
+        by_account.entry(target.account).or_default().push(target);
+    }
+    // The blob row comes first: emails reference it.
+    ctx.ref_blob(&id, size, inline, by_account.len() as u64)?;
+    let mut delivered = Vec::new();
+    for (account, places) in &by_account {
+        let account = *account;
+        let row: Option<(String, i64, i64)> = ctx
+            .conn
+            .prepare_cached("SELECT kind, quota_bytes, used_bytes FROM principals WHERE id = ?1")?
+            .query_row([account.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let (kind, quota, used) = row.ok_or_else(|| Error::not_found("principal", account))?;
+        if kind == PrincipalKind::Group.name() {
+            return Err(Error::Invalid(format!(
+                "principal {account} is a group and holds no data"
+            )));
+        }
+        let needed = used as u64 + size;
+        if quota > 0 && needed > quota as u64 {
+            return Err(Error::QuotaExceeded {
+                limit: quota as u64,
+                needed,
+            });
+        }
+        let modseq = ctx.modseq_with_usage(account, size as i64)?;
+        // Taking the UIDs first also proves every mailbox is this account's.
+        let mut uids = Vec::with_capacity(places.len());
+        for place in places {
+            let uid: Option<u32> = ctx
+                .conn
+                .prepare_cached(
+                    "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = ?3
+                                 WHERE id = ?1 AND account_id = ?2 RETURNING uid_next - 1",
+                )?
+                .query_row(params![place.mailbox.0, account.0, modseq.0 as i64], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            uids.push(uid.ok_or_else(|| Error::not_found("mailbox", place.mailbox))?);
+        }
+        let thread = match find_thread(ctx.conn, account, meta)? {
+            Some(thread) => thread,
+            None => {
+                ctx.conn
+                    .prepare_cached("INSERT INTO threads (account_id) VALUES (?1)")?
+                    .execute([account.0])?;
+                let thread = ctx.conn.last_insert_rowid();
+                ctx.change(
+                    account,
+                    ObjectType::Thread,
+                    thread,
+                    ChangeKind::Created,
+                    None,
+                    None,
+                )?;
+                thread
+            }
+        };
+        ctx.conn
+                        .prepare_cached(
+                            "INSERT INTO emails (account_id, blob_hash, thread_id, size, received_at, message_id,
+                                                 subject, from_header, to_header, sent_at, refs)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                        )?
+                        .execute(params![
+                            account.0,
+                            &id.0[..],
+                            thread,
+                            size as i64,
+                            meta.received_at,
+                            meta.message_id,
+                            meta.subject,
+                            meta.from,
+                            meta.to,
+                            meta.sent_at,
+                            meta.references.join(" "),
+                        ])?;
+        let email = ctx.conn.last_insert_rowid();
+        for (place, uid) in places.iter().zip(uids) {
+            ctx.change(
+                account,
+                ObjectType::Email,
+                email,
+                ChangeKind::Created,
+                Some(place.mailbox.0),
+                Some(uid),
+            )?;
+            ctx.conn
+                            .prepare_cached(
+                                "INSERT INTO mailbox_messages (mailbox_id, uid, email_id, modseq, keywords) VALUES (?1, ?2, ?3, ?4, ?5)",
+                            )?
+                            .execute(params![place.mailbox.0, uid, email, modseq.0 as i64, place.keywords.join(" ")])?;
+            delivered.push(Delivered {
+                account,
+                email: EmailId(email),
+                mailbox: place.mailbox,
+                uid,
+                modseq,
+            });
+        }
+    }
+    Ok(delivered)
+}
+
 impl Backend for SqliteBackend {
     fn create_domain(&self, actor: &Actor, name: &DomainName) -> Result<DomainId> {
         let name = name.clone();
@@ -1224,89 +1344,113 @@ impl Backend for SqliteBackend {
                 self.blobs.write(&id, raw, true)?;
             }
             let (meta, targets, inline) = (meta.clone(), targets.clone(), inline.clone());
-            self.write(actor, "email.append", target_name.clone(), Some(foreign), move |ctx, event| {
-                let mut by_account: BTreeMap<PrincipalId, Vec<&Delivery>> = BTreeMap::new();
-                for target in &targets {
-                    by_account.entry(target.account).or_default().push(target);
-                }
-                // The blob row comes first: emails reference it.
-                ctx.ref_blob(&id, size, inline.as_deref(), by_account.len() as u64)?;
-                let mut delivered = Vec::new();
-                for (account, places) in &by_account {
-                    let account = *account;
-                    let row: Option<(String, i64, i64)> = ctx
-                        .conn
-                        .prepare_cached("SELECT kind, quota_bytes, used_bytes FROM principals WHERE id = ?1")?
-                        .query_row([account.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                        .optional()?;
-                    let (kind, quota, used) = row.ok_or_else(|| Error::not_found("principal", account))?;
-                    if kind == PrincipalKind::Group.name() {
-                        return Err(Error::Invalid(format!("principal {account} is a group and holds no data")));
-                    }
-                    let needed = used as u64 + size;
-                    if quota > 0 && needed > quota as u64 {
-                        return Err(Error::QuotaExceeded { limit: quota as u64, needed });
-                    }
-                    let modseq = ctx.modseq_with_usage(account, size as i64)?;
-                    // Taking the UIDs first also proves every mailbox is this account's.
-                    let mut uids = Vec::with_capacity(places.len());
-                    for place in places {
-                        let uid: Option<u32> = ctx
-                            .conn
-                            .prepare_cached(
-                                "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = ?3
-                                 WHERE id = ?1 AND account_id = ?2 RETURNING uid_next - 1",
-                            )?
-                            .query_row(params![place.mailbox.0, account.0, modseq.0 as i64], |r| r.get(0))
-                            .optional()?;
-                        uids.push(uid.ok_or_else(|| Error::not_found("mailbox", place.mailbox))?);
-                    }
-                    let thread = match find_thread(ctx.conn, account, &meta)? {
-                        Some(thread) => thread,
-                        None => {
-                            ctx.conn.prepare_cached("INSERT INTO threads (account_id) VALUES (?1)")?.execute([account.0])?;
-                            let thread = ctx.conn.last_insert_rowid();
-                            ctx.change(account, ObjectType::Thread, thread, ChangeKind::Created, None, None)?;
-                            thread
-                        }
-                    };
-                    ctx.conn
-                        .prepare_cached(
-                            "INSERT INTO emails (account_id, blob_hash, thread_id, size, received_at, message_id,
-                                                 subject, from_header, to_header, sent_at, refs)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                        )?
-                        .execute(params![
-                            account.0,
-                            &id.0[..],
-                            thread,
-                            size as i64,
-                            meta.received_at,
-                            meta.message_id,
-                            meta.subject,
-                            meta.from,
-                            meta.to,
-                            meta.sent_at,
-                            meta.references.join(" "),
-                        ])?;
-                    let email = ctx.conn.last_insert_rowid();
-                    for (place, uid) in places.iter().zip(uids) {
-                        ctx.change(account, ObjectType::Email, email, ChangeKind::Created, Some(place.mailbox.0), Some(uid))?;
-                        ctx.conn
-                            .prepare_cached(
-                                "INSERT INTO mailbox_messages (mailbox_id, uid, email_id, modseq, keywords) VALUES (?1, ?2, ?3, ?4, ?5)",
-                            )?
-                            .execute(params![place.mailbox.0, uid, email, modseq.0 as i64, place.keywords.join(" ")])?;
-                        delivered.push(Delivered { account, email: EmailId(email), mailbox: place.mailbox, uid, modseq });
-                    }
-                }
-                event.object_ids = delivered.iter().map(|d| format!("{}:{}", d.mailbox, d.uid)).collect();
-                event.item_count = delivered.len() as u64;
-                Ok(delivered)
-            })
+            self.write(
+                actor,
+                "email.append",
+                target_name.clone(),
+                Some(foreign),
+                move |ctx, event| {
+                    let delivered = deliver_in(ctx, &id, size, inline.as_deref(), &meta, &targets)?;
+                    event.object_ids = delivered
+                        .iter()
+                        .map(|d| format!("{}:{}", d.mailbox, d.uid))
+                        .collect();
+                    event.item_count = delivered.len() as u64;
+                    Ok(delivered)
+                },
+            )
         };
         match attempt(false) {
             Err(Error::BlobMissing(_)) => attempt(true),
+            other => other,
+        }
+    }
+
+    fn deliver_batch(&self, actor: &Actor, items: &[BatchItem]) -> Result<Vec<Vec<Delivered>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut prepared = Vec::with_capacity(items.len());
+        for item in items {
+            let targets: Vec<Delivery> = item
+                .targets
+                .iter()
+                .map(|t| {
+                    let keywords: std::collections::BTreeSet<String> = t
+                        .keywords
+                        .iter()
+                        .map(|k| normalize_keyword(k))
+                        .collect::<Result<_>>()?;
+                    Ok(Delivery {
+                        account: t.account,
+                        mailbox: t.mailbox,
+                        keywords: keywords.into_iter().collect(),
+                    })
+                })
+                .collect::<Result<_>>()?;
+            if targets.is_empty() {
+                return Err(Error::Invalid("a batch message needs a target".into()));
+            }
+            let id = blob_id(&item.raw);
+            let inline: Option<Arc<[u8]>> = (item.raw.len() <= self.options.inline_blob_max_bytes)
+                .then(|| Arc::from(item.raw.as_slice()));
+            prepared.push((
+                id,
+                item.raw.len() as u64,
+                inline,
+                item.meta.clone(),
+                targets,
+            ));
+        }
+        let write_files = |force: bool| -> Result<()> {
+            for ((id, _, inline, _, _), item) in prepared.iter().zip(items) {
+                if inline.is_none() {
+                    self.blobs.write(id, &item.raw, force)?;
+                }
+            }
+            Ok(())
+        };
+        write_files(false)?;
+        let foreign = prepared
+            .iter()
+            .flat_map(|p| p.4.iter().map(|t| t.account))
+            .find(|a| Some(a.0) != actor.principal)
+            .unwrap_or(prepared[0].4[0].account);
+        let target_name = self.audit_name(actor, foreign, Some(foreign))?;
+        let attempt = || {
+            let prepared = prepared.clone();
+            self.write(
+                actor,
+                "email.append",
+                target_name.clone(),
+                Some(foreign),
+                move |ctx, event| {
+                    let mut all = Vec::with_capacity(prepared.len());
+                    for (id, size, inline, meta, targets) in &prepared {
+                        all.push(deliver_in(
+                            ctx,
+                            id,
+                            *size,
+                            inline.as_deref(),
+                            meta,
+                            targets,
+                        )?);
+                    }
+                    event.object_ids = all
+                        .iter()
+                        .flatten()
+                        .map(|d| format!("{}:{}", d.mailbox, d.uid))
+                        .collect();
+                    event.item_count = event.object_ids.len() as u64;
+                    Ok(all)
+                },
+            )
+        };
+        match attempt() {
+            Err(Error::BlobMissing(_)) => {
+                write_files(true)?;
+                attempt()
+            }
             other => other,
         }
     }
