@@ -27,7 +27,9 @@ use bulwark_core::{
 };
 use bulwark_directory::{AuthError, Directory};
 use bulwark_server::{Connection, ConnectionHandler};
-use bulwark_store::{Delivery, Error as StoreError, KeywordUpdate, Mailbox, MessageEntry, Store};
+use bulwark_store::{
+    BatchItem, Delivery, Error as StoreError, KeywordUpdate, Mailbox, MessageEntry, Store,
+};
 use imap_codec::imap_types::command::{
     Command, CommandBody, FetchModifier, SelectParameter, StoreModifier,
 };
@@ -45,7 +47,7 @@ use crate::acl::{self, Rights};
 use crate::fetch;
 use crate::flags;
 use crate::limits::Limits;
-use crate::listext::{ExtendedList, ListOptions, SearchReturn};
+use crate::listext::{AppendItem, ExtendedList, ListOptions, SearchReturn};
 use crate::names::{self, NameError};
 use crate::out;
 use crate::search;
@@ -387,6 +389,13 @@ async fn serve(shared: Arc<Shared>, mut conn: Connection) {
                     Flow::Continue => {}
                     Flow::Close => return,
                 },
+                Input::MultiAppend(tag, mailbox, items) => {
+                    let result = c.multiappend(&mailbox, items).await;
+                    match c.finish(&mut conn, &tag, result, true, false).await {
+                        Flow::Continue => {}
+                        Flow::Close => return,
+                    }
+                }
                 Input::List(tag, list) => {
                     let result = c.list_extended(list).await;
                     match c.finish(&mut conn, &tag, result, true, false).await {
@@ -1861,6 +1870,63 @@ impl Conn {
         Ok((
             Vec::new(),
             format!("[APPENDUID {} {uid}] APPEND completed", target.uid_validity),
+        ))
+    }
+
+    /// MULTIAPPEND (RFC 3502): every message or none, in one store write.
+    async fn multiappend(&mut self, mailbox: &[u8], items: Vec<AppendItem>) -> CmdResult {
+        let name = names::from_client(mailbox, self.utf8())?;
+        let target = match self.reach(&name).await? {
+            Some(reached) => {
+                reached.require(b'i', "add messages")?;
+                reached.mailbox
+            }
+            // RFC 3502 section 6.3.11 with RFC 9051 section 6.3.12.
+            None => return Err(Refusal::no(Some("TRYCREATE"), "No such mailbox")),
+        };
+        let limit = self.session.limits().max_append_bytes;
+        if items.iter().any(|i| i.message.len() as u64 > limit) {
+            return Err(Refusal::no(
+                Some("TOOBIG"),
+                "Message larger than APPENDLIMIT",
+            ));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let actor = self.actor()?;
+        let (account, mailbox_id) = (target.account, target.id);
+        let batch: Vec<BatchItem> = items
+            .into_iter()
+            .map(|item| {
+                let received_at = item.received_at.unwrap_or(now);
+                BatchItem {
+                    meta: bulwark_mail::parse_meta(&item.message, received_at),
+                    raw: item.message,
+                    targets: vec![Delivery {
+                        account,
+                        mailbox: mailbox_id,
+                        keywords: item.keywords,
+                    }],
+                }
+            })
+            .collect();
+        let delivered = self
+            .shared
+            .store
+            .run(move |b| b.deliver_batch(&actor, &batch))
+            .await?;
+        let uids: Vec<u32> = delivered
+            .iter()
+            .filter_map(|d| d.first().map(|x| x.uid))
+            .collect();
+        Ok((
+            Vec::new(),
+            format!(
+                "[APPENDUID {} {}] APPEND completed",
+                target.uid_validity,
+                out::compact_set(&uids)
+            ),
         ))
     }
 

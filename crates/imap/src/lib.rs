@@ -65,6 +65,8 @@
 //! forms before the codec (`$` becomes the saved UIDs).
 //!
 //! UTF8=ACCEPT (RFC 6855): after ENABLE, names are UTF-8 both ways.
+//! MULTIAPPEND (RFC 3502): several messages in one store write, all or
+//! none, also parsed in [`listext`].
 //!
 //! Not yet: BINARY, SORT,
 //! THREAD, QUOTA, the UTF8 APPEND data item, ACL entries for groups and
@@ -133,7 +135,7 @@ pub fn fuzz_framing(input: &[u8]) {
                     Input::Write(_) => {}
                     Input::Close(_) => break 'parts,
                     Input::StartTls(_) => session.start_tls(),
-                    Input::Acl(..) | Input::List(..) => session.good(),
+                    Input::Acl(..) | Input::List(..) | Input::MultiAppend(..) => session.good(),
                     Input::Command(command) => match command.body {
                         // The handler reads bare lines for these.
                         CommandBody::Idle | CommandBody::Authenticate { .. } => {

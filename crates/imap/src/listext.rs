@@ -415,6 +415,170 @@ pub(crate) fn substitute_saved(bytes: &[u8], saved: &[u32]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// One message of a MULTIAPPEND.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AppendItem {
+    /// Store keywords of the flag list.
+    pub keywords: Vec<String>,
+    /// The internal date, Unix milliseconds, when given.
+    pub received_at: Option<i64>,
+    pub message: Vec<u8>,
+}
+
+/// Most messages in one MULTIAPPEND; the framer already bounds their
+/// total size by APPENDLIMIT plus a line.
+const MAX_APPEND_ITEMS: usize = 1000;
+
+/// A flag as a store keyword: system flags by name, keywords lower-cased;
+/// `None` for flags that cannot be stored (`\Recent`, unknown `\X`).
+fn keyword_of(flag: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(flag).ok()?;
+    if let Some(system) = text.strip_prefix('\\') {
+        return Some(
+            match system.to_ascii_lowercase().as_str() {
+                "seen" => crate::flags::SEEN,
+                "answered" => crate::flags::ANSWERED,
+                "flagged" => crate::flags::FLAGGED,
+                "deleted" => crate::flags::DELETED,
+                "draft" => crate::flags::DRAFT,
+                _ => return None,
+            }
+            .to_string(),
+        );
+    }
+    let atom = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b > 0x20 && b < 0x7f && !b"(){%*\"\\]".contains(&b));
+    atom.then(|| text.to_ascii_lowercase())
+}
+
+/// `dd-Mon-yyyy hh:mm:ss +zzzz` (RFC 9051 date-time) as Unix milliseconds.
+fn date_time(text: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(text).ok()?.trim_start();
+    let (date, rest) = text.split_once(' ')?;
+    let (time, zone) = rest.split_once(' ')?;
+    let mut d = date.split('-');
+    let day: u32 = d.next()?.parse().ok()?;
+    let month = match d.next()?.to_ascii_lowercase().as_str() {
+        "jan" => 1,
+        "feb" => 2,
+        "mar" => 3,
+        "apr" => 4,
+        "may" => 5,
+        "jun" => 6,
+        "jul" => 7,
+        "aug" => 8,
+        "sep" => 9,
+        "oct" => 10,
+        "nov" => 11,
+        "dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = d.next()?.parse().ok()?;
+    let mut t = time.split(':');
+    let (h, m, sec): (i64, i64, i64) = (
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+    );
+    if !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 || zone.len() != 5 {
+        return None;
+    }
+    let sign = match zone.as_bytes()[0] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let zh: i64 = zone[1..3].parse().ok()?;
+    let zm: i64 = zone[3..5].parse().ok()?;
+    let days = crate::out::days_from_civil(year, month, day);
+    let seconds = days * 86_400 + h * 3600 + m * 60 + sec - sign * (zh * 3600 + zm * 60);
+    seconds.checked_mul(1000)
+}
+
+/// A MULTIAPPEND: tag, mailbox and messages; or the tag and why it was
+/// refused.
+type MultiAppend = Result<(String, Vec<u8>, Vec<AppendItem>), (String, String)>;
+
+/// Recognises an APPEND of more than one message (MULTIAPPEND, RFC 3502
+/// section 6.3.11). A single message, a literal mailbox name or binary
+/// literals are left to the codec (`None`).
+pub(crate) fn parse_multiappend(bytes: &[u8]) -> Option<MultiAppend> {
+    let (tag, verb, rest) = head(bytes)?;
+    if verb != b"APPEND" {
+        return None;
+    }
+    let tag = String::from_utf8_lossy(tag).into_owned();
+    let mut tokens = Tokens { input: rest };
+    let mailbox = match tokens.next() {
+        Ok(Some(Token::Word(w))) | Ok(Some(Token::Quoted(w))) => w,
+        _ => return None,
+    };
+    let mut items = Vec::new();
+    loop {
+        tokens.skip_space();
+        let mut keywords = Vec::new();
+        if tokens.input.first() == Some(&b'(') {
+            let Ok(Some(Token::Open)) = tokens.next() else {
+                return None;
+            };
+            let Ok(flags) = tokens.words_until_close(64) else {
+                return Some(Err((tag, "Bad flag list".into())));
+            };
+            for flag in flags {
+                match keyword_of(&flag) {
+                    Some(k) => keywords.push(k),
+                    None => return Some(Err((tag, "Unknown system flag".into()))),
+                }
+            }
+            tokens.skip_space();
+        }
+        let mut received_at = None;
+        if tokens.input.first() == Some(&b'"') {
+            let Ok(Some(Token::Quoted(date))) = tokens.next() else {
+                return None;
+            };
+            match date_time(&date) {
+                Some(ms) => received_at = Some(ms),
+                None => return Some(Err((tag, "Bad date-time".into()))),
+            }
+            tokens.skip_space();
+        }
+        // `{n}` or `{n+}`, CRLF, n bytes (the framer collected them).
+        let input = tokens.input;
+        if input.first() != Some(&b'{') {
+            return None;
+        }
+        let close = input.iter().position(|&b| b == b'}')?;
+        let digits = &input[1..close];
+        let digits = digits.strip_suffix(b"+").unwrap_or(digits);
+        let n: usize = std::str::from_utf8(digits).ok()?.parse().ok()?;
+        let data_start = close + 3;
+        if input.get(close + 1..data_start) != Some(b"\r\n") {
+            return None;
+        }
+        let message = input.get(data_start..data_start + n)?.to_vec();
+        items.push(AppendItem {
+            keywords,
+            received_at,
+            message,
+        });
+        if items.len() > MAX_APPEND_ITEMS {
+            return Some(Err((tag, "Too many messages in one APPEND".into())));
+        }
+        let after = &input[data_start + n..];
+        if after.is_empty() || after == b"\r\n" || after == b"\n" {
+            break;
+        }
+        match after.strip_prefix(b" ") {
+            Some(next) => tokens.input = next,
+            None => return Some(Err((tag, "Syntax error in APPEND".into()))),
+        }
+    }
+    (items.len() > 1).then_some(Ok((tag, mailbox, items)))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -537,6 +701,49 @@ mod saved_tests {
         assert_eq!(
             String::from_utf8(substitute_saved(b"A9 UID COPY $ Trash\r\n", &[]).unwrap()).unwrap(),
             "A9 UID COPY 4294967295 Trash\r\n"
+        );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod append_tests {
+    use super::*;
+
+    #[test]
+    fn multiappend_parses() {
+        // RFC 3502 section 6.3.11's example, shortened.
+        let cmd = b"A003 APPEND saved-messages (\\Seen) \"15-Nov-1997 10:01:32 +0100\" {5}\r\nfirst (\\Flagged $Work) {6+}\r\nsecond\r\n";
+        let (tag, mailbox, items) = parse_multiappend(cmd).unwrap().unwrap();
+        assert_eq!(tag, "A003");
+        assert_eq!(mailbox, b"saved-messages");
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].keywords, vec!["$seen".to_string()]);
+        assert_eq!(items[0].received_at, Some(879_584_492_000));
+        assert_eq!(items[0].message, b"first");
+        assert_eq!(
+            items[1].keywords,
+            vec!["$flagged".to_string(), "$work".to_string()]
+        );
+        assert_eq!(items[1].message, b"second");
+        // One message: the codec's.
+        assert!(parse_multiappend(b"A1 APPEND INBOX {5}\r\nhello\r\n").is_none());
+        assert!(
+            parse_multiappend(b"A1 APPEND INBOX (\\Recent) {1}\r\na {1}\r\nb\r\n")
+                .unwrap()
+                .is_err()
+        );
+        assert!(
+            parse_multiappend(
+                b"A1 APPEND INBOX \"32-Jan-2020 00:00:00 +0000\" {1}\r\na {1}\r\nb\r\n"
+            )
+            .unwrap()
+            .is_err()
+        );
+        assert!(
+            parse_multiappend(b"A1 APPEND INBOX {1}\r\naX{1}\r\nb\r\n")
+                .unwrap()
+                .is_err()
         );
     }
 }

@@ -16,7 +16,7 @@ use imap_codec::imap_types::command::{Command, CommandBody};
 use crate::acl::AclCommand;
 use crate::framing::{Frame, Framer, Reject};
 use crate::limits::Limits;
-use crate::listext::{ExtendedList, SearchReturn};
+use crate::listext::{AppendItem, ExtendedList, SearchReturn};
 use crate::out;
 
 /// Where the session is in RFC 9051's state diagram.
@@ -48,6 +48,9 @@ pub(crate) enum Input {
     Acl(String, AclCommand),
     /// LIST with LIST-EXTENDED options, parsed here for the same reason.
     List(String, ExtendedList),
+    /// APPEND of several messages (MULTIAPPEND, RFC 3502): tag, mailbox,
+    /// messages.
+    MultiAppend(String, Vec<u8>, Vec<AppendItem>),
 }
 
 /// The sans-I/O session core.
@@ -148,7 +151,7 @@ impl Session {
             }
         }
         caps.push_str(
-            " SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE CONDSTORE QRESYNC ACL RIGHTS=kxte LIST-EXTENDED LIST-STATUS ESEARCH SEARCHRES UTF8=ACCEPT",
+            " SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE CONDSTORE QRESYNC ACL RIGHTS=kxte LIST-EXTENDED LIST-STATUS ESEARCH SEARCHRES UTF8=ACCEPT MULTIAPPEND",
         );
         caps.push_str(&format!(" APPENDLIMIT={}", self.limits.max_append_bytes));
         caps
@@ -229,6 +232,17 @@ impl Session {
     fn parse(&mut self, bytes: &[u8]) -> Input {
         if let Some(tag) = starttls(bytes) {
             return Input::StartTls(tag);
+        }
+        if let Some(parsed) = crate::listext::parse_multiappend(bytes) {
+            return match parsed {
+                Ok((tag, _, _))
+                    if !matches!(self.state, State::Authenticated | State::Selected) =>
+                {
+                    self.after_bad(out::status(&tag, "BAD", None, "Log in first"))
+                }
+                Ok((tag, mailbox, items)) => Input::MultiAppend(tag, mailbox, items),
+                Err((tag, why)) => self.after_bad(out::status(&tag, "BAD", None, &why)),
+            };
         }
         if let Some(parsed) = crate::listext::parse_list(bytes) {
             return match parsed {
@@ -384,6 +398,7 @@ mod tests {
                 Input::StartTls(tag) => format!("starttls {tag}"),
                 Input::Acl(tag, command) => format!("acl {tag} {command:?}"),
                 Input::List(tag, list) => format!("list {tag} {list:?}"),
+                Input::MultiAppend(tag, _, items) => format!("multiappend {tag} {}", items.len()),
             });
         }
         out

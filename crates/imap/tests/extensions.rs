@@ -168,3 +168,39 @@ async fn searchres_saves_a_result_for_dollar() {
     let r = c.run("FETCH $ (FLAGS)").await;
     assert!(ok(&r) && !joined(&r).contains("FETCH ("), "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiappend_stores_all_or_nothing() {
+    let fx = common::start().await;
+    let mut c = fx.login("alice@example.com").await;
+    assert!(joined(&c.run("CAPABILITY").await).contains("MULTIAPPEND"));
+    let r = c
+        .run("APPEND Drafts (\\Seen) \"15-Nov-1997 10:01:32 +0100\" {14+}\r\nSubject: one\r\n (\\Flagged) {14+}\r\nSubject: two\r\n {16+}\r\nSubject: three\r\n")
+        .await;
+    assert!(ok(&r), "{r:?}");
+    assert!(joined(&r).contains("[APPENDUID "), "{r:?}");
+    assert!(joined(&r).contains(" 1:3] APPEND completed"), "{r:?}");
+    assert!(ok(&c.run("SELECT Drafts").await));
+    let r = c
+        .run("FETCH 1:3 (FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        .await;
+    let text = joined(&r);
+    assert!(
+        text.contains("FLAGS (\\Seen)") && text.contains("15-Nov-1997 09:01:32 +0000"),
+        "{r:?}"
+    );
+    assert!(
+        text.contains("FLAGS (\\Flagged)") && text.contains("Subject: three"),
+        "{r:?}"
+    );
+
+    // A bad flag in the second message: nothing at all is stored.
+    let r = c
+        .run("APPEND Drafts {14+}\r\nSubject: four\r\n (\\Recent) {14+}\r\nSubject: five\r\n")
+        .await;
+    assert!(r.last().unwrap().contains("BAD"), "{r:?}");
+    let r = c.run("APPEND Nowhere {1+}\r\na {1+}\r\nb\r\n").await;
+    assert!(r.last().unwrap().contains("NO [TRYCREATE]"), "{r:?}");
+    let r = c.run("STATUS Drafts (MESSAGES)").await;
+    assert!(joined(&r).contains("MESSAGES 3"), "{r:?}");
+}
