@@ -68,10 +68,13 @@ mod handler;
 mod limits;
 mod mime;
 mod names;
+mod objectid;
 mod out;
 pub mod pop3;
+mod quota;
 mod search;
 mod session;
+mod sort;
 mod view;
 
 pub use handler::ImapHandler;
