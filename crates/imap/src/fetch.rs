@@ -129,7 +129,7 @@ impl Plan {
 }
 
 /// Builds the plan; `uid` adds UID (RFC 9051 section 6.4.9). Items this
-/// server does not offer (BINARY) are refused with the text returned.
+/// server does not offer are refused with the text returned.
 pub(crate) fn plan(
     names: &MacroOrMessageDataItemNames<'_>,
     uid: bool,

@@ -28,8 +28,8 @@
 //! `framing` (lines and literals with caps, decided before literal bytes
 //! are accepted), `session` (parsing, state rules, capabilities), `view`
 //! (MSN/UID bookkeeping and when expunges may be announced), `fetch`,
-//! `mime`, `search`, `names`, `flags` and `out` have no tokio, sockets or
-//! storage and are unit-tested with transcripts and known answers.
+//! `mime`, `search`, `sort`, `objectid`, `quota`, `names`, `flags` and
+//! `out` have no tokio, sockets or storage and are unit-tested with transcripts and known answers.
 //! `handler` is the thin async layer that reads, writes and calls the
 //! store. Commands are executed there rather than emitted as storage
 //! requests from the state machine: most commands interleave MSN
@@ -51,10 +51,26 @@
 //! FETCH MODSEQ and CHANGEDSINCE (VANISHED), STORE UNCHANGEDSINCE with
 //! MODIFIED, SEARCH MODSEQ, STATUS HIGHESTMODSEQ, VANISHED for expunges.
 //!
+//! Extensions:
+//! * QUOTA and QUOTA=RES-STORAGE (RFC 9208, `quota`): one quota root, "",
+//!   per account with a quota; GETQUOTAROOT, GETQUOTA; SETQUOTA is refused
+//!   with NOPERM (administrators set quotas); APPEND over the quota fails
+//!   with OVERQUOTA.
+//! * OBJECTID (RFC 8474, `objectid`): MAILBOXID in SELECT/EXAMINE and
+//!   STATUS, EMAILID and THREADID in FETCH. imap-codec does not parse
+//!   these items, so a bounded pre-parse takes them out of the command
+//!   before parsing and the executor adds them to the answer.
+//! * SORT, THREAD=ORDEREDSUBJECT and THREAD=REFERENCES (RFC 5256,
+//!   `sort`), with UID forms, over the store's cached header facts; the
+//!   search criteria go through the SEARCH evaluator.
+//! * BINARY (RFC 3516): FETCH BINARY, BINARY.PEEK and BINARY.SIZE
+//!   (base64 and quoted-printable decoded, UNKNOWN-CTE otherwise) and
+//!   APPEND with a literal8.
+//!
 //! Not yet: SEARCH RETURN options and LIST-EXTENDED
 //! selection/return options (imap-codec 2.0.0-alpha.10 does not parse
-//! them; answered BAD), BINARY, SORT, THREAD, QUOTA, ACL and shared
-//! namespaces, UTF8=ACCEPT quoted strings.
+//! them; answered BAD), SEARCH EMAILID/THREADID, SORT=DISPLAY, ACL and
+//! shared namespaces, UTF8=ACCEPT quoted strings.
 //!
 //! POP3 (RFC 1939 with STLS, CAPA, UIDL, TOP and SASL PLAIN) lives in
 //! [`pop3`], over the same Inbox.
