@@ -5,14 +5,18 @@
 
 use std::fmt::Write as _;
 
+use bulwark_core::ThreadId;
 use bulwark_store::MessageEntry;
 use imap_codec::imap_types::fetch::{
     MacroOrMessageDataItemNames, MessageDataItemName, Part, Section,
 };
+use mail_parser::decoders::base64::base64_decode;
+use mail_parser::decoders::quoted_printable::quoted_printable_decode;
 use mail_parser::{Address, MessageParser};
 
 use crate::flags;
 use crate::mime::{self, Entity, Kind};
+use crate::objectid::{self, Extras};
 use crate::out::{self, Wrap};
 
 /// One requested data item.
@@ -37,6 +41,19 @@ enum Item {
     Rfc822Text,
     /// MODSEQ (RFC 7162 section 3.1.4.1).
     ModSeq,
+    /// EMAILID (RFC 8474 section 5.1).
+    EmailId,
+    /// THREADID (RFC 8474 section 5.2).
+    ThreadId,
+    /// BINARY[...] / BINARY.PEEK[...] (RFC 3516 section 4.2).
+    Binary {
+        section: Vec<u32>,
+        partial: Option<(u32, u32)>,
+    },
+    /// BINARY.SIZE[...] (RFC 3516 section 4.2).
+    BinarySize {
+        section: Vec<u32>,
+    },
 }
 
 /// What a FETCH command asks for.
@@ -68,10 +85,51 @@ impl Plan {
     pub(crate) fn asks_flags(&self) -> bool {
         self.items.iter().any(|i| matches!(i, Item::Flags))
     }
+
+    /// Adds the OBJECTID items the pre-parse took out (`objectid.rs`);
+    /// drops the UID that only held their place, unless UID FETCH wants
+    /// it anyway.
+    pub(crate) fn add_object_ids(&mut self, extras: Extras, uid: bool) {
+        if extras.placeholder && !uid {
+            self.items.retain(|i| !matches!(i, Item::Uid));
+        }
+        if extras.email_id {
+            self.items.push(Item::EmailId);
+        }
+        if extras.thread_id {
+            self.items.push(Item::ThreadId);
+        }
+    }
+
+    /// Whether THREADID is among the items (the thread id is then looked
+    /// up for each message).
+    pub(crate) fn asks_thread(&self) -> bool {
+        self.items.iter().any(|i| matches!(i, Item::ThreadId))
+    }
+
+    /// Whether any BINARY item names a part whose content transfer
+    /// encoding this server cannot decode (RFC 3516 section 4.3:
+    /// `NO [UNKNOWN-CTE]`).
+    pub(crate) fn unknown_cte(&self, raw: &[u8]) -> bool {
+        let wants = self
+            .items
+            .iter()
+            .any(|i| matches!(i, Item::Binary { .. } | Item::BinarySize { .. }));
+        if !wants {
+            return false;
+        }
+        let tree = mime::parse(raw);
+        self.items.iter().any(|i| match i {
+            Item::Binary { section, .. } | Item::BinarySize { section } => {
+                matches!(binary_bytes(raw, &tree, section), Some(Err(())))
+            }
+            _ => false,
+        })
+    }
 }
 
 /// Builds the plan; `uid` adds UID (RFC 9051 section 6.4.9). Items this
-/// server does not offer (BINARY) are refused with the text returned.
+/// server does not offer are refused with the text returned.
 pub(crate) fn plan(
     names: &MacroOrMessageDataItemNames<'_>,
     uid: bool,
@@ -114,9 +172,21 @@ pub(crate) fn plan(
                 sets_seen = true;
                 Item::Rfc822Text
             }
-            MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {
-                return Err("BINARY is not supported");
+            MessageDataItemName::Binary {
+                section,
+                partial,
+                peek,
+            } => {
+                // RFC 3516 section 4.2: BINARY sets \Seen like BODY[].
+                sets_seen |= !peek;
+                Item::Binary {
+                    section: section.iter().map(|n| n.get()).collect(),
+                    partial: partial.map(|(o, n)| (o, n.get())),
+                }
             }
+            MessageDataItemName::BinarySize { section } => Item::BinarySize {
+                section: section.iter().map(|n| n.get()).collect(),
+            },
             MessageDataItemName::ModSeq => Item::ModSeq,
             #[allow(unreachable_patterns)]
             _ => return Err("FETCH item not supported"),
@@ -132,7 +202,13 @@ pub(crate) fn plan(
     let needs_body = items.iter().any(|i| {
         !matches!(
             i,
-            Item::Flags | Item::Uid | Item::InternalDate | Item::Size | Item::ModSeq
+            Item::Flags
+                | Item::Uid
+                | Item::InternalDate
+                | Item::Size
+                | Item::ModSeq
+                | Item::EmailId
+                | Item::ThreadId
         )
     });
     Ok(Plan {
@@ -144,13 +220,14 @@ pub(crate) fn plan(
 
 /// Renders `* msn FETCH (...)\r\n`. `with_flags` adds FLAGS even when not
 /// asked for (after an implicit `\Seen`). `raw` must be given when
-/// [`Plan::needs_body`].
+/// [`Plan::needs_body`], `thread` when [`Plan::asks_thread`].
 pub(crate) fn render(
     msn: u32,
     entry: &MessageEntry,
     plan: &Plan,
     with_flags: bool,
     raw: Option<&[u8]>,
+    thread: Option<ThreadId>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + raw.map_or(0, <[u8]>::len));
     let _ = write!(Wrap(&mut out), "* {msn} FETCH (");
@@ -238,6 +315,52 @@ pub(crate) fn render(
                     (None, _) => out.extend_from_slice(b" NIL"),
                 }
             }
+            Item::EmailId => {
+                let _ = write!(
+                    Wrap(&mut out),
+                    "EMAILID ({})",
+                    objectid::email_id(entry.email.0)
+                );
+            }
+            Item::ThreadId => match thread {
+                Some(t) => {
+                    let _ = write!(Wrap(&mut out), "THREADID ({})", objectid::thread_id(t.0));
+                }
+                // RFC 8474 section 5.2: NIL when there is no thread id.
+                None => out.extend_from_slice(b"THREADID NIL"),
+            },
+            Item::Binary { section, partial } => {
+                out.extend_from_slice(b"BINARY[");
+                out.extend_from_slice(dotted(section).as_bytes());
+                out.push(b']');
+                let data = tree.as_ref().and_then(|t| binary_bytes(raw, t, section));
+                match (data, partial) {
+                    (Some(Ok(data)), Some((origin, count))) => {
+                        let _ = write!(Wrap(&mut out), "<{origin}> ");
+                        let start = (*origin as usize).min(data.len());
+                        let end = start.saturating_add(*count as usize).min(data.len());
+                        literal8(&mut out, &data[start..end]);
+                    }
+                    (Some(Ok(data)), None) => {
+                        out.push(b' ');
+                        literal8(&mut out, &data);
+                    }
+                    // Unknown encodings are refused before rendering
+                    // (`Plan::unknown_cte`); a missing part is NIL.
+                    _ => out.extend_from_slice(b" NIL"),
+                }
+            }
+            Item::BinarySize { section } => {
+                out.extend_from_slice(b"BINARY.SIZE[");
+                out.extend_from_slice(dotted(section).as_bytes());
+                out.push(b']');
+                let size = tree
+                    .as_ref()
+                    .and_then(|t| binary_bytes(raw, t, section))
+                    .and_then(Result::ok)
+                    .map_or(0, |d| d.len());
+                let _ = write!(Wrap(&mut out), " {size}");
+            }
             Item::Rfc822 => {
                 out.extend_from_slice(b"RFC822 ");
                 out::literal(&mut out, raw);
@@ -264,6 +387,56 @@ pub(crate) fn render(
     }
     out.extend_from_slice(b")\r\n");
     out
+}
+
+/// `1.2.3`.
+fn dotted(section: &[u32]) -> String {
+    let numbers: Vec<String> = section.iter().map(u32::to_string).collect();
+    numbers.join(".")
+}
+
+/// A literal, or a literal8 (`~{n}`) when the data holds NUL, which a
+/// plain literal must not (RFC 3516 section 4.2).
+fn literal8(out: &mut Vec<u8>, data: &[u8]) {
+    if data.contains(&0) {
+        out.push(b'~');
+    }
+    out::literal(out, data);
+}
+
+/// The decoded content a BINARY section names (RFC 3516 section 4.2):
+/// `None` when the part does not exist, `Err` when its content transfer
+/// encoding is unknown. An empty section is the whole message as stored;
+/// multiparts and encapsulated messages are given as stored (their
+/// encoding can only be an identity one).
+fn binary_bytes(raw: &[u8], root: &Entity, section: &[u32]) -> Option<Result<Vec<u8>, ()>> {
+    if section.is_empty() {
+        return Some(Ok(raw.to_vec()));
+    }
+    let entity = root.part(section)?;
+    let body = &raw[entity.body.clone()];
+    if !matches!(entity.kind, Kind::Leaf) {
+        return Some(Ok(body.to_vec()));
+    }
+    let fields = mime::fields(&raw[entity.header.clone()]);
+    let encoding = mime::field(&fields, "Content-Transfer-Encoding")
+        .unwrap_or("7bit")
+        .trim()
+        .to_ascii_lowercase();
+    Some(match encoding.as_str() {
+        "7bit" | "8bit" | "binary" | "" => Ok(body.to_vec()),
+        "base64" => {
+            // mail-parser's decoder skips line breaks and stops at bad
+            // input; an empty body decodes to nothing.
+            if body.iter().all(u8::is_ascii_whitespace) {
+                Ok(Vec::new())
+            } else {
+                Ok(base64_decode(body).unwrap_or_default())
+            }
+        }
+        "quoted-printable" => Ok(quoted_printable_decode(body).unwrap_or_default()),
+        _ => Err(()),
+    })
 }
 
 fn part_prefix(out: &mut Vec<u8>, part: Option<&Part>) {
@@ -604,7 +777,7 @@ mod tests {
             panic!("not a fetch")
         };
         let plan = plan(&macro_or_item_names, uid).expect("plan");
-        String::from_utf8(render(1, &entry(), &plan, false, Some(MSG))).expect("utf-8")
+        String::from_utf8(render(1, &entry(), &plan, false, Some(MSG), None)).expect("utf-8")
     }
 
     #[test]
@@ -670,8 +843,8 @@ NIL NIL NIL \"<m1@example.com>\"))\r\n"
         };
         let plan = plan(&macro_or_item_names, false).expect("plan");
         let raw = crate::mime::tests_support::NESTED;
-        let got =
-            String::from_utf8_lossy(&render(1, &entry(), &plan, false, Some(raw))).into_owned();
+        let got = String::from_utf8_lossy(&render(1, &entry(), &plan, false, Some(raw), None))
+            .into_owned();
         assert!(got.contains("\"mixed\" (\"boundary\" \"XX\")"), "{got}");
         assert!(got.contains("\"alternative\""), "{got}");
         assert!(got.contains("BODY[2.2] {9}\r\n<p>hi</p>"), "{got}");
@@ -708,8 +881,85 @@ NIL NIL NIL \"<m1@example.com>\"))\r\n"
         p.add_modseq();
         assert!(!p.needs_body);
         assert_eq!(
-            String::from_utf8(render(1, &entry(), &p, false, None)).expect("utf-8"),
+            String::from_utf8(render(1, &entry(), &p, false, None, None)).expect("utf-8"),
             "* 1 FETCH (FLAGS (\\Seen) MODSEQ (1))\r\n"
         );
+    }
+
+    fn fetch_raw(items: &str, raw: &[u8]) -> (String, Plan) {
+        let line = format!("a FETCH 1 {items}\r\n");
+        let (_, cmd) = CommandCodec::default()
+            .decode(line.as_bytes())
+            .expect("parses");
+        let CommandBody::Fetch {
+            macro_or_item_names,
+            ..
+        } = cmd.body
+        else {
+            panic!("not a fetch")
+        };
+        let plan = plan(&macro_or_item_names, false).expect("plan");
+        let out = String::from_utf8_lossy(&render(1, &entry(), &plan, false, Some(raw), None))
+            .into_owned();
+        (out, plan)
+    }
+
+    const ENCODED: &[u8] = b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Transfer-Encoding: base64\r\n\r\nAAFoaQ==\r\n--B\r\nContent-Transfer-Encoding: Quoted-Printable\r\n\r\ncaf=C3=A9 =\r\nsoft\r\n--B\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin\r\n--B--\r\n";
+
+    #[test]
+    fn binary_decodes_parts() {
+        // RFC 3516 section 4.2: decoded content, literal8 when it holds NUL.
+        let (got, p) = fetch_raw("(BINARY.PEEK[1] BINARY.SIZE[1] BINARY[2])", ENCODED);
+        assert!(got.contains("BINARY[1] ~{4}\r\n\x00\x01hi"), "{got:?}");
+        assert!(got.contains("BINARY.SIZE[1] 4"), "{got:?}");
+        assert!(got.contains("BINARY[2] {10}\r\ncafé soft"), "{got:?}");
+        assert!(p.sets_seen && p.needs_body && !p.unknown_cte(ENCODED));
+        let (got, p) = fetch_raw("(BINARY.PEEK[2]<1.3> BINARY.PEEK[9])", ENCODED);
+        assert!(got.contains("BINARY[2]<1> {3}\r\naf"), "{got:?}");
+        assert!(got.contains("BINARY[9] NIL"), "{got:?}");
+        assert!(!p.sets_seen);
+        // RFC 3516 section 4.3: an unknown encoding fails the command.
+        let (_, p) = fetch_raw("(BINARY.PEEK[3])", ENCODED);
+        assert!(p.unknown_cte(ENCODED));
+        let (_, p) = fetch_raw("(BINARY.SIZE[3])", ENCODED);
+        assert!(p.unknown_cte(ENCODED));
+        let (got, _) = fetch_raw("(BINARY.PEEK[])", MSG);
+        assert!(
+            got.contains(&format!("BINARY[] {{{}}}", MSG.len())),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn object_id_items() {
+        let (_, cmd) = CommandCodec::default()
+            .decode(b"a FETCH 1 (UID)\r\n")
+            .expect("parses");
+        let CommandBody::Fetch {
+            macro_or_item_names,
+            ..
+        } = cmd.body
+        else {
+            panic!("not a fetch")
+        };
+        let extras = Extras {
+            email_id: true,
+            thread_id: true,
+            placeholder: true,
+            ..Extras::default()
+        };
+        let mut p = plan(&macro_or_item_names, false).expect("plan");
+        p.add_object_ids(extras, false);
+        assert!(p.asks_thread() && !p.needs_body);
+        let got = String::from_utf8(render(1, &entry(), &p, false, None, Some(ThreadId(9))))
+            .expect("utf-8");
+        // RFC 8474 section 5: the placeholder UID is gone.
+        assert_eq!(got, "* 1 FETCH (EMAILID (E1) THREADID (T9))\r\n");
+        let got = String::from_utf8(render(1, &entry(), &p, false, None, None)).expect("utf-8");
+        assert_eq!(got, "* 1 FETCH (EMAILID (E1) THREADID NIL)\r\n");
+        let mut p = plan(&macro_or_item_names, true).expect("plan");
+        p.add_object_ids(extras, true);
+        let got = String::from_utf8(render(1, &entry(), &p, false, None, None)).expect("utf-8");
+        assert_eq!(got, "* 1 FETCH (UID 7 EMAILID (E1) THREADID NIL)\r\n");
     }
 }

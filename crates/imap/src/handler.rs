@@ -33,7 +33,9 @@ use bulwark_store::{
 use imap_codec::imap_types::command::{
     Command, CommandBody, FetchModifier, SelectParameter, StoreModifier,
 };
-use imap_codec::imap_types::core::Vec1;
+use imap_codec::imap_types::core::{Charset, Vec1};
+use imap_codec::imap_types::extensions::sort::{SortCriterion, SortKey};
+use imap_codec::imap_types::extensions::thread::ThreadingAlgorithm;
 use imap_codec::imap_types::fetch::MacroOrMessageDataItemNames;
 use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox as WireMailbox};
@@ -49,9 +51,12 @@ use crate::flags;
 use crate::limits::Limits;
 use crate::listext::{AppendItem, ExtendedList, ListOptions, SearchReturn};
 use crate::names::{self, NameError};
+use crate::objectid;
 use crate::out;
+use crate::quota;
 use crate::search;
 use crate::session::{self, Input, Session, State};
+use crate::sort;
 use crate::view::{Ext, ResolveError, Unsolicited, View};
 
 /// The IMAP front end, for [`bulwark_server::Server::register`] on
@@ -425,6 +430,56 @@ async fn serve(shared: Arc<Shared>, mut conn: Connection) {
     }
 }
 
+/// A SEARCH/SORT/THREAD charset name.
+fn charset_name(charset: &Charset<'_>) -> String {
+    match charset {
+        Charset::Atom(a) => a.inner().to_string(),
+        Charset::Quoted(q) => q.inner().to_string(),
+    }
+}
+
+/// Refused unless UTF-8 or US-ASCII (RFC 9051 section 6.4.4, RFC 5256
+/// section 3).
+fn check_charset(charset: &str) -> Result<(), Refusal> {
+    if charset.eq_ignore_ascii_case("UTF-8") || charset.eq_ignore_ascii_case("US-ASCII") {
+        Ok(())
+    } else {
+        Err(Refusal::no(
+            Some("BADCHARSET (UTF-8 US-ASCII)"),
+            "Unsupported charset",
+        ))
+    }
+}
+
+/// The mailbox part of the first Cc address, lower case (RFC 5256
+/// section 3, CC).
+fn first_cc(raw: &[u8]) -> String {
+    let end = crate::mime::header_end(raw, 0, raw.len());
+    mail_parser::MessageParser::default()
+        .parse_headers(&raw[..end])
+        .and_then(|m| {
+            m.cc()
+                .and_then(|a| a.first())
+                .and_then(|a| a.address())
+                .map(|a| {
+                    a.rsplit_once('@')
+                        .map_or(a, |(mailbox, _)| mailbox)
+                        .to_lowercase()
+                })
+        })
+        .unwrap_or_default()
+}
+
+/// What SORT or THREAD does with the matching messages.
+enum Arrangement {
+    /// SORT with these criteria.
+    Sort(Vec<SortCriterion>),
+    /// THREAD=ORDEREDSUBJECT.
+    OrderedSubject,
+    /// THREAD=REFERENCES.
+    References,
+}
+
 /// Mailbox bytes from the wire.
 fn wire_name(mailbox: &WireMailbox<'_>) -> Vec<u8> {
     match mailbox {
@@ -754,7 +809,9 @@ impl Conn {
         let (allow_expunge, uid) = match &command.body {
             CommandBody::Fetch { uid, .. }
             | CommandBody::Store { uid, .. }
-            | CommandBody::Search { uid, .. } => (*uid, *uid),
+            | CommandBody::Search { uid, .. }
+            | CommandBody::Sort { uid, .. }
+            | CommandBody::Thread { uid, .. } => (*uid, *uid),
             CommandBody::Copy { uid, .. } | CommandBody::Move { uid, .. } => (true, *uid),
             _ => (true, false),
         };
@@ -887,10 +944,7 @@ impl Conn {
             } => {
                 self.search(
                     &tag,
-                    charset.map(|c| match c {
-                        imap_codec::imap_types::core::Charset::Atom(a) => a.inner().to_string(),
-                        imap_codec::imap_types::core::Charset::Quoted(q) => q.inner().to_string(),
-                    }),
+                    charset.as_ref().map(charset_name),
                     criteria,
                     uid,
                     search_return,
@@ -935,6 +989,52 @@ impl Conn {
                 mailbox,
                 uid,
             } => self.copy(&sequence_set, &mailbox, uid, true).await,
+            CommandBody::Sort {
+                sort_criteria,
+                charset,
+                search_criteria,
+                uid,
+            } => {
+                self.sort(
+                    Arrangement::Sort(sort_criteria.into_iter().collect()),
+                    &charset_name(&charset),
+                    search_criteria,
+                    uid,
+                )
+                .await
+            }
+            CommandBody::Thread {
+                algorithm,
+                charset,
+                search_criteria,
+                uid,
+            } => {
+                let ordering = match algorithm {
+                    ThreadingAlgorithm::OrderedSubject => Arrangement::OrderedSubject,
+                    ThreadingAlgorithm::References => Arrangement::References,
+                    ThreadingAlgorithm::Other(_) => {
+                        return self
+                            .finish(
+                                conn,
+                                &tag,
+                                Err(Refusal::bad("Unknown threading algorithm")),
+                                allow_expunge,
+                                uid,
+                            )
+                            .await;
+                    }
+                };
+                self.sort(ordering, &charset_name(&charset), search_criteria, uid)
+                    .await
+            }
+            CommandBody::GetQuotaRoot { mailbox } => self.get_quota_root(&mailbox).await,
+            CommandBody::GetQuota { root } => self.get_quota(root.as_ref()).await,
+            // RFC 9208 section 4.3.3: quotas are an administrator's
+            // business here (`bulwark user quota`).
+            CommandBody::SetQuota { .. } => Err(Refusal::no(
+                Some("NOPERM"),
+                "Quotas are set by the administrator",
+            )),
             _ => Err(Refusal::bad("Command not supported")),
         };
         self.finish(conn, &tag, result, allow_expunge, uid).await
@@ -1298,6 +1398,11 @@ impl Conn {
             mailbox.uid_validity,
             mailbox.uid_next,
             mailbox.highest_modseq.0.max(1)
+        ));
+        // RFC 8474 section 4.1.
+        text.push_str(&format!(
+            "* OK [MAILBOXID ({})] Ok\r\n",
+            objectid::mailbox_id(mailbox.id.0)
         ));
         data.extend_from_slice(text.as_bytes());
         if self.session.rev2 {
@@ -1786,9 +1891,12 @@ impl Conn {
             .run(move |b| b.messages(account, id))
             .await?;
         let mut parts = Vec::new();
+        let extras = self.session.extras;
         for item in items {
             let has = |m: &MessageEntry, k: &str| m.keywords.iter().any(|x| x == k);
             parts.push(match item {
+                // Only held the place of MAILBOXID (`objectid.rs`).
+                StatusDataItemName::Messages if extras.placeholder => continue,
                 StatusDataItemName::Messages => format!("MESSAGES {}", listing.len()),
                 StatusDataItemName::Recent => "RECENT 0".into(),
                 StatusDataItemName::UidNext => format!("UIDNEXT {}", mailbox.uid_next),
@@ -1813,6 +1921,13 @@ impl Conn {
         }
         self.audit_foreign("mailbox.status", &owner, &mailbox, listing.len() as u64)
             .await?;
+        if extras.mailbox_id {
+            // RFC 8474 section 4.2.
+            parts.push(format!(
+                "MAILBOXID ({})",
+                objectid::mailbox_id(mailbox.id.0)
+            ));
+        }
         let mut data = b"* STATUS ".to_vec();
         out::astring(
             &mut data,
@@ -2059,14 +2174,8 @@ impl Conn {
             // RFC 5182 section 2.1: a failed SEARCH leaves `$` empty.
             self.session.saved = Some(Vec::new());
         }
-        if let Some(charset) = charset
-            && !charset.eq_ignore_ascii_case("UTF-8")
-            && !charset.eq_ignore_ascii_case("US-ASCII")
-        {
-            return Err(Refusal::no(
-                Some("BADCHARSET (UTF-8 US-ASCII)"),
-                "Unsupported charset",
-            ));
+        if let Some(charset) = charset {
+            check_charset(&charset)?;
         }
         let key = SearchKey::And(criteria);
         let need = search::needs(&key);
@@ -2200,6 +2309,161 @@ impl Conn {
         Ok((data.into_bytes(), "SEARCH completed".into()))
     }
 
+    /// SORT and THREAD (RFC 5256 section 3): the matching messages by the
+    /// same evaluator as SEARCH, then ordered or threaded by `sort.rs`
+    /// from the cached header facts (the message bytes only for CC).
+    async fn sort(
+        &mut self,
+        arrangement: Arrangement,
+        charset: &str,
+        criteria: Vec1<SearchKey<'static>>,
+        uid: bool,
+    ) -> CmdResult {
+        check_charset(charset)?;
+        if let Arrangement::Sort(keys) = &arrangement
+            && keys
+                .iter()
+                .any(|k| matches!(k.key, SortKey::DisplayFrom | SortKey::DisplayTo))
+        {
+            // SORT=DISPLAY (RFC 5957) is not advertised.
+            return Err(Refusal::bad("SORT=DISPLAY is not supported"));
+        }
+        let key = SearchKey::And(criteria);
+        let need = search::needs(&key);
+        if search::uses_modseq(&key) {
+            // A CONDSTORE enabling command (RFC 7162 section 3.1).
+            self.session.condstore = true;
+        }
+        let (need_meta, need_raw) = match &arrangement {
+            Arrangement::Sort(keys) => (
+                keys.iter().any(|k| {
+                    matches!(
+                        k.key,
+                        SortKey::Date | SortKey::From | SortKey::To | SortKey::Subject
+                    )
+                }),
+                keys.iter().any(|k| k.key == SortKey::Cc),
+            ),
+            _ => (true, false),
+        };
+        let selected = self.selected()?;
+        let account = selected.mailbox.account;
+        let entries: Vec<(u32, MessageEntry)> = selected
+            .view
+            .messages()
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| need == search::Need::Listing || !m.gone)
+            .map(|(i, m)| (i as u32 + 1, m.entry.clone()))
+            .collect();
+        let scope = search::Scope {
+            exists: selected.view.exists(),
+            last_uid: selected.view.messages().last().map_or(0, |m| m.entry.uid),
+        };
+        let facts: Vec<sort::Facts> = self
+            .shared
+            .store
+            .run(move |b| {
+                let mut hits = Vec::new();
+                for (msn, entry) in &entries {
+                    let meta = if need >= search::Need::Meta || need_meta {
+                        b.email(account, entry.email)?.map(|r| r.meta)
+                    } else {
+                        None
+                    };
+                    let raw = if need >= search::Need::Raw || need_raw {
+                        b.read_blob(&entry.blob).ok()
+                    } else {
+                        None
+                    };
+                    let candidate = search::Candidate {
+                        msn: *msn,
+                        entry,
+                        meta: meta.as_ref(),
+                        raw: raw.as_deref(),
+                    };
+                    if !search::matches(&key, &candidate, &scope) {
+                        continue;
+                    }
+                    let cc = if need_raw {
+                        raw.as_deref().map(first_cc).unwrap_or_default()
+                    } else {
+                        String::new()
+                    };
+                    let meta = meta.unwrap_or_default();
+                    hits.push(sort::Facts {
+                        number: if uid { entry.uid } else { *msn },
+                        seq: *msn,
+                        arrival: entry.received_at,
+                        size: entry.size,
+                        // RFC 5256 section 2.2: no usable Date, the
+                        // internal date.
+                        sent: meta.sent_at.unwrap_or(entry.received_at),
+                        subject: meta.subject.unwrap_or_default(),
+                        from: sort::first_mailbox(meta.from.as_deref().unwrap_or_default()),
+                        to: sort::first_mailbox(meta.to.as_deref().unwrap_or_default()),
+                        cc,
+                        message_id: meta.message_id,
+                        references: meta.references,
+                    });
+                }
+                Ok(hits)
+            })
+            .await?;
+        let (data, text) = match arrangement {
+            Arrangement::Sort(keys) => (
+                sort::sort_response(&sort::sort(&facts, &keys)),
+                "SORT completed",
+            ),
+            Arrangement::OrderedSubject => (
+                sort::thread_response(&sort::ordered_subject(&facts)),
+                "THREAD completed",
+            ),
+            Arrangement::References => (
+                sort::thread_response(&sort::references(&facts)),
+                "THREAD completed",
+            ),
+        };
+        Ok((data.into_bytes(), text.into()))
+    }
+
+    /// GETQUOTAROOT (RFC 9208 section 4.3.2).
+    async fn get_quota_root(&mut self, mailbox: &WireMailbox<'_>) -> CmdResult {
+        let name = self.name(mailbox)?;
+        let found = self.mailbox(&name).await?;
+        let account = self.account()?;
+        let principal = self
+            .shared
+            .store
+            .run(move |b| b.principal(account))
+            .await?
+            .ok_or_else(|| Refusal::no(Some("NONEXISTENT"), "No such account"))?;
+        let shown = names::to_client(&found.name, self.utf8());
+        Ok((
+            quota::quota_root(&shown, principal.quota_bytes, principal.used_bytes),
+            "GETQUOTAROOT completed".into(),
+        ))
+    }
+
+    /// GETQUOTA (RFC 9208 section 4.3.1): "" is the only root, and only
+    /// for an account with a quota.
+    async fn get_quota(&mut self, root: &[u8]) -> CmdResult {
+        let account = self.account()?;
+        let principal = self
+            .shared
+            .store
+            .run(move |b| b.principal(account))
+            .await?
+            .ok_or_else(|| Refusal::no(Some("NONEXISTENT"), "No such account"))?;
+        if !root.is_empty() || principal.quota_bytes == 0 {
+            return Err(Refusal::no(Some("NONEXISTENT"), "No such quota root"));
+        }
+        Ok((
+            quota::quota(principal.used_bytes, principal.quota_bytes),
+            "GETQUOTA completed".into(),
+        ))
+    }
+
     async fn fetch(
         &mut self,
         conn: &mut Connection,
@@ -2226,6 +2490,7 @@ impl Conn {
             }
             let mut indices = self.resolve_set(set, uid)?;
             let mut plan = fetch::plan(names, uid).map_err(Refusal::bad)?;
+            plan.add_object_ids(self.session.extras, uid);
             if changed_since.is_some() || plan.asks_modseq() {
                 // CONDSTORE enabling uses (RFC 7162 section 3.1).
                 self.session.condstore = true;
@@ -2382,7 +2647,9 @@ impl Conn {
             })
             .collect();
         let chunk_budget = self.session.limits().max_fetch_chunk_bytes as u64;
+        let account = selected.mailbox.account;
         let mut missing = false;
+        let mut unknown_cte = false;
         let mut start = 0;
         while start < jobs.len() {
             let mut end = start;
@@ -2403,6 +2670,11 @@ impl Conn {
                     let mut bytes = Vec::new();
                     let mut missing = false;
                     for (msn, entry, with_flags, gone) in &chunk {
+                        let thread = if plan.asks_thread() {
+                            b.email(account, entry.email)?.map(|r| r.thread)
+                        } else {
+                            None
+                        };
                         let raw = if plan.needs_body {
                             match b.read_blob(&entry.blob) {
                                 Ok(raw) => Some(raw),
@@ -2417,20 +2689,34 @@ impl Conn {
                         } else {
                             None
                         };
+                        if let Some(raw) = &raw
+                            && plan.unknown_cte(raw)
+                        {
+                            // RFC 3516 section 4.3: the whole command fails.
+                            return Ok((bytes, missing, true));
+                        }
                         bytes.extend_from_slice(&fetch::render(
                             *msn,
                             entry,
                             &plan,
                             *with_flags,
                             raw.as_deref(),
+                            thread,
                         ));
                     }
-                    Ok((bytes, missing))
+                    Ok((bytes, missing, false))
                 })
                 .await;
             match rendered {
-                Ok((bytes, m)) => {
+                Ok((bytes, m, cte)) => {
                     missing |= m;
+                    if cte {
+                        unknown_cte = true;
+                        if !send(conn, &bytes).await {
+                            return Flow::Close;
+                        }
+                        break;
+                    }
                     if !send(conn, &bytes).await {
                         return Flow::Close;
                     }
@@ -2438,7 +2724,12 @@ impl Conn {
                 Err(e) => return self.finish(conn, tag, Err(e.into()), uid, uid).await,
             }
         }
-        let result = if missing {
+        let result = if unknown_cte {
+            Err(Refusal::no(
+                Some("UNKNOWN-CTE"),
+                "A part has a content transfer encoding this server cannot decode",
+            ))
+        } else if missing {
             Err(Refusal::no(
                 Some("EXPUNGEISSUED"),
                 "Some messages were expunged meanwhile",

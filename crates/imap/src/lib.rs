@@ -28,8 +28,8 @@
 //! `framing` (lines and literals with caps, decided before literal bytes
 //! are accepted), `session` (parsing, state rules, capabilities), `view`
 //! (MSN/UID bookkeeping and when expunges may be announced), `fetch`,
-//! `mime`, `search`, `names`, `flags` and `out` have no tokio, sockets or
-//! storage and are unit-tested with transcripts and known answers.
+//! `mime`, `search`, `sort`, `objectid`, `quota`, `names`, `flags` and
+//! `out` have no tokio, sockets or storage and are unit-tested with transcripts and known answers.
 //! `handler` is the thin async layer that reads, writes and calls the
 //! store. Commands are executed there rather than emitted as storage
 //! requests from the state machine: most commands interleave MSN
@@ -68,9 +68,25 @@
 //! MULTIAPPEND (RFC 3502): several messages in one store write, all or
 //! none, also parsed in [`listext`].
 //!
-//! Not yet: BINARY, SORT,
-//! THREAD, QUOTA, the UTF8 APPEND data item, ACL entries for groups and
-//! negative rights.
+//! Extensions:
+//! * QUOTA and QUOTA=RES-STORAGE (RFC 9208, `quota`): one quota root, "",
+//!   per account with a quota; GETQUOTAROOT, GETQUOTA; SETQUOTA is refused
+//!   with NOPERM (administrators set quotas); APPEND over the quota fails
+//!   with OVERQUOTA.
+//! * OBJECTID (RFC 8474, `objectid`): MAILBOXID in SELECT/EXAMINE and
+//!   STATUS, EMAILID and THREADID in FETCH. imap-codec does not parse
+//!   these items, so a bounded pre-parse takes them out of the command
+//!   before parsing and the executor adds them to the answer.
+//! * SORT, THREAD=ORDEREDSUBJECT and THREAD=REFERENCES (RFC 5256,
+//!   `sort`), with UID forms, over the store's cached header facts; the
+//!   search criteria go through the SEARCH evaluator.
+//! * BINARY (RFC 3516): FETCH BINARY, BINARY.PEEK and BINARY.SIZE
+//!   (base64 and quoted-printable decoded, UNKNOWN-CTE otherwise) and
+//!   APPEND with a literal8.
+//!
+//!
+//! Not yet: SEARCH EMAILID/THREADID, SORT=DISPLAY, the UTF8 APPEND data
+//! item, ACL entries for groups and negative rights.
 //!
 //! POP3 (RFC 1939 with STLS, CAPA, UIDL, TOP and SASL PLAIN) lives in
 //! [`pop3`], over the same Inbox.
@@ -86,10 +102,13 @@ mod limits;
 mod listext;
 mod mime;
 mod names;
+mod objectid;
 mod out;
 pub mod pop3;
+mod quota;
 mod search;
 mod session;
+mod sort;
 mod view;
 
 pub use handler::ImapHandler;

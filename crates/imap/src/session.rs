@@ -17,6 +17,7 @@ use crate::acl::AclCommand;
 use crate::framing::{Frame, Framer, Reject};
 use crate::limits::Limits;
 use crate::listext::{AppendItem, ExtendedList, SearchReturn};
+use crate::objectid::{self, Extras};
 use crate::out;
 
 /// Where the session is in RFC 9051's state diagram.
@@ -80,6 +81,9 @@ pub(crate) struct Session {
     /// The UIDs a `SEARCH RETURN (SAVE)` kept for `$` (RFC 5182); reset
     /// when a mailbox is selected or closed.
     pub saved: Option<Vec<u32>>,
+    /// OBJECTID items taken out of the last command before parsing
+    /// (`objectid.rs`), for the executor to add.
+    pub extras: Extras,
     bad_in_a_row: u32,
     limits: Limits,
 }
@@ -109,6 +113,7 @@ impl Session {
             search_return: None,
             saved: None,
             utf8_accept: false,
+            extras: Extras::default(),
             bad_in_a_row: 0,
             limits,
         }
@@ -152,6 +157,11 @@ impl Session {
         }
         caps.push_str(
             " SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE CONDSTORE QRESYNC ACL RIGHTS=kxte LIST-EXTENDED LIST-STATUS ESEARCH SEARCHRES UTF8=ACCEPT MULTIAPPEND",
+        );
+        // RFC 9208 section 3, RFC 8474 section 3, RFC 5256 section 3,
+        // RFC 3516 section 3.
+        caps.push_str(
+            " QUOTA QUOTA=RES-STORAGE OBJECTID SORT THREAD=ORDEREDSUBJECT THREAD=REFERENCES BINARY",
         );
         caps.push_str(&format!(" APPENDLIMIT={}", self.limits.max_append_bytes));
         caps
@@ -233,6 +243,8 @@ impl Session {
         if let Some(tag) = starttls(bytes) {
             return Input::StartTls(tag);
         }
+        // OBJECTID items of an earlier command never leak into this one.
+        self.extras = Extras::default();
         if let Some(parsed) = crate::listext::parse_multiappend(bytes) {
             return match parsed {
                 Ok((tag, _, _))
@@ -284,6 +296,9 @@ impl Session {
                 Err((tag, why)) => self.after_bad(out::status(&tag, "BAD", None, &why)),
             };
         }
+        let rewritten = objectid::take_items(bytes);
+        self.extras = rewritten.as_ref().map(|r| r.1).unwrap_or_default();
+        let bytes = rewritten.as_ref().map_or(bytes, |r| r.0.as_slice());
         let command = match CommandCodec::default().decode(bytes) {
             Ok((b"", command)) => command.into_static(),
             _ => {
@@ -337,6 +352,9 @@ impl Session {
             | C::Status { .. }
             | C::Append { .. }
             | C::Namespace
+            | C::GetQuota { .. }
+            | C::GetQuotaRoot { .. }
+            | C::SetQuota { .. }
             | C::Idle => {
                 if authenticated {
                     Ok(())
@@ -350,6 +368,8 @@ impl Session {
             | C::Expunge
             | C::ExpungeUid { .. }
             | C::Search { .. }
+            | C::Sort { .. }
+            | C::Thread { .. }
             | C::Fetch { .. }
             | C::Store { .. }
             | C::Copy { .. }
@@ -517,6 +537,40 @@ mod tests {
     }
 
     #[test]
+    fn extension_commands_parse() {
+        // RFC 5256, RFC 9208, RFC 8474 (through the pre-parse) and RFC 3516.
+        let mut s = Session::new(Limits::default(), true, false);
+        s.state = State::Selected;
+        for line in [
+            "a SORT (SUBJECT REVERSE DATE) UTF-8 ALL",
+            "a UID SORT (ARRIVAL CC FROM TO SIZE) US-ASCII SINCE 1-Feb-1994",
+            "a THREAD ORDEREDSUBJECT UTF-8 SINCE 5-MAR-2000",
+            "a UID THREAD REFERENCES US-ASCII TEXT \"gewp\"",
+            "a GETQUOTAROOT INBOX",
+            "a GETQUOTA \"\"",
+            "a SETQUOTA \"\" (STORAGE 512)",
+            "a FETCH 1 (EMAILID THREADID)",
+            "a UID FETCH 1:* (FLAGS EMAILID)",
+            "a STATUS INBOX (MAILBOXID MESSAGES)",
+            "a FETCH 1 (BINARY[1] BINARY.PEEK[1.2]<0.10> BINARY.SIZE[2])",
+            "a APPEND INBOX ~{3+}",
+        ] {
+            let mut got = run(&mut s, format!("{line}\r\n").as_bytes());
+            if line.ends_with('}') {
+                got = run(&mut s, b"a\x00b\r\n");
+            }
+            assert_eq!(got.len(), 1, "{line}: {got:?}");
+            assert!(got[0].starts_with("command "), "{line}: {got:?}");
+        }
+        let got = run(&mut s, b"b FETCH 1 (EMAILID)\r\n");
+        assert_eq!(got, vec!["command FETCH"]);
+        assert!(s.extras.email_id && s.extras.placeholder);
+        let got = run(&mut s, b"c FETCH 1 (FLAGS)\r\n");
+        assert_eq!(got, vec!["command FETCH"]);
+        assert_eq!(s.extras, Extras::default());
+    }
+
+    #[test]
     fn rfc_7162_examples_parse() {
         // Commands from RFC 7162 sections 3.1 and 3.2 examples.
         let mut s = Session::new(Limits::default(), true, false);
@@ -648,7 +702,7 @@ mod robustness {
         use crate::fetch;
         use bulwark_core::{BlobId, EmailId, ModSeq};
         let (_, cmd) = CommandCodec::default()
-            .decode(b"a FETCH 1 (ENVELOPE BODYSTRUCTURE BODY[] BODY[1] BODY[2.1] BODY[1.MIME] BODY[2.HEADER] BODY[HEADER.FIELDS (FROM)] BODY[TEXT]<3.10>)\r\n")
+            .decode(b"a FETCH 1 (ENVELOPE BODYSTRUCTURE BODY[] BODY[1] BODY[2.1] BODY[1.MIME] BODY[2.HEADER] BODY[HEADER.FIELDS (FROM)] BODY[TEXT]<3.10> BINARY[1] BINARY.SIZE[2] BINARY.PEEK[1.1]<0.3>)\r\n")
             .expect("parses");
         let CommandBody::Fetch {
             macro_or_item_names,
@@ -696,7 +750,7 @@ mod robustness {
                 received_at: 0,
                 blob: BlobId([0; 32]),
             };
-            let out = fetch::render(1, &entry, &plan, false, Some(&raw));
+            let out = fetch::render(1, &entry, &plan, false, Some(&raw), None);
             assert!(out.ends_with(b")\r\n"));
         }
     }
