@@ -165,6 +165,9 @@ pub fn quickstart(args: &QuickstartArgs) -> CmdResult {
         println!("  IMAP   port 9930 (TLS) or 1430 (STARTTLS)");
         println!("  POP3   port 9950 (TLS) or 1100 (STLS)");
         println!("  SMTP   port 4650 (TLS) or 5870 (STARTTLS) to send; port 2525 receives");
+        println!(
+            "  Setup  https://127.0.0.1:8443/.well-known/autoconfig/mail/config-v1.1.xml (Thunderbird)"
+        );
         if let Some(cert) = &config.tls.certificate {
             println!(
                 "  The certificate is self-signed: trust {} or accept it once.",

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bulwark_config::RouteTls;
 use bulwark_config::{Config, LogFormat, Protocol};
 use bulwark_directory::Directory;
+use bulwark_http::{ClientSettings, HttpHandler};
 use bulwark_imap::{ImapHandler, Pop3Handler, Pop3Limits};
 use bulwark_mail::LocalDelivery;
 use bulwark_server::{Metrics, Server, ServerOptions};
@@ -152,6 +153,27 @@ fn register_protocols(
     let submission = Arc::new(submission);
     server.register(Protocol::Submission, submission.clone());
     server.register(Protocol::Submissions, submission);
+
+    // Clients are told the ports this configuration really listens on.
+    let port = |protocol: Protocol| {
+        config
+            .listeners
+            .iter()
+            .find(|l| l.protocol == protocol)
+            .map(|l| l.bind.port())
+    };
+    let settings = ClientSettings {
+        hostname: config.server.hostname.clone(),
+        imaps_port: port(Protocol::Imaps),
+        imap_port: port(Protocol::Imap),
+        pop3s_port: port(Protocol::Pop3s),
+        submissions_port: port(Protocol::Submissions),
+        submission_port: port(Protocol::Submission),
+    };
+    server.register(
+        Protocol::Https,
+        Arc::new(HttpHandler::new(directory.clone(), settings)),
+    );
 }
 
 pub fn serve(config_path: &Path) -> CmdResult {

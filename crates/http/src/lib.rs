@@ -1,0 +1,485 @@
+//! The HTTPS front end (listener `https`).
+//!
+//! # What this crate owns
+//!
+//! * Client autoconfiguration: Thunderbird's autoconfig
+//!   (`/.well-known/autoconfig/mail/config-v1.1.xml`, and
+//!   `/mail/config-v1.1.xml` for the `autoconfig.` host form), Outlook's
+//!   POX Autodiscover (`POST /autodiscover/autodiscover.xml`) and an Apple
+//!   configuration profile for the authenticated user (`GET /mobileconfig`,
+//!   Basic authentication through the directory's rate limits and bans).
+//! * The request discipline every later web route (DAV, JMAP) inherits:
+//!   a fixed table of exact paths ([`Route`]), everything else 404; bodies
+//!   refused where none is expected and capped where one is; XML read
+//!   without DTDs or entity expansion ([`xml`]).
+//!
+//! # What it must not do
+//!
+//! * Proxy, forward or redirect a request anywhere, or build a URL, host or
+//!   path from request data and follow it (DESIGN.md, the 2021 lessons).
+//! * Serve files from disk: every answer is generated in memory.
+//! * Tell an unknown account from a wrong password, or say whether an
+//!   address exists (Autodiscover answers any address of our domains the
+//!   same way).
+//!
+//! HTTP/2 and the DAV routes (CalDAV, CardDAV) are not here yet.
+
+pub mod profile;
+pub mod xml;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bulwark_core::EmailAddress;
+use bulwark_directory::{AuthError, Directory};
+use bulwark_server::{Connection, ConnectionHandler};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body as _, Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+pub use profile::ClientSettings;
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head, bytes.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most header fields in one request.
+const MAX_HEADERS: usize = 64;
+/// Largest Autodiscover request body; real ones are a few hundred bytes.
+pub const MAX_AUTODISCOVER_BODY: usize = 16 * 1024;
+/// The whole body must arrive within this.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+const BUSY_REPLY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\nretry-after: 1\r\n\r\n";
+
+/// The routes this front end serves. Paths match exactly; nothing is
+/// derived from a path but the choice of route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Thunderbird autoconfig.
+    Autoconfig,
+    /// Outlook POX Autodiscover.
+    Autodiscover,
+    /// Apple configuration profile.
+    MobileConfig,
+}
+
+impl Route {
+    /// The route of `path`, if any.
+    pub fn of(path: &str) -> Option<Route> {
+        match path {
+            "/.well-known/autoconfig/mail/config-v1.1.xml" | "/mail/config-v1.1.xml" => {
+                Some(Route::Autoconfig)
+            }
+            // Outlook capitalises it either way.
+            "/autodiscover/autodiscover.xml" | "/Autodiscover/Autodiscover.xml" => {
+                Some(Route::Autodiscover)
+            }
+            "/mobileconfig" => Some(Route::MobileConfig),
+            _ => None,
+        }
+    }
+
+    fn methods(self) -> &'static str {
+        match self {
+            Route::Autoconfig | Route::MobileConfig => "GET, HEAD",
+            Route::Autodiscover => "POST",
+        }
+    }
+
+    fn allows(self, method: &Method) -> bool {
+        match self {
+            Route::Autoconfig | Route::MobileConfig => {
+                method == Method::GET || method == Method::HEAD
+            }
+            Route::Autodiscover => method == Method::POST,
+        }
+    }
+}
+
+struct State {
+    directory: Directory,
+    settings: ClientSettings,
+}
+
+/// The HTTPS front end, for `Protocol::Https`.
+#[derive(Clone)]
+pub struct HttpHandler {
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for HttpHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpHandler")
+            .field("settings", &self.state.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpHandler {
+    /// A front end answering from `directory`, telling clients `settings`.
+    pub fn new(directory: Directory, settings: ClientSettings) -> HttpHandler {
+        HttpHandler {
+            state: Arc::new(State {
+                directory,
+                settings,
+            }),
+        }
+    }
+}
+
+impl ConnectionHandler for HttpHandler {
+    fn handle(&self, conn: Connection) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        Box::pin(serve(conn, Arc::clone(&self.state)))
+    }
+
+    fn busy_reply(&self) -> Option<&'static [u8]> {
+        Some(BUSY_REPLY)
+    }
+}
+
+async fn serve(conn: Connection, state: Arc<State>) {
+    let ip = conn.info.peer.ip();
+    let Connection {
+        stream,
+        mut shutdown,
+        ..
+    } = conn;
+    let service = hyper::service::service_fn(move |req| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(respond(&state, req, ip).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
+    let http = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(http);
+    let result = tokio::select! {
+        result = http.as_mut() => result,
+        () = shutdown.wait() => {
+            http.as_mut().graceful_shutdown();
+            http.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "https connection ended with an error");
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Reply {
+    reply(status, "text/plain; charset=utf-8", body)
+}
+
+fn closing(mut response: Reply) -> Reply {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+async fn respond(state: &State, req: Request<Incoming>, ip: IpAddr) -> Reply {
+    let Some(route) = Route::of(req.uri().path()) else {
+        let has_body = !req.body().is_end_stream();
+        let response = text(StatusCode::NOT_FOUND, "not found\n");
+        return if has_body {
+            closing(response)
+        } else {
+            response
+        };
+    };
+    if !route.allows(req.method()) {
+        let mut response = closing(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"));
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(route.methods()));
+        return response;
+    }
+    if route != Route::Autodiscover && !req.body().is_end_stream() {
+        return closing(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request bodies are not accepted here\n",
+        ));
+    }
+    match route {
+        Route::Autoconfig => autoconfig(state, &req).await,
+        Route::Autodiscover => autodiscover(state, req).await,
+        Route::MobileConfig => mobileconfig(state, &req, ip).await,
+    }
+}
+
+/// `%XX`-decoding of a query value; `None` for bad escapes or non-UTF-8.
+fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The domain of `address` if it is one of ours.
+async fn local_domain(state: &State, address: &str) -> Option<String> {
+    let address: EmailAddress = address.trim().parse().ok()?;
+    let domain = address.domain().clone();
+    let store = state.directory.store().clone();
+    store
+        .run(move |b| b.domain(&domain))
+        .await
+        .ok()
+        .flatten()
+        .map(|d| d.name.to_string())
+}
+
+async fn autoconfig(state: &State, req: &Request<Incoming>) -> Reply {
+    // Thunderbird sends the address being set up; only its domain is used,
+    // and only when it is one of ours.
+    let asked = req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == "emailaddress")
+            .and_then(|(_, v)| percent_decode(v))
+    });
+    let domain = match asked {
+        Some(address) => local_domain(state, &address).await,
+        None => None,
+    };
+    let domain = match domain {
+        Some(d) => Some(d),
+        None => {
+            let store = state.directory.store().clone();
+            store
+                .run(|b| b.domains())
+                .await
+                .ok()
+                .and_then(|d| d.into_iter().next())
+                .map(|d| d.name.to_string())
+        }
+    };
+    match domain {
+        Some(domain) => reply(
+            StatusCode::OK,
+            "application/xml; charset=utf-8",
+            profile::thunderbird(&state.settings, &domain),
+        ),
+        None => text(StatusCode::NOT_FOUND, "no mail domain is configured\n"),
+    }
+}
+
+async fn autodiscover(state: &State, req: Request<Incoming>) -> Reply {
+    const XML: &str = "text/xml; charset=utf-8";
+    // A body announced as too large is refused before it is read.
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_AUTODISCOVER_BODY as u64) {
+        return closing(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large\n",
+        ));
+    }
+    let body = Limited::new(req.into_body(), MAX_AUTODISCOVER_BODY);
+    let collected = match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => {
+            return closing(text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large\n",
+            ));
+        }
+        Err(_) => return closing(text(StatusCode::REQUEST_TIMEOUT, "request body too slow\n")),
+    };
+    let request = match xml::autodiscover_request(&collected) {
+        Ok(r) => r,
+        Err(xml::XmlError(why)) => {
+            tracing::debug!(why, "autodiscover request refused");
+            return text(StatusCode::BAD_REQUEST, "malformed autodiscover request\n");
+        }
+    };
+    if request
+        .schema
+        .as_deref()
+        .is_some_and(|s| s != profile::OUTLOOK_SCHEMA)
+    {
+        return reply(
+            StatusCode::OK,
+            XML,
+            profile::autodiscover_error(600, "Invalid Request"),
+        );
+    }
+    let Some(email) = request.email else {
+        return reply(
+            StatusCode::OK,
+            XML,
+            profile::autodiscover_error(600, "Invalid Request"),
+        );
+    };
+    // Every address of our domains gets the same settings, existing or not.
+    match local_domain(state, &email).await {
+        Some(_) => reply(
+            StatusCode::OK,
+            XML,
+            profile::autodiscover(&state.settings, email.trim()),
+        ),
+        None => reply(
+            StatusCode::OK,
+            XML,
+            profile::autodiscover_error(600, "Invalid Request"),
+        ),
+    }
+}
+
+/// The credentials of a `Basic` Authorization header (RFC 7617).
+fn basic_credentials(req: &Request<Incoming>) -> Option<(String, String)> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("Basic") || encoded.len() > 1024 {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+fn unauthorized() -> Reply {
+    let mut response = text(StatusCode::UNAUTHORIZED, "authentication required\n");
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"Bulwark\", charset=\"UTF-8\""),
+    );
+    response
+}
+
+async fn mobileconfig(state: &State, req: &Request<Incoming>, ip: IpAddr) -> Reply {
+    let Some((login, password)) = basic_credentials(req) else {
+        return unauthorized();
+    };
+    let directory = state.directory.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        directory.authenticate(&login, &password, ip, Instant::now())
+    })
+    .await;
+    let auth = match checked {
+        Ok(Ok(auth)) => auth,
+        Ok(Err(AuthError::Failed | AuthError::TemporarilyBlocked)) => {
+            tracing::info!(%ip, "HTTPS authentication failed");
+            return unauthorized();
+        }
+        Ok(Err(AuthError::Unavailable(e))) => {
+            tracing::warn!(error = %e, "directory unavailable for authentication");
+            return text(StatusCode::SERVICE_UNAVAILABLE, "try again later\n");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "authentication task failed");
+            return text(StatusCode::SERVICE_UNAVAILABLE, "try again later\n");
+        }
+    };
+    let address = auth.principal.address.to_string();
+    let uuid = format!(
+        "bulwark-{}-{}",
+        auth.principal.id, auth.principal.created_at
+    );
+    let mut response = reply(
+        StatusCode::OK,
+        "application/x-apple-aspen-config",
+        profile::apple_profile(
+            &state.settings,
+            &address,
+            &auth.principal.display_name,
+            &uuid,
+        ),
+    );
+    response.headers_mut().insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"bulwark.mobileconfig\""),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_match_exactly() {
+        assert_eq!(
+            Route::of("/.well-known/autoconfig/mail/config-v1.1.xml"),
+            Some(Route::Autoconfig)
+        );
+        assert_eq!(
+            Route::of("/Autodiscover/Autodiscover.xml"),
+            Some(Route::Autodiscover)
+        );
+        for path in [
+            "/",
+            "/mobileconfig/",
+            "/autodiscover/../mobileconfig",
+            "//mobileconfig",
+            "/%6dobileconfig",
+            "/.well-known/autoconfig/mail/config-v1.1.xml/../../etc/passwd",
+            "/autodiscover/autodiscover.json",
+        ] {
+            assert_eq!(Route::of(path), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn query_values_decode() {
+        assert_eq!(
+            percent_decode("alice%40example.com").as_deref(),
+            Some("alice@example.com")
+        );
+        assert_eq!(percent_decode("a+b").as_deref(), Some("a b"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+}
