@@ -27,7 +27,6 @@
 pub mod profile;
 pub mod xml;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -37,12 +36,12 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use bulwark_core::EmailAddress;
 use bulwark_directory::{AuthError, Directory};
+use bulwark_server::http::{self, HeadLimits, Reply, closing, serve_http1};
 use bulwark_server::{Connection, ConnectionHandler};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{Method, Request, StatusCode};
 
 pub use profile::ClientSettings;
 
@@ -147,49 +146,22 @@ impl ConnectionHandler for HttpHandler {
 }
 
 async fn serve(conn: Connection, state: Arc<State>) {
-    let ip = conn.info.peer.ip();
-    let Connection {
-        stream,
-        mut shutdown,
-        ..
-    } = conn;
-    let service = hyper::service::service_fn(move |req| {
-        let state = Arc::clone(&state);
-        async move { Ok::<_, Infallible>(respond(&state, req, ip).await) }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(MAX_HEADERS);
-    let http = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(http);
-    let result = tokio::select! {
-        result = http.as_mut() => result,
-        () = shutdown.wait() => {
-            http.as_mut().graceful_shutdown();
-            http.await
-        }
+    let limits = HeadLimits {
+        read_timeout: HEADER_READ_TIMEOUT,
+        max_bytes: MAX_HEAD_BYTES,
+        max_headers: MAX_HEADERS,
     };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "https connection ended with an error");
-    }
+    serve_http1(conn, limits, move |req, ip| {
+        let state = Arc::clone(&state);
+        async move { respond(&state, req, ip).await }
+    })
+    .await;
 }
 
-type Reply = Response<Full<Bytes>>;
-
+/// An answer with the HTTPS headers on top of the common ones.
 fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
+    let mut response = http::reply(status, content_type, body);
+    response.headers_mut().insert(
         header::STRICT_TRANSPORT_SECURITY,
         HeaderValue::from_static("max-age=31536000"),
     );
@@ -198,13 +170,6 @@ fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>)
 
 fn text(status: StatusCode, body: &'static str) -> Reply {
     reply(status, "text/plain; charset=utf-8", body)
-}
-
-fn closing(mut response: Reply) -> Reply {
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
 }
 
 async fn respond(state: &State, req: Request<Incoming>, ip: IpAddr) -> Reply {

@@ -228,6 +228,18 @@ impl Session {
         })
     }
 
+    /// The answer to a command parsed here rather than by the codec: those
+    /// are all valid only once logged in.
+    fn own_parse(&mut self, parsed: Result<(String, Input), (String, String)>) -> Input {
+        match parsed {
+            Ok((tag, _)) if !matches!(self.state, State::Authenticated | State::Selected) => {
+                self.after_bad(out::status(&tag, "BAD", None, "Log in first"))
+            }
+            Ok((_, input)) => input,
+            Err((tag, why)) => self.after_bad(out::status(&tag, "BAD", None, &why)),
+        }
+    }
+
     fn after_bad(&mut self, mut reply: Vec<u8>) -> Input {
         match self.bad() {
             Some(bye) => {
@@ -246,24 +258,12 @@ impl Session {
         // OBJECTID items of an earlier command never leak into this one.
         self.extras = Extras::default();
         if let Some(parsed) = crate::listext::parse_multiappend(bytes) {
-            return match parsed {
-                Ok((tag, _, _))
-                    if !matches!(self.state, State::Authenticated | State::Selected) =>
-                {
-                    self.after_bad(out::status(&tag, "BAD", None, "Log in first"))
-                }
-                Ok((tag, mailbox, items)) => Input::MultiAppend(tag, mailbox, items),
-                Err((tag, why)) => self.after_bad(out::status(&tag, "BAD", None, &why)),
-            };
+            return self.own_parse(parsed.map(|(tag, mailbox, items)| {
+                (tag.clone(), Input::MultiAppend(tag, mailbox, items))
+            }));
         }
         if let Some(parsed) = crate::listext::parse_list(bytes) {
-            return match parsed {
-                Ok((tag, _)) if !matches!(self.state, State::Authenticated | State::Selected) => {
-                    self.after_bad(out::status(&tag, "BAD", None, "Log in first"))
-                }
-                Ok((tag, list)) => Input::List(tag, list),
-                Err((tag, why)) => self.after_bad(out::status(&tag, "BAD", None, &why)),
-            };
+            return self.own_parse(parsed.map(|(tag, list)| (tag.clone(), Input::List(tag, list))));
         }
         let substituted;
         let bytes =
@@ -288,13 +288,8 @@ impl Session {
             None => bytes,
         };
         if let Some(parsed) = crate::acl::parse_command(bytes) {
-            return match parsed {
-                Ok((tag, _)) if !matches!(self.state, State::Authenticated | State::Selected) => {
-                    self.after_bad(out::status(&tag, "BAD", None, "Log in first"))
-                }
-                Ok((tag, command)) => Input::Acl(tag, command),
-                Err((tag, why)) => self.after_bad(out::status(&tag, "BAD", None, &why)),
-            };
+            return self
+                .own_parse(parsed.map(|(tag, command)| (tag.clone(), Input::Acl(tag, command))));
         }
         let rewritten = objectid::take_items(bytes);
         self.extras = rewritten.as_ref().map(|r| r.1).unwrap_or_default();

@@ -12,19 +12,17 @@
 //! must arrive within [`HEADER_READ_TIMEOUT`]. Responses are built in memory;
 //! nothing is read from disk and nothing is forwarded anywhere.
 
-use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::{Body as _, Bytes, Incoming};
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{Method, Request, StatusCode};
 
+use crate::http::{HeadLimits, Reply, closing, reply, serve_http1, text};
 use crate::metrics::Metrics;
 use crate::server::{Connection, ConnectionHandler, HealthCheck};
 
@@ -85,53 +83,16 @@ impl ConnectionHandler for AdminHandler {
 }
 
 async fn serve(conn: Connection, state: Arc<State>) {
-    let Connection {
-        stream,
-        mut shutdown,
-        ..
-    } = conn;
-    let service = hyper::service::service_fn(move |req| {
-        let state = Arc::clone(&state);
-        async move { Ok::<_, Infallible>(respond(&state, req).await) }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(MAX_HEADERS);
-    let http = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(http);
-    let result = tokio::select! {
-        result = http.as_mut() => result,
-        () = shutdown.wait() => {
-            // Finish the request in progress, then close.
-            http.as_mut().graceful_shutdown();
-            http.await
-        }
+    let limits = HeadLimits {
+        read_timeout: HEADER_READ_TIMEOUT,
+        max_bytes: MAX_HEAD_BYTES,
+        max_headers: MAX_HEADERS,
     };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "admin connection ended with an error");
-    }
-}
-
-type Reply = Response<Full<Bytes>>;
-
-fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    response
-}
-
-fn text(status: StatusCode, body: &'static str) -> Reply {
-    reply(status, "text/plain; charset=utf-8", body)
+    serve_http1(conn, limits, move |req, _ip| {
+        let state = Arc::clone(&state);
+        async move { respond(&state, req).await }
+    })
+    .await;
 }
 
 async fn respond(state: &State, req: Request<Incoming>) -> Reply {
@@ -161,9 +122,7 @@ async fn respond(state: &State, req: Request<Incoming>) -> Reply {
     if has_body || response.status() == StatusCode::METHOD_NOT_ALLOWED {
         // An unread body leaves the connection unusable; a strange method
         // (CONNECT asks for a tunnel) ends it too.
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response = closing(response);
     }
     response
 }

@@ -42,6 +42,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod http;
 mod limits;
 mod metrics;
 mod server;
