@@ -829,6 +829,8 @@ impl Conn {
                 self.session.state = State::Logout;
                 let mut bytes = session::bye("Logging out");
                 bytes.extend_from_slice(&out::status(&tag, "OK", None, "LOGOUT completed"));
+                // The client may reconnect as soon as it reads this.
+                conn.release_slot();
                 let _ = send(conn, &bytes).await;
                 return Flow::Close;
             }

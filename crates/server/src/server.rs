@@ -15,7 +15,7 @@ use tokio::task::{JoinError, JoinSet};
 use tracing::Instrument as _;
 
 use crate::admin::AdminHandler;
-use crate::limits::Limiter;
+use crate::limits::{Limiter, Slot};
 use crate::metrics::Metrics;
 use crate::shutdown::ShutdownSignal;
 use crate::stream::{IdleTimeout, Stream};
@@ -50,6 +50,8 @@ pub struct Connection {
     acceptor: Option<TlsAcceptor>,
     handshake_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// The place this connection takes in the connection limits.
+    slot: Option<Slot>,
 }
 
 impl fmt::Debug for Connection {
@@ -83,6 +85,14 @@ impl Connection {
     /// configured; both leave nothing to recover, so the connection is
     /// dropped. A handshake that fails or takes longer than the handshake
     /// timeout is counted in the metrics and closes the connection.
+    /// Gives back this connection's place in the connection limits once
+    /// its session has ended (after QUIT or LOGOUT was answered): a client
+    /// that reconnects as soon as it reads the goodbye must not find the
+    /// closing connection still counted against it.
+    pub fn release_slot(&mut self) {
+        self.slot = None;
+    }
+
     pub async fn start_tls(self) -> io::Result<Connection> {
         let Connection {
             mut info,
@@ -91,6 +101,7 @@ impl Connection {
             acceptor,
             handshake_timeout,
             metrics,
+            slot,
         } = self;
         if info.tls {
             return Err(io::Error::new(
@@ -123,6 +134,7 @@ impl Connection {
             acceptor: Some(acceptor),
             handshake_timeout,
             metrics,
+            slot,
         })
     }
 }
@@ -541,7 +553,6 @@ fn admit(
     let span = tracing::info_span!("connection", protocol = protocol.name(), %peer);
     sessions.spawn(
         async move {
-            let _slot = slot;
             let _active = active;
             tracing::debug!("connection accepted");
             let stream = if protocol.implicit_tls() {
@@ -577,6 +588,7 @@ fn admit(
                 acceptor: shared.tls.clone(),
                 handshake_timeout: shared.options.tls_handshake_timeout,
                 metrics: Arc::clone(&shared.metrics),
+                slot: Some(slot),
             };
             handler.handle(conn).await;
             tracing::debug!("connection closed");

@@ -407,3 +407,23 @@ fn tls_config_errors_name_the_files() {
     assert!(matches!(err, TlsError::NoPrivateKey { .. }), "{err:?}");
     assert!(err.to_string().contains(&*cert.cert_path.to_string_lossy()));
 }
+
+#[tokio::test]
+async fn an_ended_session_gives_its_slot_back_before_closing() {
+    let mut opts = options();
+    opts.max_connections_per_ip = 1;
+    let (server, _metrics) = server_with(opts, None);
+    let running = start(server, &[listener(Protocol::Smtp)]).await;
+    let addr = running.addr(Protocol::Smtp);
+
+    let mut first = connect(addr).await;
+    assert!(first.line().await.is_some());
+    // Still open and counted: a second connection is refused.
+    let mut refused = connect(addr).await;
+    assert_eq!(refused.line().await.as_deref(), Some("BUSY try later"));
+    // Its session ends, the socket lingers: a reconnect is let in at once.
+    assert_eq!(first.command("LINGER").await.as_deref(), Some("BYE"));
+    let mut again = connect(addr).await;
+    assert_eq!(again.line().await.as_deref(), Some("HELLO smtp tls=false"));
+    running.stop().await;
+}

@@ -201,6 +201,10 @@ async fn serve(
         };
         match action {
             Action::Write(bytes) => {
+                if session.is_closing() {
+                    // The client may reconnect as soon as it reads this.
+                    conn.release_slot();
+                }
                 let written = async {
                     conn.stream.write_all(&bytes).await?;
                     conn.stream.flush().await

@@ -387,6 +387,12 @@ impl Session {
         self.done
     }
 
+    /// Whether the session has ended and only its last reply (such as the
+    /// `221` to QUIT) remains to be written.
+    pub fn is_closing(&self) -> bool {
+        self.closing || self.done
+    }
+
     /// The authenticated user, if any.
     pub fn identity(&self) -> Option<&Identity> {
         self.identity.as_ref()

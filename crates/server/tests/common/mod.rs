@@ -153,6 +153,14 @@ async fn line_session(mut conn: Connection) {
                 return;
             }
             "PANIC" => panic!("test handler asked to panic"),
+            "LINGER" => {
+                // Ends the session but keeps the socket a while, as a
+                // server still closing does.
+                conn.release_slot();
+                let _ = conn.stream.write_all(b"BYE\r\n").await;
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                return;
+            }
             "STARTTLS" => {
                 if !conn.tls_available() {
                     "NOTLS".into()
