@@ -816,6 +816,7 @@ impl Conn {
             _ => (true, false),
         };
         let search_return = self.session.search_return.take();
+        let search_ids = self.session.search_ids.take();
         let result = match command.body {
             CommandBody::Capability => Ok((
                 format!("* CAPABILITY {}\r\n", self.session.capabilities()).into_bytes(),
@@ -950,6 +951,7 @@ impl Conn {
                     criteria,
                     uid,
                     search_return,
+                    search_ids,
                 )
                 .await
             }
@@ -2171,6 +2173,7 @@ impl Conn {
         criteria: Vec1<SearchKey<'static>>,
         uid: bool,
         options: Option<SearchReturn>,
+        ids: Option<objectid::IdFilter>,
     ) -> CmdResult {
         if options.is_some_and(|o| o.save) {
             // RFC 5182 section 2.1: a failed SEARCH leaves `$` empty.
@@ -2207,11 +2210,27 @@ impl Conn {
             .run(move |b| {
                 let mut hits = Vec::new();
                 for (msn, entry) in &entries {
-                    let meta = if need >= search::Need::Meta {
-                        b.email(account, entry.email)?.map(|r| r.meta)
+                    // RFC 8474 section 6: the object-id keys AND with the rest.
+                    if let Some(ids) = &ids
+                        && !ids.emails.iter().all(|&e| e == entry.email.0)
+                    {
+                        continue;
+                    }
+                    let wants_thread = ids.as_ref().is_some_and(|i| !i.threads.is_empty());
+                    let record = if need >= search::Need::Meta || wants_thread {
+                        b.email(account, entry.email)?
                     } else {
                         None
                     };
+                    if let Some(ids) = &ids
+                        && !ids
+                            .threads
+                            .iter()
+                            .all(|&t| record.as_ref().is_some_and(|r| r.thread.0 == t))
+                    {
+                        continue;
+                    }
+                    let meta = record.map(|r| r.meta);
                     let raw = if need >= search::Need::Raw {
                         b.read_blob(&entry.blob).ok()
                     } else {

@@ -85,7 +85,10 @@
 //!   APPEND with a literal8.
 //!
 //!
-//! Not yet: SEARCH EMAILID/THREADID, SORT=DISPLAY, the UTF8 APPEND data
+//! SEARCH EMAILID/THREADID (RFC 8474 section 6) where they AND with the
+//! other criteria.
+//!
+//! Not yet: SORT=DISPLAY, the UTF8 APPEND data
 //! item, ACL entries for groups and negative rights.
 //!
 //! POP3 (RFC 1939 with STLS, CAPA, UIDL, TOP and SASL PLAIN) lives in

@@ -268,6 +268,149 @@ fn take_status(bytes: &[u8]) -> Option<(Vec<u8>, Extras)> {
     Some((out, extras))
 }
 
+/// The SEARCH keys EMAILID and THREADID (RFC 8474 section 6), taken out
+/// of a SEARCH before imap-codec sees it and applied by the executor on
+/// top of the rest of the criteria.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct IdFilter {
+    /// Row ids the EMAILID keys name (-1 for an id this server never gives).
+    pub emails: Vec<i64>,
+    /// Row ids the THREADID keys name.
+    pub threads: Vec<i64>,
+}
+
+/// The command without the keys and the keys; or the tag and why refused.
+pub(crate) type SplitIds = Result<(Vec<u8>, IdFilter), (String, String)>;
+
+/// The row id in `E12`/`T34` form, or -1 (matches nothing).
+fn row_id(value: &[u8], letter: u8) -> i64 {
+    match value.split_first() {
+        Some((first, digits)) if first.eq_ignore_ascii_case(&letter) => std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| d.parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+            .unwrap_or(-1),
+        _ => -1,
+    }
+}
+
+/// Takes EMAILID/THREADID keys out of `tag [UID] SEARCH criteria`. They
+/// are supported where they AND with the rest (at the top level); inside
+/// parentheses or with OR/NOT in the same command they are refused.
+pub(crate) fn take_search_ids(bytes: &[u8]) -> Option<SplitIds> {
+    let line = bytes
+        .strip_suffix(b"\r\n")
+        .or_else(|| bytes.strip_suffix(b"\n"))
+        .unwrap_or(bytes);
+    let upper = line.to_ascii_uppercase();
+    if !(upper.windows(7).any(|w| w == b"EMAILID") || upper.windows(8).any(|w| w == b"THREADID")) {
+        return None;
+    }
+    // Top-level atoms as (start, end, depth).
+    let mut atoms = Vec::new();
+    let (mut i, mut depth) = (0usize, 0usize);
+    while i < line.len() {
+        match line[i] {
+            b'"' => {
+                i += 1;
+                while i < line.len() && line[i] != b'"' {
+                    if line[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'{' => {
+                let close = line[i..].iter().position(|&b| b == b'}')? + i;
+                let digits = &line[i + 1..close];
+                let digits = digits.strip_suffix(b"+").unwrap_or(digits);
+                let n: usize = std::str::from_utf8(digits).ok()?.parse().ok()?;
+                i = close + 3 + n;
+            }
+            b'(' => {
+                depth += 1;
+                i += 1;
+            }
+            b')' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b' ' => i += 1,
+            _ => {
+                let start = i;
+                while i < line.len() && !matches!(line[i], b' ' | b'(' | b')') {
+                    i += 1;
+                }
+                atoms.push((start, i, depth));
+            }
+        }
+    }
+    let word = |a: &(usize, usize, usize)| line[a.0..a.1].to_ascii_uppercase();
+    let verb_at = atoms.iter().position(|a| word(a) == b"SEARCH")?;
+    if verb_at > 2 {
+        return None;
+    }
+    let tag = String::from_utf8_lossy(&line[atoms.first()?.0..atoms.first()?.1]).into_owned();
+    let criteria = &atoms[verb_at + 1..];
+    let mut filter = IdFilter::default();
+    let mut removed: Vec<(usize, usize)> = Vec::new();
+    let mut k = 0;
+    while k < criteria.len() {
+        let w = word(&criteria[k]);
+        if w == b"EMAILID" || w == b"THREADID" {
+            let (start, _, depth) = criteria[k];
+            let Some(value) = criteria.get(k + 1) else {
+                return Some(Err((
+                    tag,
+                    format!("{} needs an object id", String::from_utf8_lossy(&w)),
+                )));
+            };
+            if depth > 0
+                || criteria
+                    .iter()
+                    .any(|a| matches!(word(a).as_slice(), b"OR" | b"NOT"))
+            {
+                return Some(Err((
+                    tag,
+                    "EMAILID and THREADID are supported only at the top level, without OR or NOT"
+                        .into(),
+                )));
+            }
+            let raw = &line[value.0..value.1];
+            if w == b"EMAILID" {
+                filter.emails.push(row_id(raw, b'E'));
+            } else {
+                filter.threads.push(row_id(raw, b'T'));
+            }
+            removed.push((start, value.1));
+            k += 2;
+        } else {
+            k += 1;
+        }
+    }
+    if removed.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(line.len());
+    let mut last = 0;
+    for (start, end) in &removed {
+        out.extend_from_slice(&line[last..*start]);
+        last = *end;
+    }
+    out.extend_from_slice(&line[last..]);
+    let mut text = String::from_utf8_lossy(&out)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    // Nothing else to match on: everything, narrowed by the ids.
+    if text.to_ascii_uppercase().ends_with("SEARCH") {
+        text.push_str(" ALL");
+    }
+    text.push_str("\r\n");
+    Some(Ok((text.into_bytes(), filter)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,5 +473,46 @@ mod tests {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
             );
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod search_id_tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_taken_out_of_searches() {
+        let (rest, f) = take_search_ids(b"a SEARCH EMAILID E12\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(rest, b"a SEARCH ALL\r\n".to_vec());
+        assert_eq!(f.emails, vec![12]);
+        let (rest, f) =
+            take_search_ids(b"b UID SEARCH UNSEEN THREADID T7 SUBJECT \"EMAILID x\"\r\n")
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            rest,
+            b"b UID SEARCH UNSEEN SUBJECT \"EMAILID x\"\r\n".to_vec()
+        );
+        assert_eq!(f.threads, vec![7]);
+        let (_, f) = take_search_ids(b"c SEARCH EMAILID M3\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.emails, vec![-1], "a mailbox id names no email");
+        assert!(
+            take_search_ids(b"d SEARCH OR EMAILID E1 SEEN\r\n")
+                .unwrap()
+                .is_err()
+        );
+        assert!(
+            take_search_ids(b"e SEARCH (EMAILID E1)\r\n")
+                .unwrap()
+                .is_err()
+        );
+        assert!(take_search_ids(b"f SEARCH EMAILID\r\n").unwrap().is_err());
+        assert!(take_search_ids(b"g SEARCH SUBJECT \"EMAILID E1\"\r\n").is_none());
+        assert!(take_search_ids(b"h FETCH 1 (EMAILID)\r\n").is_none());
     }
 }

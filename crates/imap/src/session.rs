@@ -81,6 +81,8 @@ pub(crate) struct Session {
     /// The UIDs a `SEARCH RETURN (SAVE)` kept for `$` (RFC 5182); reset
     /// when a mailbox is selected or closed.
     pub saved: Option<Vec<u32>>,
+    /// EMAILID/THREADID keys of the SEARCH just parsed (RFC 8474 section 6).
+    pub search_ids: Option<objectid::IdFilter>,
     /// OBJECTID items taken out of the last command before parsing
     /// (`objectid.rs`), for the executor to add.
     pub extras: Extras,
@@ -112,6 +114,7 @@ impl Session {
             auth_failures: 0,
             search_return: None,
             saved: None,
+            search_ids: None,
             utf8_accept: false,
             extras: Extras::default(),
             bad_in_a_row: 0,
@@ -287,6 +290,19 @@ impl Session {
             }
             None => bytes,
         };
+        let mut search_ids = None;
+        let without_ids;
+        let bytes = match objectid::take_search_ids(bytes) {
+            Some(Ok((command, filter))) => {
+                search_ids = Some(filter);
+                without_ids = command;
+                without_ids.as_slice()
+            }
+            Some(Err((tag, why))) => {
+                return self.after_bad(out::status(&tag, "BAD", None, &why));
+            }
+            None => bytes,
+        };
         if let Some(parsed) = crate::acl::parse_command(bytes) {
             return self
                 .own_parse(parsed.map(|(tag, command)| (tag.clone(), Input::Acl(tag, command))));
@@ -310,6 +326,7 @@ impl Session {
             return self.after_bad(out::status(command.tag.inner(), "BAD", None, text));
         }
         self.search_return = search_return;
+        self.search_ids = search_ids;
         Input::Command(command)
     }
 

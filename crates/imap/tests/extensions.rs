@@ -204,3 +204,29 @@ async fn multiappend_stores_all_or_nothing() {
     let r = c.run("STATUS Drafts (MESSAGES)").await;
     assert!(joined(&r).contains("MESSAGES 3"), "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_by_object_id() {
+    let fx = common::start().await;
+    fx.deliver(fx.alice, &message("alpha")).await;
+    fx.deliver(fx.alice, &message("beta")).await;
+    let mut c = fx.login("alice@example.com").await;
+    assert!(ok(&c.run("SELECT INBOX").await));
+    let r = c.run("FETCH 2 (EMAILID THREADID)").await;
+    let text = joined(&r);
+    let field = |name: &str| {
+        let start = text.find(&format!("{name} (")).unwrap() + name.len() + 2;
+        text[start..].split(')').next().unwrap().to_string()
+    };
+    let (email, thread) = (field("EMAILID"), field("THREADID"));
+    let r = c.run(&format!("SEARCH EMAILID {email}")).await;
+    assert!(joined(&r).contains("* SEARCH 2\r\n"), "{r:?}");
+    let r = c.run(&format!("SEARCH THREADID {thread} UNSEEN")).await;
+    assert!(joined(&r).contains("* SEARCH 2\r\n"), "{r:?}");
+    let r = c.run(&format!("UID SEARCH EMAILID {email} SEEN")).await;
+    assert!(joined(&r).contains("* SEARCH\r\n"), "{r:?}");
+    let r = c.run("SEARCH EMAILID E999999").await;
+    assert!(joined(&r).contains("* SEARCH\r\n"), "{r:?}");
+    let r = c.run(&format!("SEARCH OR EMAILID {email} SEEN")).await;
+    assert!(r.last().unwrap().contains("BAD"), "{r:?}");
+}
