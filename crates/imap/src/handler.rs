@@ -1758,6 +1758,8 @@ impl Conn {
 
     /// LIST with LIST-EXTENDED options (RFC 5258, 5819, 6154).
     async fn list_extended(&mut self, list: ExtendedList) -> CmdResult {
+        // The STATUS answers below read this like a STATUS command's own.
+        self.session.extras.mailbox_id = list.options.status_mailbox_id;
         let utf8 = self.utf8();
         let reference = names::decode_wire(&list.reference, utf8)?;
         let patterns = list

@@ -24,6 +24,8 @@ pub(crate) struct ListOptions {
     pub return_special_use: bool,
     /// Return `STATUS (...)` (RFC 5819).
     pub status: Option<Vec<StatusDataItemName>>,
+    /// `MAILBOXID` among those STATUS items (RFC 8474 section 4.2).
+    pub status_mailbox_id: bool,
 }
 
 /// A parsed extended LIST.
@@ -241,11 +243,14 @@ pub(crate) fn parse_list(bytes: &[u8]) -> Option<Result<(String, ExtendedList), 
                                 if tokens.next()? != Some(Token::Open) {
                                     return Err("STATUS needs a list");
                                 }
-                                let items = tokens
-                                    .words_until_close(10)?
-                                    .iter()
-                                    .map(|w| status_item(w))
-                                    .collect::<Result<Vec<_>, _>>()?;
+                                let mut items = Vec::new();
+                                for word in tokens.words_until_close(10)? {
+                                    if word.eq_ignore_ascii_case(b"MAILBOXID") {
+                                        options.status_mailbox_id = true;
+                                    } else {
+                                        items.push(status_item(&word)?);
+                                    }
+                                }
                                 options.status = Some(items);
                             }
                             _ => return Err("unknown return option"),

@@ -40,6 +40,14 @@ async fn extended_list_with_status_and_special_use() {
         text.contains("* STATUS Drafts (MESSAGES 0 UNSEEN 0)"),
         "{r:?}"
     );
+    // RFC 8474 section 4.2 through LIST-STATUS.
+    let r = c
+        .run("LIST \"\" \"INBOX\" RETURN (STATUS (MESSAGES MAILBOXID))")
+        .await;
+    assert!(
+        joined(&r).contains("* STATUS INBOX (MESSAGES 2 MAILBOXID (M"),
+        "{r:?}"
+    );
     assert!(!text.contains("Sent"), "only the two patterns: {r:?}");
 
     // RFC 6154 section 3: only special-use mailboxes.
