@@ -173,6 +173,24 @@ pub fn run(config_path: &Path, command: Command) -> CmdResult {
                 println!("added domain {name} (id {id}), DKIM selector {selector}");
                 println!("publish its DNS records: bulwark domain dns {name}");
             }
+            DomainCmd::DkimKey { name } => {
+                let name = domain(&name)?;
+                let record = d
+                    .store()
+                    .domain(&name)?
+                    .ok_or_else(|| format!("domain {name} does not exist"))?;
+                let now = bulwark_transport::queue::now_ms();
+                let key = bulwark_transport::dkim::generate_key(
+                    &bulwark_transport::dkim::default_selector(now),
+                )?;
+                d.store().add_dkim_key(&operator(), record.id, &key)?;
+                println!(
+                    "new DKIM key for {name}, selector {}; publish:\n{}._domainkey.{name}.\tIN TXT {}",
+                    key.selector,
+                    key.selector,
+                    txt(&bulwark_transport::dkim::dns_record(&key))
+                );
+            }
             DomainCmd::Dns { name } => {
                 let config = Config::load(config_path)?;
                 print!("{}", dns_records(&d, &config, &domain(&name)?)?);

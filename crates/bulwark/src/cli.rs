@@ -119,6 +119,10 @@ pub enum DomainCmd {
     /// Print the DNS records to publish for a domain: MX, SPF, DKIM,
     /// DMARC, TLS-RPT and the SRV records clients use to find the server.
     Dns { name: String },
+    /// Make a new DKIM signing key for a domain (rotation, or a domain from
+    /// before keys existed). Mail is signed with the newest key; publish its
+    /// record first and keep the old one published for a few days.
+    DkimKey { name: String },
 }
 
 #[derive(Subcommand, Debug)]

@@ -594,3 +594,47 @@ fn quickstart_initialises_once_then_serves() {
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.contains("alice@example.test") && listed.contains("bob@example.test"));
 }
+
+#[test]
+fn dns_records_dkim_keys_and_the_queue() {
+    let i = init();
+    let added = i.ok(&["domain", "add", "example.org"]);
+    assert!(added.contains("DKIM selector bulwark-"), "{added}");
+    let records = i.ok(&["domain", "dns", "example.org"]);
+    for expected in [
+        "example.org.\tIN MX 10 ",
+        "example.org.\tIN TXT \"v=spf1 mx -all\"",
+        "._domainkey.example.org.\tIN TXT \"v=DKIM1; k=rsa; p=MII",
+        "_dmarc.example.org.\tIN TXT \"v=DMARC1;",
+        "_smtp._tls.example.org.\tIN TXT \"v=TLSRPTv1;",
+        "_submissions._tcp.example.org.\tIN SRV 0 1 4650 mail.example.com.",
+        "_imaps._tcp.example.org.\tIN SRV 0 1 9930 mail.example.com.",
+    ] {
+        assert!(
+            records.contains(expected),
+            "{expected:?} missing from\n{records}"
+        );
+    }
+    // TXT strings stay within DNS's 255-byte limit.
+    for line in records.lines().filter(|l| l.contains(" TXT ")) {
+        for piece in line.split('"').skip(1).step_by(2) {
+            assert!(piece.len() <= 255, "{line}");
+        }
+    }
+    // One key per selector: a second this month is refused, and said why.
+    let err = i.fails(&["domain", "dkim-key", "example.org"]);
+    assert!(err.contains("exists"), "{err}");
+    assert!(
+        i.fails(&["domain", "dns", "nowhere.example"])
+            .contains("does not exist")
+    );
+    assert!(i.ok(&["queue", "list"]).contains("the queue is empty"));
+    assert!(i.fails(&["queue", "show", "42"]).contains("does not exist"));
+    assert!(i.fails(&["queue", "retry", "42"]).contains("not"));
+    let tail = i.ok(&["audit", "tail", "-n", "20"]);
+    assert!(tail.contains("domain.dkim-key.add"), "{tail}");
+    assert!(
+        tail.contains("queue.retry denied"),
+        "refused admin actions are audited: {tail}"
+    );
+}
