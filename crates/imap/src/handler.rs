@@ -2462,8 +2462,15 @@ impl Conn {
             .await?
             .ok_or_else(|| Refusal::no(Some("NONEXISTENT"), "No such account"))?;
         let shown = names::to_client(&found.name, self.utf8());
+        // The user's own root "" does not cover another account's mailbox,
+        // and the owner's usage is not the delegate's to see.
+        let (quota, used) = if found.owner.is_some() {
+            (0, 0)
+        } else {
+            (principal.quota_bytes, principal.used_bytes)
+        };
         Ok((
-            quota::quota_root(&shown, principal.quota_bytes, principal.used_bytes),
+            quota::quota_root(&shown, quota, used),
             "GETQUOTAROOT completed".into(),
         ))
     }

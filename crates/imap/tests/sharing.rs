@@ -190,6 +190,10 @@ async fn full_access_reaches_a_shared_mailbox() {
         )
         .unwrap();
     let shared = "\"Shared Folders/support@example.com/INBOX\"";
+    // Bob's own quota must not be reported for the shared mailbox.
+    fx.store
+        .set_quota(&admin, fx.bob, 10 * 1024 * 1024)
+        .unwrap();
 
     let mut alice = fx.login("alice@example.com").await;
     assert!(!joined(&alice.run("LIST \"\" *").await).contains("support@"));
@@ -226,6 +230,8 @@ async fn full_access_reaches_a_shared_mailbox() {
     bob.write(b"DONE\r\n").await;
     assert!(ok(&bob.until("i1").await));
     // Administering access stays with the owner (no `a`).
+    let r = bob.run(&format!("GETQUOTAROOT {shared}")).await;
+    assert!(ok(&r) && !joined(&r).contains("* QUOTA "), "{r:?}");
     assert!(!ok(&bob.run(&format!("GETACL {shared}")).await));
     assert!(!ok(&bob
         .run(&format!("SETACL {shared} alice@example.com lr"))
