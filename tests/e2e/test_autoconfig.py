@@ -126,3 +126,14 @@ def test_hostile_requests_get_clear_refusals(quickstart):
     assert response.status == 405
     response, _ = request(quickstart, "GET", "/.well-known/autoconfig/mail/config-v1.1.xml", b"body")
     assert response.status == 413
+
+
+def test_mta_sts_policy_matches_the_published_record(quickstart):
+    response, data = request(quickstart, "GET", "/.well-known/mta-sts.txt")
+    assert response.status == 200
+    assert response.getheader("Content-Type").startswith("text/plain")
+    fields = dict(line.split(": ", 1) for line in data.decode().splitlines() if line)
+    assert fields == {"version": "STSv1", "mode": "testing", "mx": "localhost", "max_age": "86400"}
+    records = quickstart.admin("domain", "dns", "example.test")
+    assert "mta-sts.example.test.\tIN CNAME localhost." in records
+    assert '_mta-sts.example.test.\tIN TXT "v=STSv1; id=' in records

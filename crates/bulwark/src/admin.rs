@@ -555,6 +555,8 @@ fn txt(value: &str) -> String {
         .join(" ")
 }
 
+use bulwark_config::Protocol;
+
 /// The zone-file lines to publish for `name`.
 fn dns_records(
     d: &Directory,
@@ -591,11 +593,30 @@ fn dns_records(
         "_smtp._tls.{name}.\tIN TXT {}\n",
         txt(&format!("v=TLSRPTv1; rua=mailto:postmaster@{name}"))
     ));
-    out.push_str(
-        "; MTA-STS needs its policy served over HTTPS at mta-sts.DOMAIN; not published yet\n",
-    );
+    if config
+        .listeners
+        .iter()
+        .any(|l| l.protocol == Protocol::Https)
+    {
+        let policy = bulwark_http::profile::mta_sts_policy(&bulwark_http::ClientSettings {
+            hostname: host.clone(),
+            ..bulwark_http::ClientSettings::default()
+        });
+        out.push_str(&format!(
+            "; MTA-STS (testing mode): the https listener serves the policy; its certificate must also name mta-sts.{name}\n"
+        ));
+        out.push_str(&format!("mta-sts.{name}.\tIN CNAME {host}.\n"));
+        out.push_str(&format!(
+            "_mta-sts.{name}.\tIN TXT {}\n",
+            txt(&format!(
+                "v=STSv1; id={}",
+                bulwark_http::profile::mta_sts_id(&policy)
+            ))
+        ));
+    } else {
+        out.push_str("; MTA-STS needs an https listener to serve its policy\n");
+    }
     // RFC 6186 service records, for the ports this server listens on.
-    use bulwark_config::Protocol;
     let services = [
         (Protocol::Submissions, "_submissions._tcp"),
         (Protocol::Submission, "_submission._tcp"),

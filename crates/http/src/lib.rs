@@ -8,6 +8,7 @@
 //!   POX Autodiscover (`POST /autodiscover/autodiscover.xml`) and an Apple
 //!   configuration profile for the authenticated user (`GET /mobileconfig`,
 //!   Basic authentication through the directory's rate limits and bans).
+//! * The MTA-STS policy of our domains (`/.well-known/mta-sts.txt`).
 //! * The request discipline every later web route (DAV, JMAP) inherits:
 //!   a fixed table of exact paths ([`Route`]), everything else 404; bodies
 //!   refused where none is expected and capped where one is; XML read
@@ -69,6 +70,9 @@ pub enum Route {
     Autodiscover,
     /// Apple configuration profile.
     MobileConfig,
+    /// The MTA-STS policy of our domains (RFC 8461), served on the
+    /// `mta-sts.` host names when they point here.
+    MtaSts,
 }
 
 impl Route {
@@ -83,20 +87,21 @@ impl Route {
                 Some(Route::Autodiscover)
             }
             "/mobileconfig" => Some(Route::MobileConfig),
+            "/.well-known/mta-sts.txt" => Some(Route::MtaSts),
             _ => None,
         }
     }
 
     fn methods(self) -> &'static str {
         match self {
-            Route::Autoconfig | Route::MobileConfig => "GET, HEAD",
+            Route::Autoconfig | Route::MobileConfig | Route::MtaSts => "GET, HEAD",
             Route::Autodiscover => "POST",
         }
     }
 
     fn allows(self, method: &Method) -> bool {
         match self {
-            Route::Autoconfig | Route::MobileConfig => {
+            Route::Autoconfig | Route::MobileConfig | Route::MtaSts => {
                 method == Method::GET || method == Method::HEAD
             }
             Route::Autodiscover => method == Method::POST,
@@ -199,6 +204,11 @@ async fn respond(state: &State, req: Request<Incoming>, ip: IpAddr) -> Reply {
         Route::Autoconfig => autoconfig(state, &req).await,
         Route::Autodiscover => autodiscover(state, req).await,
         Route::MobileConfig => mobileconfig(state, &req, ip).await,
+        Route::MtaSts => reply(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            profile::mta_sts_policy(&state.settings),
+        ),
     }
 }
 

@@ -194,6 +194,29 @@ pub fn apple_profile(
     )
 }
 
+/// The MTA-STS policy (RFC 8461 section 3.2) for the domains this server
+/// receives mail for: its own host name as the only MX, in `testing` mode
+/// (reported, not enforced, by senders) until an administrator has seen
+/// TLS work and chooses `enforce`.
+pub fn mta_sts_policy(settings: &ClientSettings) -> String {
+    format!(
+        "version: STSv1\r\nmode: testing\r\nmx: {}\r\nmax_age: 86400\r\n",
+        settings.hostname
+    )
+}
+
+/// A short id that changes whenever the policy text does (the TXT
+/// record's `id=`, RFC 8461 section 3.1).
+pub fn mta_sts_id(policy: &str) -> String {
+    // FNV-1a: stable across builds, and only compared for equality.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in policy.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
