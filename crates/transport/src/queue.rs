@@ -352,11 +352,18 @@ impl QueueRunner {
             while tasks.try_join_next().is_some() {}
             let now = now_ms();
             let room = this.queue.settings.max_parallel.saturating_sub(tasks.len());
+            // Due work that is all being delivered already: wait for those
+            // deliveries rather than asking the store again and again.
+            let mut only_in_flight = false;
             if room > 0 {
                 let store = this.queue.store.clone();
                 match store.run(move |s| s.queue_due(now, BATCH)).await {
                     Ok(due) => {
-                        for message in due.into_iter().take(room) {
+                        let (mut started, mut busy) = (0, 0);
+                        for message in due {
+                            if started >= room {
+                                break;
+                            }
                             let fresh = this
                                 .in_flight
                                 .lock()
@@ -365,8 +372,12 @@ impl QueueRunner {
                             if fresh {
                                 let runner = Arc::clone(&this);
                                 tasks.spawn(async move { runner.attempt(message).await });
+                                started += 1;
+                            } else {
+                                busy += 1;
                             }
                         }
+                        only_in_flight = started == 0 && busy > 0;
                     }
                     Err(e) => tracing::error!(error = %e, "cannot read the queue"),
                 }
@@ -378,7 +389,7 @@ impl QueueRunner {
             });
             // A full pipeline waits for a slot rather than spinning.
             let full = tasks.len() >= this.queue.settings.max_parallel;
-            let wait = if full {
+            let wait = if full || (only_in_flight && !tasks.is_empty()) {
                 MAX_IDLE
             } else {
                 wait.max(Duration::from_millis(50))
