@@ -1,6 +1,15 @@
 //! Password and app-password hashing.
+//!
+//! Argon2 runs on a small pool of dedicated threads ([`HASH_THREADS`]).
+//! Each hash needs 19 MiB of working memory, and the C allocator keeps
+//! what a thread once used for that thread's later allocations: spread
+//! over the blocking pool's many threads, every login left megabytes
+//! behind. A fixed pool bounds that memory (and the CPU a burst of logins
+//! can take) whatever the number of connections; logins beyond the pool
+//! wait their turn.
 
-use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -15,8 +24,72 @@ fn argon2() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
+/// Threads that compute Argon2 hashes.
+pub const HASH_THREADS: usize = 2;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `work` on the hashing pool and waits for it; runs it here when the
+/// pool cannot be started. `None` only if a pool thread died during the
+/// work (callers fail closed).
+fn on_pool<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    static POOL: OnceLock<Option<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = std::sync::Arc::new(Mutex::new(rx));
+        for n in 0..HASH_THREADS {
+            let rx = std::sync::Arc::clone(&rx);
+            let started = std::thread::Builder::new()
+                .name(format!("argon2-{n}"))
+                .spawn(move || {
+                    loop {
+                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if started.is_err() {
+                return None;
+            }
+        }
+        Some(Mutex::new(tx))
+    });
+    let Some(sender) = pool else {
+        return Some(work());
+    };
+    let (done_tx, done_rx) = mpsc::sync_channel(1);
+    let slot = std::sync::Arc::new(Mutex::new(Some(work)));
+    let job_slot = std::sync::Arc::clone(&slot);
+    let job: Job = Box::new(move || {
+        let taken = job_slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(work) = taken {
+            let _ = done_tx.send(work());
+        }
+    });
+    let sent = sender
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(job)
+        .is_ok();
+    if sent && let Ok(result) = done_rx.recv() {
+        return Some(result);
+    }
+    // The pool is gone: do the work here, unless a pool thread took it and
+    // died with it.
+    let work = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    work.map(|work| work())
+}
+
 /// Hashes a password into a PHC string with a random salt.
 pub fn hash_password(password: &str) -> Result<String, String> {
+    let password = password.to_string();
+    on_pool(move || hash_password_here(&password))
+        .unwrap_or_else(|| Err("password hashing is unavailable".into()))
+}
+
+fn hash_password_here(password: &str) -> Result<String, String> {
     let mut salt = [0u8; 16];
     getrandom::getrandom(&mut salt).map_err(|e| format!("no randomness: {e}"))?;
     let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
@@ -28,12 +101,17 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 
 /// Checks a password against a PHC string (constant-time inside argon2).
 pub fn verify_password(hash: &str, password: &str) -> bool {
+    let (hash, password) = (hash.to_string(), password.to_string());
+    on_pool(move || verify_password_here(&hash, &password)).unwrap_or(false)
+}
+
+fn verify_password_here(hash: &str, password: &str) -> bool {
     match PasswordHash::new(hash) {
         Ok(parsed) => argon2()
             .verify_password(password.as_bytes(), &parsed)
             .is_ok(),
         Err(_) => {
-            burn_time(password);
+            burn_time_here(password);
             false
         }
     }
@@ -42,8 +120,14 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
 /// Spends the time of one password check, so a refusal for an unknown
 /// account or a ban takes as long as a wrong password.
 pub fn burn_time(password: &str) {
+    let password = password.to_string();
+    let _ = on_pool(move || burn_time_here(&password));
+}
+
+fn burn_time_here(password: &str) {
     static DUMMY: OnceLock<String> = OnceLock::new();
-    let hash = DUMMY.get_or_init(|| hash_password("dummy password for timing").unwrap_or_default());
+    let hash =
+        DUMMY.get_or_init(|| hash_password_here("dummy password for timing").unwrap_or_default());
     if let Ok(parsed) = PasswordHash::new(hash) {
         let _ = argon2().verify_password(password.as_bytes(), &parsed);
     }
@@ -111,6 +195,30 @@ pub fn app_password_matches(stored: &str, presented: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn argon2_runs_on_the_small_pool() {
+        for _ in 0..4 {
+            let name = on_pool(|| std::thread::current().name().map(String::from))
+                .flatten()
+                .unwrap_or_default();
+            assert!(name.starts_with("argon2-"), "{name}");
+        }
+        // Many concurrent checks all get their answer.
+        let hash = hash_password("correct horse").unwrap_or_default();
+        let checks: Vec<_> = (0..6)
+            .map(|n| {
+                let hash = hash.clone();
+                std::thread::spawn(move || {
+                    let guess = if n % 2 == 0 { "correct horse" } else { "wrong" };
+                    verify_password(&hash, guess) == (n % 2 == 0)
+                })
+            })
+            .collect();
+        for check in checks {
+            assert!(check.join().unwrap_or(false));
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -70,21 +70,37 @@ struct Checkpointer {
 
 impl Checkpointer {
     const INTERVAL: Duration = Duration::from_millis(500);
+    /// About 64 MiB of 4 KiB pages.
+    const MAX_WAL_FRAMES: i64 = 16_384;
 
     fn start(conn: Connection) -> Result<Checkpointer> {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("bulwark-store-checkpoint".into())
             .spawn(move || {
-                let checkpoint = |mode: &str| {
-                    if let Err(e) = conn.execute_batch(&format!("PRAGMA wal_checkpoint({mode})")) {
-                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                // Returns the WAL's length in frames after the checkpoint.
+                let checkpoint = |mode: &str| -> i64 {
+                    match conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                        r.get::<_, i64>(1)
+                    }) {
+                        Ok(frames) => frames,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "WAL checkpoint failed");
+                            0
+                        }
                     }
                 };
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(Self::INTERVAL)
                 {
-                    checkpoint("PASSIVE");
+                    // A passive checkpoint never waits, but while readers
+                    // keep old snapshots the log cannot start over and only
+                    // grows. Past a bound, a truncating checkpoint waits
+                    // (up to the busy timeout, holding back writers) for a
+                    // moment with no old snapshot and empties the file.
+                    if checkpoint("PASSIVE") > Self::MAX_WAL_FRAMES {
+                        checkpoint("TRUNCATE");
+                    }
                 }
                 checkpoint("PASSIVE");
             })?;
