@@ -151,6 +151,9 @@ struct User {
 /// The selected mailbox.
 struct Selected {
     mailbox: Mailbox,
+    /// The view is in step with the mailbox up to this modification
+    /// sequence; a refresh asks only for what changed after it.
+    synced: ModSeq,
     read_only: bool,
     /// The user's rights on it.
     rights: Rights,
@@ -758,14 +761,27 @@ impl Conn {
         if !self.dirty {
             return Ok(Vec::new());
         }
-        let (account, mailbox) = (selected.mailbox.account, selected.mailbox.id);
-        let listing = match self
+        let (account, mailbox, since) = (
+            selected.mailbox.account,
+            selected.mailbox.id,
+            selected.synced,
+        );
+        // Only what changed since the view was last in step: the listing
+        // of a large mailbox is never re-read for one new message or flag.
+        let delta = self
             .shared
             .store
-            .run(move |b| b.messages(account, mailbox))
-            .await
-        {
-            Ok(listing) => listing,
+            .run(move |b| {
+                let (changed, mark) = b.messages_changed_since(account, mailbox, since)?;
+                let removed = destroyed_since(b, account, mailbox, since.0)?;
+                Ok((changed, removed, mark))
+            })
+            .await;
+        let (changed, removed) = match delta {
+            Ok((changed, removed, mark)) => {
+                selected.synced = mark;
+                (changed, removed)
+            }
             Err(StoreError::NotFound { .. }) => {
                 return Err(session::bye("The selected mailbox was deleted"));
             }
@@ -775,7 +791,9 @@ impl Conn {
             }
         };
         let mut out = Vec::new();
-        let updates = selected.view.apply(listing, allow_expunge);
+        let updates = selected
+            .view
+            .apply_changes(changed, &removed, allow_expunge);
         if ext.qresync {
             // RFC 7162 section 3.2.10: one VANISHED for all the expunges.
             let mut gone: Vec<u32> = updates
@@ -1458,6 +1476,9 @@ impl Conn {
             }
         }
         self.selected = Some(Selected {
+            // Read before the listing: changes in between come again in
+            // the first refresh, which takes them in without harm.
+            synced: mailbox.highest_modseq,
             mailbox,
             read_only,
             rights,

@@ -199,13 +199,16 @@ impl View {
 
     /// Brings the view up to `fresh` (the mailbox's current listing, in UID
     /// order). Expunges are announced only when `allow_expunge`; otherwise
-    /// the messages stay as ghosts until a later call allows it.
+    /// the messages stay as ghosts until a later call allows it. The
+    /// executor uses [`View::apply_changes`]; this full-listing form is the
+    /// reference the tests compare it with.
+    #[cfg(test)]
     pub(crate) fn apply(
         &mut self,
         fresh: Vec<MessageEntry>,
         allow_expunge: bool,
     ) -> Vec<Unsolicited> {
-        let mut out = Vec::new();
+        let out = Vec::new();
         let known_last = self.messages.last().map_or(0, |m| m.entry.uid);
         let mut fresh = fresh.into_iter().peekable();
         let mut changed: Vec<usize> = Vec::new();
@@ -227,6 +230,60 @@ impl View {
             }
         }
         let new: Vec<MessageEntry> = fresh.filter(|f| f.uid > known_last).collect();
+        self.announce(changed, new, allow_expunge, out)
+    }
+
+    /// Brings the view up to date from what changed after the point it
+    /// was last in step with: `changed` (entries added or with new flags,
+    /// in UID order) and `removed` (UIDs expunged). Same rules as
+    /// [`View::apply`], without listing the whole mailbox.
+    pub(crate) fn apply_changes(
+        &mut self,
+        changed: Vec<MessageEntry>,
+        removed: &[u32],
+        allow_expunge: bool,
+    ) -> Vec<Unsolicited> {
+        for uid in removed {
+            if let Ok(i) = self.messages.binary_search_by_key(uid, |m| m.entry.uid) {
+                self.messages[i].gone = true;
+            }
+        }
+        let known_last = self.messages.last().map_or(0, |m| m.entry.uid);
+        let mut flagged: Vec<usize> = Vec::new();
+        let mut new = Vec::new();
+        for entry in changed {
+            if removed.contains(&entry.uid) {
+                continue;
+            }
+            match self
+                .messages
+                .binary_search_by_key(&entry.uid, |m| m.entry.uid)
+            {
+                Ok(i) => {
+                    let message = &mut self.messages[i];
+                    if !message.gone && entry.keywords != message.entry.keywords {
+                        flagged.push(i);
+                    }
+                    message.entry = entry;
+                }
+                Err(_) if entry.uid > known_last => new.push(entry),
+                // Below the last known UID and not in the view: it was
+                // expunged and announced already.
+                Err(_) => {}
+            }
+        }
+        self.announce(flagged, new, allow_expunge, Vec::new())
+    }
+
+    /// The shared end of both updates: expunges (when allowed), flag
+    /// changes, then new messages.
+    fn announce(
+        &mut self,
+        mut changed: Vec<usize>,
+        new: Vec<MessageEntry>,
+        allow_expunge: bool,
+        mut out: Vec<Unsolicited>,
+    ) -> Vec<Unsolicited> {
         if allow_expunge {
             // Highest first, so every number is right when it is sent.
             for i in (0..self.messages.len()).rev() {
@@ -395,5 +452,71 @@ mod tests {
         assert_eq!(gone.render(false, condstore), "* 3 EXPUNGE\r\n");
         // RFC 7162 section 3.2.10: VANISHED replaces EXPUNGE.
         assert_eq!(gone.render(false, qresync), "* VANISHED 7\r\n");
+    }
+
+    /// The delta form says exactly what the full-listing form says, over
+    /// random sequences of deliveries, flag changes and expunges.
+    #[test]
+    fn changes_and_listings_agree() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..200 {
+            // The store: UID -> (keywords, modseq).
+            let mut store: Vec<MessageEntry> = (1..=5).map(|u| entry(u, &[])).collect();
+            let mut modseq = 1u64;
+            let mut by_listing = View::new(store.clone());
+            let mut by_changes = View::new(store.clone());
+            let mut synced = modseq;
+            let mut removed_log: Vec<(u64, u32)> = Vec::new();
+            let mut next_uid = 6;
+            for _ in 0..12 {
+                modseq += 1;
+                match next(3) {
+                    0 => {
+                        let mut e = entry(next_uid, &[]);
+                        e.modseq = ModSeq(modseq);
+                        store.push(e);
+                        next_uid += 1;
+                    }
+                    1 if !store.is_empty() => {
+                        let i = next(store.len() as u64) as usize;
+                        store[i].keywords = vec![format!("k{modseq}")];
+                        store[i].modseq = ModSeq(modseq);
+                    }
+                    _ if !store.is_empty() => {
+                        let i = next(store.len() as u64) as usize;
+                        removed_log.push((modseq, store.remove(i).uid));
+                    }
+                    _ => {}
+                }
+                let allow = next(2) == 0;
+                let a = by_listing.apply(store.clone(), allow);
+                let changed: Vec<MessageEntry> = store
+                    .iter()
+                    .filter(|e| e.modseq.0 > synced)
+                    .cloned()
+                    .collect();
+                let removed: Vec<u32> = removed_log
+                    .iter()
+                    .filter(|(m, _)| *m > synced)
+                    .map(|(_, u)| *u)
+                    .collect();
+                let b = by_changes.apply_changes(changed, &removed, allow);
+                synced = modseq;
+                assert_eq!(a, b);
+                let uids = |v: &View| {
+                    v.messages()
+                        .iter()
+                        .map(|m| (m.entry.uid, m.gone))
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(uids(&by_listing), uids(&by_changes));
+            }
+        }
     }
 }

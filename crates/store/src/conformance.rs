@@ -45,6 +45,7 @@ pub const CHECKS: &[Check] = &[
     ("dkim_keys_per_domain", dkim_keys),
     ("mailbox_rights", mailbox_rights),
     ("batch_delivery_is_all_or_nothing", batch_delivery),
+    ("changed_entries_since_a_modseq", changed_since),
 ];
 
 fn admin() -> Actor {
@@ -1260,4 +1261,39 @@ fn batch_delivery(b: &dyn Backend) {
             .unwrap()
             .is_empty()
     );
+}
+
+fn changed_since(b: &dyn Backend) {
+    domain(b, "example.com");
+    let alice = user(b, "alice@example.com");
+    let inbox = inbox(b, alice);
+    for n in 0..3 {
+        deliver_to(b, &message(n, 50), &meta(n), &[(alice, inbox)]);
+    }
+    let (all, mark) = b.messages_changed_since(alice, inbox, ModSeq(0)).unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all, b.messages(alice, inbox).unwrap());
+    let (none, same) = b.messages_changed_since(alice, inbox, mark).unwrap();
+    assert!(none.is_empty());
+    assert_eq!(same, mark);
+    let actor = Actor::system("test");
+    b.update_keywords(
+        &actor,
+        alice,
+        inbox,
+        &[2],
+        &KeywordUpdate::Add(vec!["$seen".into()]),
+    )
+    .unwrap();
+    deliver_to(b, &message(9, 50), &meta(9), &[(alice, inbox)]);
+    let (changed, later) = b.messages_changed_since(alice, inbox, mark).unwrap();
+    let uids: Vec<u32> = changed.iter().map(|e| e.uid).collect();
+    assert_eq!(uids, vec![2, 4], "the flagged one and the new one");
+    assert!(later > mark);
+    b.expunge(&actor, alice, inbox, &[1]).unwrap();
+    let (changed, after) = b.messages_changed_since(alice, inbox, later).unwrap();
+    assert!(changed.is_empty(), "removals are in the change log");
+    assert!(after > later, "an expunge moves the mailbox's mark");
+    let other = user(b, "bob@example.com");
+    assert!(b.messages_changed_since(other, inbox, ModSeq(0)).is_err());
 }

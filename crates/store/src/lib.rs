@@ -160,6 +160,16 @@ pub trait Backend: Send + Sync + 'static {
     fn deliver_batch(&self, actor: &Actor, items: &[BatchItem]) -> Result<Vec<Vec<Delivered>>>;
     /// Messages of a mailbox in UID order.
     fn messages(&self, account: PrincipalId, mailbox: MailboxId) -> Result<Vec<MessageEntry>>;
+    /// The entries of a mailbox changed (added, or flags changed) after
+    /// `since`, in UID order, with the mailbox's highest modification
+    /// sequence read in the same snapshot. Removed entries are in the
+    /// change log (`changes_since`).
+    fn messages_changed_since(
+        &self,
+        account: PrincipalId,
+        mailbox: MailboxId,
+        since: ModSeq,
+    ) -> Result<(Vec<MessageEntry>, ModSeq)>;
     /// One email's stored data.
     fn email(
         &self,

@@ -246,6 +246,10 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX mailbox_rights_grantee ON mailbox_rights(grantee_id);
     "#,
+    // 5: finding what changed in a mailbox without listing it.
+    r#"
+    CREATE INDEX mailbox_messages_modseq ON mailbox_messages(mailbox_id, modseq);
+    "#,
 ];
 
 /// The schema version this binary writes.

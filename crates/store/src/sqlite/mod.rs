@@ -681,6 +681,37 @@ fn deliver_in(
     Ok(delivered)
 }
 
+type EntryRow = (u32, i64, i64, String, i64, i64, Vec<u8>);
+
+fn entry_row(r: &Row<'_>) -> rusqlite::Result<EntryRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
+
+fn to_entry(row: EntryRow) -> Result<MessageEntry> {
+    let (uid, email, modseq, keywords, size, received_at, hash) = row;
+    Ok(MessageEntry {
+        uid,
+        email: EmailId(email),
+        modseq: ModSeq(modseq as u64),
+        keywords: split_keywords(&keywords),
+        size: size as u64,
+        received_at,
+        blob: BlobId(
+            hash.as_slice()
+                .try_into()
+                .map_err(|_| Error::Corrupt("blob hash length".into()))?,
+        ),
+    })
+}
+
 impl Backend for SqliteBackend {
     fn create_domain(&self, actor: &Actor, name: &DomainName) -> Result<DomainId> {
         let name = name.clone();
@@ -1479,35 +1510,37 @@ impl Backend for SqliteBackend {
                  FROM mailbox_messages m JOIN emails e ON e.id = m.email_id
                  WHERE m.mailbox_id = ?1 ORDER BY m.uid",
             )?;
-            let rows = stmt.query_map([mailbox.0], |r| {
-                Ok((
-                    r.get::<_, u32>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, Vec<u8>>(6)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (uid, email, modseq, keywords, size, received_at, hash) = row?;
-                out.push(MessageEntry {
-                    uid,
-                    email: EmailId(email),
-                    modseq: ModSeq(modseq as u64),
-                    keywords: split_keywords(&keywords),
-                    size: size as u64,
-                    received_at,
-                    blob: BlobId(
-                        hash.as_slice()
-                            .try_into()
-                            .map_err(|_| Error::Corrupt("blob hash length".into()))?,
-                    ),
-                });
-            }
-            Ok(out)
+            let rows = stmt.query_map([mailbox.0], entry_row)?;
+            rows.map(|row| to_entry(row?)).collect()
+        })
+    }
+
+    fn messages_changed_since(
+        &self,
+        account: PrincipalId,
+        mailbox: MailboxId,
+        since: ModSeq,
+    ) -> Result<(Vec<MessageEntry>, ModSeq)> {
+        self.read(|c| {
+            // One read transaction: the entries and the high-water mark
+            // come from the same snapshot.
+            c.execute_batch("BEGIN")?;
+            let result = (|| {
+                require_mailbox(c, account, mailbox)?;
+                let highest: i64 = c
+                    .prepare_cached("SELECT highest_modseq FROM mailboxes WHERE id = ?1")?
+                    .query_row([mailbox.0], |r| r.get(0))?;
+                let mut stmt = c.prepare_cached(
+                    "SELECT m.uid, m.email_id, m.modseq, m.keywords, e.size, e.received_at, e.blob_hash
+                     FROM mailbox_messages m JOIN emails e ON e.id = m.email_id
+                     WHERE m.mailbox_id = ?1 AND m.modseq > ?2 ORDER BY m.uid",
+                )?;
+                let rows = stmt.query_map(params![mailbox.0, since.0 as i64], entry_row)?;
+                let entries = rows.map(|row| to_entry(row?)).collect::<Result<Vec<_>>>()?;
+                Ok((entries, ModSeq(highest as u64)))
+            })();
+            let _ = c.execute_batch("COMMIT");
+            result
         })
     }
 
