@@ -136,8 +136,14 @@ fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Res
     // FULL: the WAL is fsynced at every commit, so "committed" means "on disk".
     conn.execute_batch(
         "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;
-         PRAGMA cache_size = -32768; PRAGMA mmap_size = 268435456; PRAGMA temp_store = MEMORY;",
+         PRAGMA mmap_size = 268435456; PRAGMA temp_store = MEMORY;",
     )?;
+    // The writer keeps a large page cache; readers, of which up to
+    // POOLED_READERS stay open, a small one each (they read mostly through
+    // the memory map and the OS page cache), so memory does not grow with
+    // the number of concurrent sessions.
+    let cache_kib = if read_only { 2048 } else { 32768 };
+    conn.execute_batch(&format!("PRAGMA cache_size = -{cache_kib};"))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
