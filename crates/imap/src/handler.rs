@@ -332,6 +332,9 @@ impl From<NameError> for Refusal {
 
 type CmdResult = Result<(Vec<u8>, String), Refusal>;
 
+/// The account, `(sequence number, entry)` pairs and scope a search runs over.
+type Candidates = (PrincipalId, Vec<(u32, MessageEntry)>, search::Scope);
+
 async fn send(conn: &mut Connection, bytes: &[u8]) -> bool {
     if bytes.is_empty() {
         return true;
@@ -2130,6 +2133,27 @@ impl Conn {
         Ok(selected)
     }
 
+    /// What SEARCH, SORT and THREAD look at: the selected mailbox's
+    /// account, its messages with their sequence numbers (messages already
+    /// expunged by others only when `need` is the listing alone), and the
+    /// scope `*` refers to.
+    fn candidates(&self, need: search::Need) -> Result<Candidates, Refusal> {
+        let selected = self.selected()?;
+        let entries = selected
+            .view
+            .messages()
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| need == search::Need::Listing || !m.gone)
+            .map(|(i, m)| (i as u32 + 1, m.entry.clone()))
+            .collect();
+        let scope = search::Scope {
+            exists: selected.view.exists(),
+            last_uid: selected.view.messages().last().map_or(0, |m| m.entry.uid),
+        };
+        Ok((selected.mailbox.account, entries, scope))
+    }
+
     fn resolve_set(&self, set: &SequenceSet, uid: bool) -> Result<Vec<usize>, Refusal> {
         let selected = self.selected()?;
         selected
@@ -2212,20 +2236,7 @@ impl Conn {
             // A CONDSTORE enabling command (RFC 7162 section 3.1).
             self.session.condstore = true;
         }
-        let selected = self.selected()?;
-        let account = selected.mailbox.account;
-        let entries: Vec<(u32, MessageEntry)> = selected
-            .view
-            .messages()
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| need == search::Need::Listing || !m.gone)
-            .map(|(i, m)| (i as u32 + 1, m.entry.clone()))
-            .collect();
-        let scope = search::Scope {
-            exists: selected.view.exists(),
-            last_uid: selected.view.messages().last().map_or(0, |m| m.entry.uid),
-        };
+        let (account, entries, scope) = self.candidates(need)?;
         let mut highest = 0u64;
         let found: Vec<(u32, u64, u32)> = self
             .shared
@@ -2390,20 +2401,7 @@ impl Conn {
             ),
             _ => (true, false),
         };
-        let selected = self.selected()?;
-        let account = selected.mailbox.account;
-        let entries: Vec<(u32, MessageEntry)> = selected
-            .view
-            .messages()
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| need == search::Need::Listing || !m.gone)
-            .map(|(i, m)| (i as u32 + 1, m.entry.clone()))
-            .collect();
-        let scope = search::Scope {
-            exists: selected.view.exists(),
-            last_uid: selected.view.messages().last().map_or(0, |m| m.entry.uid),
-        };
+        let (account, entries, scope) = self.candidates(need)?;
         let facts: Vec<sort::Facts> = self
             .shared
             .store

@@ -567,6 +567,26 @@ const AUDIT_COLUMNS: &str =
     "seq, time_ms, actor, auth_method, logon_type, target, operation, object_ids,
                              item_count, client_ip, protocol, outcome, prev_hash, hash";
 
+/// `targets` with their keywords checked, normalised and deduplicated,
+/// before the write reaches the writer thread that every delivery shares.
+fn normalized(targets: &[Delivery]) -> Result<Vec<Delivery>> {
+    targets
+        .iter()
+        .map(|t| {
+            let keywords: std::collections::BTreeSet<String> = t
+                .keywords
+                .iter()
+                .map(|k| normalize_keyword(k))
+                .collect::<Result<_>>()?;
+            Ok(Delivery {
+                account: t.account,
+                mailbox: t.mailbox,
+                keywords: keywords.into_iter().collect(),
+            })
+        })
+        .collect()
+}
+
 /// Stores one message for its targets inside an open write: the blob
 /// reference, per account the quota check, UIDs, thread, email row and
 /// mailbox entries. Shared by single and batch deliveries.
@@ -1361,23 +1381,7 @@ impl Backend for SqliteBackend {
         if targets.is_empty() {
             return Ok(Vec::new());
         }
-        // Keywords are checked and normalised before the write reaches the
-        // writer thread, which every delivery shares.
-        let targets: Vec<Delivery> = targets
-            .iter()
-            .map(|t| {
-                let keywords: std::collections::BTreeSet<String> = t
-                    .keywords
-                    .iter()
-                    .map(|k| normalize_keyword(k))
-                    .collect::<Result<_>>()?;
-                Ok(Delivery {
-                    account: t.account,
-                    mailbox: t.mailbox,
-                    keywords: keywords.into_iter().collect(),
-                })
-            })
-            .collect::<Result<_>>()?;
+        let targets = normalized(targets)?;
         let id = blob_id(raw);
         let size = raw.len() as u64;
         let inline: Option<Arc<[u8]>> =
@@ -1425,22 +1429,7 @@ impl Backend for SqliteBackend {
         }
         let mut prepared = Vec::with_capacity(items.len());
         for item in items {
-            let targets: Vec<Delivery> = item
-                .targets
-                .iter()
-                .map(|t| {
-                    let keywords: std::collections::BTreeSet<String> = t
-                        .keywords
-                        .iter()
-                        .map(|k| normalize_keyword(k))
-                        .collect::<Result<_>>()?;
-                    Ok(Delivery {
-                        account: t.account,
-                        mailbox: t.mailbox,
-                        keywords: keywords.into_iter().collect(),
-                    })
-                })
-                .collect::<Result<_>>()?;
+            let targets = normalized(&item.targets)?;
             if targets.is_empty() {
                 return Err(Error::Invalid("a batch message needs a target".into()));
             }

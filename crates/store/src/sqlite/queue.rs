@@ -106,6 +106,18 @@ fn to_message(conn: &Connection, row: MessageRow, due_at: Option<i64>) -> Result
     })
 }
 
+fn require_queued(ctx: &OpCtx<'_>, id: QueueId) -> Result<()> {
+    let exists = ctx
+        .conn
+        .prepare_cached("SELECT 1 FROM queue_messages WHERE id = ?1")?
+        .exists([id.0])?;
+    if exists {
+        Ok(())
+    } else {
+        Err(Error::not_found("queued message", id))
+    }
+}
+
 /// Deletes a message whose recipients are all settled; returns whether it did.
 fn drop_if_settled(ctx: &mut OpCtx<'_>, id: i64) -> Result<bool> {
     let pending = ctx
@@ -262,13 +274,7 @@ impl SqliteBackend {
             Some(id.to_string()),
             None,
             move |ctx, event| {
-                let exists = ctx
-                    .conn
-                    .prepare_cached("SELECT 1 FROM queue_messages WHERE id = ?1")?
-                    .exists([id.0])?;
-                if !exists {
-                    return Err(Error::not_found("queued message", id));
-                }
+                require_queued(ctx, id)?;
                 for (address, update) in &updates {
                     let (status, next, error, delay_notified): (
                         &str,
@@ -322,13 +328,7 @@ impl SqliteBackend {
             Some(id.to_string()),
             None,
             move |ctx, event| {
-                let exists = ctx
-                    .conn
-                    .prepare_cached("SELECT 1 FROM queue_messages WHERE id = ?1")?
-                    .exists([id.0])?;
-                if !exists {
-                    return Err(Error::not_found("queued message", id));
-                }
+                require_queued(ctx, id)?;
                 let n = ctx
                     .conn
                     .prepare_cached(
