@@ -14,8 +14,9 @@ use bulwark_core::{
 };
 
 use crate::{
-    Backend, Delivery, DkimKey, EmailMeta, Error, Grant, KeywordUpdate, NewPrincipal,
-    NewQueueRecipient, NewQueuedMessage, RecipientStatus, RecipientUpdate,
+    Backend, DavCollectionProps, DavKind, DavPrecondition, Delivery, DkimKey, EmailMeta, Error,
+    Grant, KeywordUpdate, NewDavObject, NewPrincipal, NewQueueRecipient, NewQueuedMessage,
+    RecipientStatus, RecipientUpdate, TimeSpans,
 };
 
 /// A named check.
@@ -46,6 +47,9 @@ pub const CHECKS: &[Check] = &[
     ("mailbox_rights", mailbox_rights),
     ("batch_delivery_is_all_or_nothing", batch_delivery),
     ("changed_entries_since_a_modseq", changed_since),
+    ("dav_collections_and_objects", dav_objects),
+    ("dav_sync_reports_changes_and_tombstones", dav_sync),
+    ("dav_time_ranges", dav_time_ranges),
 ];
 
 fn admin() -> Actor {
@@ -1296,4 +1300,325 @@ fn changed_since(b: &dyn Backend) {
     assert!(after > later, "an expunge moves the mailbox's mark");
     let other = user(b, "bob@example.com");
     assert!(b.messages_changed_since(other, inbox, ModSeq(0)).is_err());
+}
+
+fn dav_object(name: &str, uid: &str, data: &str, spans: Option<TimeSpans>) -> NewDavObject {
+    NewDavObject {
+        name: name.into(),
+        uid: uid.into(),
+        component: "VEVENT".into(),
+        data: data.into(),
+        spans,
+    }
+}
+
+fn dav_objects(b: &dyn Backend) {
+    domain(b, "example.com");
+    let alice = user(b, "alice@example.com");
+    let bob = user(b, "bob@example.com");
+    let me = Actor::user("alice@example.com", alice.0, "password", None, "test");
+    let props = DavCollectionProps {
+        display_name: "Work".into(),
+        ..Default::default()
+    };
+    let cal = b
+        .create_dav_collection(
+            &me,
+            alice,
+            DavKind::Calendar,
+            "work",
+            &props,
+            "VEVENT,VTODO",
+        )
+        .unwrap();
+    assert!(matches!(
+        b.create_dav_collection(&me, alice, DavKind::Calendar, "work", &props, ""),
+        Err(Error::AlreadyExists { .. })
+    ));
+    // The same name may be used by another kind and another account.
+    b.create_dav_collection(&me, alice, DavKind::AddressBook, "work", &props, "")
+        .unwrap();
+    let bob_cal = b
+        .create_dav_collection(&admin(), bob, DavKind::Calendar, "work", &props, "")
+        .unwrap();
+    for bad in ["", "..", "a/b", "x\nY"] {
+        assert!(
+            b.create_dav_collection(&me, alice, DavKind::Calendar, bad, &props, "")
+                .is_err()
+        );
+    }
+    assert_eq!(
+        b.dav_collections(alice, DavKind::Calendar).unwrap().len(),
+        1
+    );
+
+    let put = b
+        .put_dav_object(
+            &me,
+            alice,
+            cal.id,
+            &dav_object("a.ics", "uid-a", "DATA-A", None),
+            DavPrecondition::Absent,
+        )
+        .unwrap();
+    assert!(put.created);
+    // If-None-Match: * on an existing name fails; If-Match with the old tag too.
+    assert!(matches!(
+        b.put_dav_object(
+            &me,
+            alice,
+            cal.id,
+            &dav_object("a.ics", "uid-a", "X", None),
+            DavPrecondition::Absent
+        ),
+        Err(Error::PreconditionFailed(_))
+    ));
+    let second = b
+        .put_dav_object(
+            &me,
+            alice,
+            cal.id,
+            &dav_object("a.ics", "uid-a", "DATA-A2", None),
+            DavPrecondition::Matches(put.modseq),
+        )
+        .unwrap();
+    assert!(!second.created && second.modseq > put.modseq);
+    assert!(matches!(
+        b.put_dav_object(
+            &me,
+            alice,
+            cal.id,
+            &dav_object("a.ics", "uid-a", "X", None),
+            DavPrecondition::Matches(put.modseq)
+        ),
+        Err(Error::PreconditionFailed(_))
+    ));
+    // A UID lives once per collection.
+    assert!(matches!(
+        b.put_dav_object(
+            &me,
+            alice,
+            cal.id,
+            &dav_object("b.ics", "uid-a", "X", None),
+            DavPrecondition::None
+        ),
+        Err(Error::Conflict(_))
+    ));
+    // A collection of another account is refused even with its id.
+    assert!(matches!(
+        b.put_dav_object(
+            &me,
+            alice,
+            bob_cal.id,
+            &dav_object("c.ics", "uid-c", "X", None),
+            DavPrecondition::None
+        ),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(b.dav_objects(bob_cal.id).unwrap().is_empty());
+
+    let listed = b.dav_objects(cal.id).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].name.as_str(), listed[0].size, listed[0].modseq),
+        ("a.ics", 7, second.modseq)
+    );
+    let got = b
+        .dav_objects_named(cal.id, &["a.ics".into(), "missing.ics".into()])
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].data, "DATA-A2");
+    let after_put = b
+        .dav_collection(alice, DavKind::Calendar, "work")
+        .unwrap()
+        .unwrap();
+    assert_eq!(after_put.modseq, second.modseq);
+
+    // Deleting leaves nothing listed; a second delete is NotFound.
+    b.delete_dav_object(&me, alice, cal.id, "a.ics", DavPrecondition::None)
+        .unwrap();
+    assert!(b.dav_objects(cal.id).unwrap().is_empty());
+    assert!(matches!(
+        b.delete_dav_object(&me, alice, cal.id, "a.ics", DavPrecondition::None),
+        Err(Error::NotFound { .. })
+    ));
+    // The name and the UID are free again.
+    assert!(
+        b.put_dav_object(
+            &me,
+            alice,
+            cal.id,
+            &dav_object("a.ics", "uid-a", "DATA-A3", None),
+            DavPrecondition::Absent
+        )
+        .unwrap()
+        .created
+    );
+
+    let updated = DavCollectionProps {
+        display_name: "Office".into(),
+        description: "Meetings".into(),
+        color: Some("#112233".into()),
+    };
+    b.update_dav_collection(&me, alice, cal.id, &updated)
+        .unwrap();
+    assert_eq!(
+        b.dav_collection(alice, DavKind::Calendar, "work")
+            .unwrap()
+            .unwrap()
+            .props,
+        updated
+    );
+    // Usage follows the stored data; deleting the collection releases it.
+    let used = b.principal(alice).unwrap().unwrap().used_bytes;
+    assert_eq!(used, 7);
+    b.delete_dav_collection(&me, alice, cal.id).unwrap();
+    assert_eq!(b.principal(alice).unwrap().unwrap().used_bytes, 0);
+    assert!(
+        b.dav_collection(alice, DavKind::Calendar, "work")
+            .unwrap()
+            .is_none()
+    );
+    // Bob's data was never touched; the admin's write to it was audited.
+    assert!(
+        b.audit_tail(50)
+            .unwrap()
+            .iter()
+            .any(|r| r.event.operation == "dav.collection.create"
+                && r.event.target.as_deref() == Some("bob@example.com"))
+    );
+}
+
+fn dav_sync(b: &dyn Backend) {
+    domain(b, "example.com");
+    let alice = user(b, "alice@example.com");
+    let me = Actor::user("alice@example.com", alice.0, "password", None, "test");
+    let book = b
+        .create_dav_collection(
+            &me,
+            alice,
+            DavKind::AddressBook,
+            "contacts",
+            &DavCollectionProps::default(),
+            "",
+        )
+        .unwrap();
+    for i in 0..5 {
+        let name = format!("{i}.vcf");
+        b.put_dav_object(
+            &me,
+            alice,
+            book.id,
+            &dav_object(&name, &format!("u{i}"), "V", None),
+            DavPrecondition::None,
+        )
+        .unwrap();
+    }
+    let token = b.dav_changes_since(book.id, ModSeq(0), 100).unwrap();
+    assert_eq!(token.objects.len(), 5);
+    assert!(!token.truncated);
+    // A later sync names only what changed, deletions as tombstones.
+    b.put_dav_object(
+        &me,
+        alice,
+        book.id,
+        &dav_object("1.vcf", "u1", "V2", None),
+        DavPrecondition::None,
+    )
+    .unwrap();
+    b.delete_dav_object(&me, alice, book.id, "3.vcf", DavPrecondition::None)
+        .unwrap();
+    let changes = b.dav_changes_since(book.id, token.modseq, 100).unwrap();
+    let seen: Vec<(&str, bool)> = changes
+        .objects
+        .iter()
+        .map(|o| (o.name.as_str(), o.deleted))
+        .collect();
+    assert_eq!(seen, [("1.vcf", false), ("3.vcf", true)]);
+    assert!(changes.modseq > token.modseq);
+    assert!(
+        b.dav_changes_since(book.id, changes.modseq, 100)
+            .unwrap()
+            .objects
+            .is_empty()
+    );
+    // Paging: a limit cuts the list and the token continues from it.
+    let first = b.dav_changes_since(book.id, ModSeq(0), 2).unwrap();
+    assert!(first.truncated);
+    assert_eq!(first.objects.len(), 2);
+    let rest = b.dav_changes_since(book.id, first.modseq, 100).unwrap();
+    assert_eq!(first.objects.len() + rest.objects.len(), 5);
+}
+
+fn dav_time_ranges(b: &dyn Backend) {
+    domain(b, "example.com");
+    let alice = user(b, "alice@example.com");
+    let me = Actor::user("alice@example.com", alice.0, "password", None, "test");
+    let cal = b
+        .create_dav_collection(
+            &me,
+            alice,
+            DavKind::Calendar,
+            "c",
+            &DavCollectionProps::default(),
+            "VEVENT",
+        )
+        .unwrap();
+    let once = TimeSpans {
+        instances: vec![(1000, 2000)],
+        expanded_until: None,
+    };
+    let weekly = TimeSpans {
+        instances: vec![(10_000, 10_100), (20_000, 20_100)],
+        expanded_until: Some(20_000),
+    };
+    b.put_dav_object(
+        &me,
+        alice,
+        cal.id,
+        &dav_object("once.ics", "1", "O", Some(once)),
+        DavPrecondition::None,
+    )
+    .unwrap();
+    b.put_dav_object(
+        &me,
+        alice,
+        cal.id,
+        &dav_object("weekly.ics", "2", "W", Some(weekly)),
+        DavPrecondition::None,
+    )
+    .unwrap();
+    let names = |start, end| -> Vec<String> {
+        b.dav_objects_in_range(cal.id, start, end)
+            .unwrap()
+            .into_iter()
+            .map(|o| o.meta.name)
+            .collect()
+    };
+    assert_eq!(names(0, 999), Vec::<String>::new());
+    assert_eq!(names(0, 1001), ["once.ics"]);
+    assert_eq!(names(2000, 3000), Vec::<String>::new(), "end is exclusive");
+    assert_eq!(names(10_050, 10_060), ["weekly.ics"]);
+    // Past the stored instances the open-ended object is a candidate.
+    let far = b.dav_objects_in_range(cal.id, 50_000, 60_000).unwrap();
+    assert_eq!(far.len(), 1);
+    assert!(far[0].open_ended);
+    // Replacing an object replaces its spans.
+    let moved = TimeSpans {
+        instances: vec![(5000, 6000)],
+        expanded_until: None,
+    };
+    b.put_dav_object(
+        &me,
+        alice,
+        cal.id,
+        &dav_object("once.ics", "1", "O2", Some(moved)),
+        DavPrecondition::None,
+    )
+    .unwrap();
+    assert_eq!(names(0, 3000), Vec::<String>::new());
+    assert_eq!(names(5500, 5600), ["once.ics"]);
+    b.delete_dav_object(&me, alice, cal.id, "weekly.ics", DavPrecondition::None)
+        .unwrap();
+    assert_eq!(names(0, 100_000), ["once.ics"]);
 }

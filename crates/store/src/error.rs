@@ -25,6 +25,9 @@ pub enum Error {
     },
     /// The change contradicts existing data.
     Conflict(String),
+    /// The object is not in the state the write was conditional on
+    /// (an ETag that no longer matches, a name that is taken).
+    PreconditionFailed(String),
     /// The account's quota would be exceeded.
     QuotaExceeded {
         /// Quota in bytes.
@@ -53,6 +56,7 @@ impl Error {
             Error::NotFound { .. }
                 | Error::AlreadyExists { .. }
                 | Error::Conflict(_)
+                | Error::PreconditionFailed(_)
                 | Error::QuotaExceeded { .. }
                 | Error::Invalid(_)
         )
@@ -79,6 +83,7 @@ impl fmt::Display for Error {
             Error::NotFound { what, name } => write!(f, "{what} {name} does not exist"),
             Error::AlreadyExists { what, name } => write!(f, "{what} {name} already exists"),
             Error::Conflict(m) => write!(f, "{m}"),
+            Error::PreconditionFailed(m) => write!(f, "precondition failed: {m}"),
             Error::QuotaExceeded { limit, needed } => {
                 write!(f, "quota exceeded: {needed} bytes needed, {limit} allowed")
             }

@@ -292,6 +292,89 @@ pub trait Backend: Send + Sync + 'static {
     /// A domain's signing keys, newest first.
     fn dkim_keys(&self, domain: DomainId) -> Result<Vec<DkimKey>>;
 
+    // ---- DAV collections and objects (calendars, address books) ----
+
+    /// The account's collections of `kind`, by name.
+    fn dav_collections(&self, account: PrincipalId, kind: DavKind) -> Result<Vec<DavCollection>>;
+    /// One collection by name.
+    fn dav_collection(
+        &self,
+        account: PrincipalId,
+        kind: DavKind,
+        name: &str,
+    ) -> Result<Option<DavCollection>>;
+    /// Creates a collection; `AlreadyExists` if the name is taken.
+    fn create_dav_collection(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        kind: DavKind,
+        name: &str,
+        props: &DavCollectionProps,
+        components: &str,
+    ) -> Result<DavCollection>;
+    /// Replaces a collection's client-settable properties.
+    fn update_dav_collection(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        collection: DavCollectionId,
+        props: &DavCollectionProps,
+    ) -> Result<ModSeq>;
+    /// Deletes a collection and everything in it.
+    fn delete_dav_collection(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        collection: DavCollectionId,
+    ) -> Result<()>;
+    /// The live objects of a collection, by name.
+    fn dav_objects(&self, collection: DavCollectionId) -> Result<Vec<DavObjectMeta>>;
+    /// Live objects with their data, for the names given that exist.
+    fn dav_objects_named(
+        &self,
+        collection: DavCollectionId,
+        names: &[String],
+    ) -> Result<Vec<DavObject>>;
+    /// Every live object with its data.
+    fn dav_objects_all(&self, collection: DavCollectionId) -> Result<Vec<DavObject>>;
+    /// Live calendar objects that may occur in `[start, end)`: those with a
+    /// stored instance overlapping it, plus open-ended ones whose stored
+    /// instances stop before `end` (the caller expands those to decide).
+    fn dav_objects_in_range(
+        &self,
+        collection: DavCollectionId,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<DavObject>>;
+    /// Creates or replaces an object if `precondition` holds
+    /// (`Conflict` when it does not, or when another live object has the UID).
+    fn put_dav_object(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        collection: DavCollectionId,
+        object: &NewDavObject,
+        precondition: DavPrecondition,
+    ) -> Result<DavPut>;
+    /// Deletes an object, leaving a tombstone; `NotFound` if there is none.
+    fn delete_dav_object(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        collection: DavCollectionId,
+        name: &str,
+        precondition: DavPrecondition,
+    ) -> Result<()>;
+    /// Objects changed or deleted after `since`, at most `limit` (cut at a
+    /// modseq boundary).
+    fn dav_changes_since(
+        &self,
+        collection: DavCollectionId,
+        since: ModSeq,
+        limit: usize,
+    ) -> Result<DavChanges>;
+
     // ---- change log ----
 
     /// The account's current modification sequence.

@@ -250,6 +250,58 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX mailbox_messages_modseq ON mailbox_messages(mailbox_id, modseq);
     "#,
+    // 6: DAV collections (calendars, address books) and their objects in one
+    // shape, with tombstones for sync-collection and a time-range index.
+    // The version-2 tables never held data (no code wrote them).
+    r#"
+    DROP TABLE calendar_instances;
+    DROP TABLE calendar_objects;
+    DROP TABLE calendars;
+    DROP TABLE cards;
+    DROP TABLE address_books;
+    CREATE TABLE dav_collections (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL CHECK (kind IN ('calendar','addressbook')),
+        name TEXT NOT NULL,
+        display_name TEXT NOT NULL DEFAULT '',
+        description TEXT NOT NULL DEFAULT '',
+        color TEXT,
+        components TEXT NOT NULL DEFAULT '',
+        modseq INTEGER NOT NULL,
+        UNIQUE (account_id, kind, name)
+    );
+    -- A deleted object stays as a tombstone (deleted = 1, data empty) so a
+    -- sync-collection report can name it.
+    CREATE TABLE dav_objects (
+        id INTEGER PRIMARY KEY,
+        collection_id INTEGER NOT NULL REFERENCES dav_collections(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        uid TEXT NOT NULL,
+        component TEXT NOT NULL DEFAULT '',
+        data TEXT NOT NULL,
+        modseq INTEGER NOT NULL,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        -- Start of the last stored instance when the recurrence goes on
+        -- beyond what dav_instances holds; NULL when all are stored.
+        expanded_until INTEGER,
+        UNIQUE (collection_id, name)
+    );
+    CREATE UNIQUE INDEX dav_objects_uid ON dav_objects(collection_id, uid) WHERE deleted = 0;
+    CREATE INDEX dav_objects_modseq ON dav_objects(collection_id, modseq);
+    CREATE INDEX dav_objects_open_ended ON dav_objects(collection_id, expanded_until)
+        WHERE expanded_until IS NOT NULL;
+    -- Time spans of calendar objects (one per stored recurrence instance),
+    -- Unix seconds, end exclusive.
+    CREATE TABLE dav_instances (
+        collection_id INTEGER NOT NULL,
+        object_id INTEGER NOT NULL REFERENCES dav_objects(id) ON DELETE CASCADE,
+        start_at INTEGER NOT NULL,
+        end_at INTEGER NOT NULL
+    );
+    CREATE INDEX dav_instances_range ON dav_instances(collection_id, start_at, end_at);
+    CREATE INDEX dav_instances_object ON dav_instances(object_id);
+    "#,
 ];
 
 /// The schema version this binary writes.

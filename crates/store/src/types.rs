@@ -376,3 +376,158 @@ pub struct BatchItem {
     /// Where it goes.
     pub targets: Vec<Delivery>,
 }
+
+/// What a DAV collection holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DavKind {
+    /// iCalendar objects (CalDAV).
+    Calendar,
+    /// vCards (CardDAV).
+    AddressBook,
+}
+
+impl DavKind {
+    /// Stored name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DavKind::Calendar => "calendar",
+            DavKind::AddressBook => "addressbook",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn from_name(name: &str) -> Option<DavKind> {
+        match name {
+            "calendar" => Some(DavKind::Calendar),
+            "addressbook" => Some(DavKind::AddressBook),
+            _ => None,
+        }
+    }
+}
+
+/// Row id of a DAV collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DavCollectionId(pub i64);
+
+/// A calendar or address book.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DavCollection {
+    /// Row id.
+    pub id: DavCollectionId,
+    /// Owner.
+    pub account: PrincipalId,
+    /// Calendar or address book.
+    pub kind: DavKind,
+    /// Last path segment; unique per account and kind.
+    pub name: String,
+    /// Properties clients set.
+    pub props: DavCollectionProps,
+    /// For calendars: the component types it accepts, e.g. `VEVENT,VTODO`.
+    pub components: String,
+    /// The account modseq of the last change to the collection or any of
+    /// its objects: its sync token and collection tag.
+    pub modseq: ModSeq,
+}
+
+/// The client-settable properties of a collection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DavCollectionProps {
+    /// `DAV:displayname`.
+    pub display_name: String,
+    /// `calendar-description` / `addressbook-description`.
+    pub description: String,
+    /// Calendar colour as clients send it (`#RRGGBB[AA]`).
+    pub color: Option<String>,
+}
+
+/// One object (event, task, card) as listed, without its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DavObjectMeta {
+    /// Last path segment, e.g. `abc.ics`.
+    pub name: String,
+    /// The iCalendar/vCard UID.
+    pub uid: String,
+    /// `VEVENT`, `VTODO`, `VJOURNAL` or `VCARD`.
+    pub component: String,
+    /// Modseq of its last change; the ETag is derived from it.
+    pub modseq: ModSeq,
+    /// Size of the data, bytes.
+    pub size: u64,
+    /// A tombstone left by a delete (only [`Backend::dav_changes_since`] returns these).
+    ///
+    /// [`Backend::dav_changes_since`]: crate::Backend::dav_changes_since
+    pub deleted: bool,
+}
+
+/// One object with its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DavObject {
+    /// What listing shows.
+    pub meta: DavObjectMeta,
+    /// The iCalendar or vCard text.
+    pub data: String,
+    /// Whether its recurrence goes on past the stored instances, so a time
+    /// range beyond them must be checked by expanding the data.
+    pub open_ended: bool,
+}
+
+/// Where an object occurs in time, for calendar time-range queries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimeSpans {
+    /// `[start, end)` Unix seconds of each stored instance.
+    pub instances: Vec<(i64, i64)>,
+    /// Start of the last stored instance when the recurrence continues past
+    /// it; `None` when `instances` is complete.
+    pub expanded_until: Option<i64>,
+}
+
+/// An object to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDavObject {
+    /// Last path segment.
+    pub name: String,
+    /// Its UID (unique among the collection's live objects).
+    pub uid: String,
+    /// Main component type.
+    pub component: String,
+    /// The text, already validated by the caller.
+    pub data: String,
+    /// For calendar objects: where it occurs in time.
+    pub spans: Option<TimeSpans>,
+}
+
+/// A write's condition on the object's current state (HTTP `If-Match` /
+/// `If-None-Match: *`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DavPrecondition {
+    /// Write whatever is there.
+    None,
+    /// Only if the object exists with this modseq.
+    Matches(ModSeq),
+    /// Only if the object exists.
+    Exists,
+    /// Only if no object has the name.
+    Absent,
+}
+
+/// What [`Backend::put_dav_object`] did.
+///
+/// [`Backend::put_dav_object`]: crate::Backend::put_dav_object
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DavPut {
+    /// Whether the object is new.
+    pub created: bool,
+    /// Its modseq now.
+    pub modseq: ModSeq,
+}
+
+/// Objects changed in a collection since a modseq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DavChanges {
+    /// Changed and deleted objects (tombstones have `deleted`), oldest change first.
+    pub objects: Vec<DavObjectMeta>,
+    /// The collection's modseq: the token to continue from.
+    pub modseq: ModSeq,
+    /// More changes exist beyond `objects`; continue from the last one's modseq.
+    pub truncated: bool,
+}

@@ -2,6 +2,7 @@
 //! commit is on disk when it returns), a small pool of read connections,
 //! one writer thread doing group commits, and a blob directory.
 
+mod dav;
 mod queue;
 mod writer;
 
@@ -1773,6 +1774,106 @@ impl Backend for SqliteBackend {
                 _ => Error::from(e),
             }),
         }
+    }
+
+    fn dav_collections(&self, account: PrincipalId, kind: DavKind) -> Result<Vec<DavCollection>> {
+        self.dav_list_collections(account, kind)
+    }
+
+    fn dav_collection(
+        &self,
+        account: PrincipalId,
+        kind: DavKind,
+        name: &str,
+    ) -> Result<Option<DavCollection>> {
+        self.dav_one_collection(account, kind, name)
+    }
+
+    fn create_dav_collection(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        kind: DavKind,
+        name: &str,
+        props: &DavCollectionProps,
+        components: &str,
+    ) -> Result<DavCollection> {
+        self.dav_create_collection(actor, account, kind, name, props, components)
+    }
+
+    fn update_dav_collection(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        collection: DavCollectionId,
+        props: &DavCollectionProps,
+    ) -> Result<ModSeq> {
+        self.dav_update_collection(actor, account, collection, props)
+    }
+
+    fn delete_dav_collection(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        collection: DavCollectionId,
+    ) -> Result<()> {
+        self.dav_delete_collection(actor, account, collection)
+    }
+
+    fn dav_objects(&self, collection: DavCollectionId) -> Result<Vec<DavObjectMeta>> {
+        self.dav_list_objects(collection)
+    }
+
+    fn dav_objects_named(
+        &self,
+        collection: DavCollectionId,
+        names: &[String],
+    ) -> Result<Vec<DavObject>> {
+        self.dav_named_objects(collection, names)
+    }
+
+    fn dav_objects_all(&self, collection: DavCollectionId) -> Result<Vec<DavObject>> {
+        self.dav_all_objects(collection)
+    }
+
+    fn dav_objects_in_range(
+        &self,
+        collection: DavCollectionId,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<DavObject>> {
+        self.dav_range_objects(collection, start, end)
+    }
+
+    fn put_dav_object(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        collection: DavCollectionId,
+        object: &NewDavObject,
+        precondition: DavPrecondition,
+    ) -> Result<DavPut> {
+        self.dav_put_object(actor, account, collection, object, precondition)
+    }
+
+    fn delete_dav_object(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        collection: DavCollectionId,
+        name: &str,
+        precondition: DavPrecondition,
+    ) -> Result<()> {
+        self.dav_delete_object(actor, account, collection, name, precondition)
+    }
+
+    fn dav_changes_since(
+        &self,
+        collection: DavCollectionId,
+        since: ModSeq,
+        limit: usize,
+    ) -> Result<DavChanges> {
+        self.dav_changes(collection, since, limit)
     }
 
     fn enqueue(&self, actor: &Actor, raw: &[u8], message: &NewQueuedMessage) -> Result<QueueId> {
