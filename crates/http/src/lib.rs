@@ -9,6 +9,12 @@
 //!   configuration profile for the authenticated user (`GET /mobileconfig`,
 //!   Basic authentication through the directory's rate limits and bans).
 //! * The MTA-STS policy of our domains (`/.well-known/mta-sts.txt`).
+//! * The door to CalDAV and CardDAV: `/.well-known/caldav` and
+//!   `/.well-known/carddav` answer with a fixed redirect to `/dav/`, and
+//!   everything under `/dav/` is authenticated here (Basic, through the
+//!   directory's rate limits and bans, with a short-lived cache of proven
+//!   credentials so a sync of thousands of requests does not run Argon2
+//!   for each), its body read with a cap, then handed to `bulwark-dav`.
 //! * The request discipline every later web route (DAV, JMAP) inherits:
 //!   a fixed table of exact paths ([`Route`]), everything else 404; bodies
 //!   refused where none is expected and capped where one is; XML read
@@ -23,8 +29,9 @@
 //!   address exists (Autodiscover answers any address of our domains the
 //!   same way).
 //!
-//! HTTP/2 and the DAV routes (CalDAV, CardDAV) are not here yet.
+//! HTTP/2 is not here yet.
 
+mod auth_cache;
 pub mod profile;
 pub mod xml;
 
@@ -36,9 +43,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bulwark_core::EmailAddress;
+use bulwark_dav::{Dav, DavRequest};
 use bulwark_directory::{AuthError, Directory};
 use bulwark_server::http::{self, HeadLimits, Reply, closing, serve_http1};
 use bulwark_server::{Connection, ConnectionHandler};
+use bulwark_store::Principal;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
@@ -112,6 +121,8 @@ impl Route {
 struct State {
     directory: Directory,
     settings: ClientSettings,
+    dav: Dav,
+    logins: auth_cache::AuthCache,
 }
 
 /// The HTTPS front end, for `Protocol::Https`.
@@ -131,10 +142,13 @@ impl std::fmt::Debug for HttpHandler {
 impl HttpHandler {
     /// A front end answering from `directory`, telling clients `settings`.
     pub fn new(directory: Directory, settings: ClientSettings) -> HttpHandler {
+        let dav = Dav::new(directory.store().clone());
         HttpHandler {
             state: Arc::new(State {
                 directory,
                 settings,
+                dav,
+                logins: auth_cache::AuthCache::new(),
             }),
         }
     }
@@ -178,6 +192,22 @@ fn text(status: StatusCode, body: &'static str) -> Reply {
 }
 
 async fn respond(state: &State, req: Request<Incoming>, ip: IpAddr) -> Reply {
+    let path = req.uri().path();
+    if path == "/.well-known/caldav" || path == "/.well-known/carddav" {
+        // A fixed target: nothing from the request goes into it.
+        let mut response = text(StatusCode::MOVED_PERMANENTLY, "see /dav/\n");
+        response
+            .headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_static("/dav/"));
+        return if req.body().is_end_stream() {
+            response
+        } else {
+            closing(response)
+        };
+    }
+    if path == "/dav" || path.starts_with("/dav/") {
+        return dav(state, req, ip).await;
+    }
     let Some(route) = Route::of(req.uri().path()) else {
         let has_body = !req.body().is_end_stream();
         let response = text(StatusCode::NOT_FOUND, "not found\n");
@@ -287,28 +317,9 @@ async fn autoconfig(state: &State, req: &Request<Incoming>) -> Reply {
 
 async fn autodiscover(state: &State, req: Request<Incoming>) -> Reply {
     const XML: &str = "text/xml; charset=utf-8";
-    // A body announced as too large is refused before it is read.
-    let announced = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > MAX_AUTODISCOVER_BODY as u64) {
-        return closing(text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request body too large\n",
-        ));
-    }
-    let body = Limited::new(req.into_body(), MAX_AUTODISCOVER_BODY);
-    let collected = match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(_)) => {
-            return closing(text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large\n",
-            ));
-        }
-        Err(_) => return closing(text(StatusCode::REQUEST_TIMEOUT, "request body too slow\n")),
+    let collected = match read_body(req, MAX_AUTODISCOVER_BODY).await {
+        Ok(body) => body,
+        Err(response) => return response,
     };
     let request = match xml::autodiscover_request(&collected) {
         Ok(r) => r,
@@ -374,44 +385,128 @@ fn unauthorized() -> Reply {
     response
 }
 
-async fn mobileconfig(state: &State, req: &Request<Incoming>, ip: IpAddr) -> Reply {
+/// The principal behind the request's Basic credentials, or the answer
+/// to send instead.
+async fn authenticate(
+    state: &State,
+    req: &Request<Incoming>,
+    ip: IpAddr,
+) -> Result<Principal, Reply> {
     let Some((login, password)) = basic_credentials(req) else {
-        return unauthorized();
+        return Err(unauthorized());
     };
+    if let Some(principal) = state.logins.get(&login, &password) {
+        return Ok(principal);
+    }
     let directory = state.directory.clone();
+    let (login_copy, password_copy) = (login.clone(), password.clone());
     let checked = tokio::task::spawn_blocking(move || {
-        directory.authenticate(&login, &password, ip, Instant::now())
+        directory.authenticate(&login_copy, &password_copy, ip, Instant::now())
     })
     .await;
-    let auth = match checked {
-        Ok(Ok(auth)) => auth,
+    match checked {
+        Ok(Ok(auth)) => {
+            state
+                .logins
+                .insert(&login, &password, auth.principal.clone());
+            Ok(auth.principal)
+        }
         Ok(Err(AuthError::Failed | AuthError::TemporarilyBlocked)) => {
             tracing::info!(%ip, "HTTPS authentication failed");
-            return unauthorized();
+            Err(unauthorized())
         }
         Ok(Err(AuthError::Unavailable(e))) => {
             tracing::warn!(error = %e, "directory unavailable for authentication");
-            return text(StatusCode::SERVICE_UNAVAILABLE, "try again later\n");
+            Err(text(StatusCode::SERVICE_UNAVAILABLE, "try again later\n"))
         }
         Err(e) => {
             tracing::error!(error = %e, "authentication task failed");
-            return text(StatusCode::SERVICE_UNAVAILABLE, "try again later\n");
+            Err(text(StatusCode::SERVICE_UNAVAILABLE, "try again later\n"))
+        }
+    }
+}
+
+/// Reads a body of at most `max` bytes; the answer to send if it is
+/// larger or too slow.
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Reply> {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > max as u64) {
+        return Err(closing(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large\n",
+        )));
+    }
+    let body = Limited::new(req.into_body(), max);
+    match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(_)) => Err(closing(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large\n",
+        ))),
+        Err(_) => Err(closing(text(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body too slow\n",
+        ))),
+    }
+}
+
+async fn dav(state: &State, req: Request<Incoming>, ip: IpAddr) -> Reply {
+    let principal = match authenticate(state, &req, ip).await {
+        Ok(p) => p,
+        Err(response) => {
+            return if req.body().is_end_stream() {
+                response
+            } else {
+                closing(response)
+            };
         }
     };
-    let address = auth.principal.address.to_string();
-    let uuid = format!(
-        "bulwark-{}-{}",
-        auth.principal.id, auth.principal.created_at
-    );
+    let header_text = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let mut request = DavRequest {
+        method: req.method().as_str().to_ascii_uppercase(),
+        path: req.uri().path().to_string(),
+        depth: header_text("depth"),
+        if_match: header_text("if-match"),
+        if_none_match: header_text("if-none-match"),
+        body: Vec::new(),
+    };
+    let head = request.method == "HEAD";
+    request.body = match read_body(req, bulwark_dav::MAX_BODY).await {
+        Ok(body) => body.to_vec(),
+        Err(response) => return response,
+    };
+    let answer = state.dav.handle(&principal, ip, request).await;
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = if head { Vec::new() } else { answer.body };
+    let mut response = reply(status, answer.content_type, body);
+    for (name, value) in answer.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+async fn mobileconfig(state: &State, req: &Request<Incoming>, ip: IpAddr) -> Reply {
+    let principal = match authenticate(state, req, ip).await {
+        Ok(p) => p,
+        Err(response) => return response,
+    };
+    let address = principal.address.to_string();
+    let uuid = format!("bulwark-{}-{}", principal.id, principal.created_at);
     let mut response = reply(
         StatusCode::OK,
         "application/x-apple-aspen-config",
-        profile::apple_profile(
-            &state.settings,
-            &address,
-            &auth.principal.display_name,
-            &uuid,
-        ),
+        profile::apple_profile(&state.settings, &address, &principal.display_name, &uuid),
     );
     response.headers_mut().insert(
         header::CONTENT_DISPOSITION,

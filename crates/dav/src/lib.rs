@@ -1,0 +1,730 @@
+//! WebDAV, CalDAV (RFC 4791) and CardDAV (RFC 6352) over the store.
+//!
+//! # What this crate owns
+//!
+//! * The DAV resource model: request paths parsed into typed references
+//!   ([`path::Resource`]: principal, home, collection, object); anything else
+//!   is 404.
+//! * Who may see and change what: the owner always; another account only
+//!   through a `calendar-read`/`calendar-write`/`contacts-read`/
+//!   `contacts-write` grant from the owner. Without one, another account's
+//!   resources answer 404, as if they did not exist. Every non-owner access
+//!   is audited (writes by the store, reads here).
+//! * The methods clients use: OPTIONS, PROPFIND (depth 0 and 1), PROPPATCH,
+//!   MKCALENDAR, MKCOL (extended, RFC 5689), GET/HEAD, PUT with ETags and
+//!   `If-Match`/`If-None-Match`, DELETE and REPORT (`calendar-query` with
+//!   time ranges and `expand`, `calendar-multiget`, `free-busy-query`,
+//!   `addressbook-query`, `addressbook-multiget`, `sync-collection`).
+//! * Validating stored iCalendar and vCard data and indexing when events
+//!   occur, with capped recurrence expansion ([`ical`]).
+//!
+//! # What it must not do
+//!
+//! * Touch sockets or HTTP framing: it takes a [`DavRequest`] already read
+//!   (with its body size bounded by the caller) and returns a
+//!   [`DavResponse`] built in memory. The HTTPS front end does the rest.
+//! * Fetch, proxy or follow anything a request names: hrefs in bodies are
+//!   parsed into resources of this server or ignored.
+//! * Resolve paths against a tree: `..`, encoded slashes and empty segments
+//!   are refused, never normalised.
+
+pub mod ical;
+pub mod path;
+mod props;
+mod report;
+pub mod xml;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use bulwark_audit::Actor;
+use bulwark_core::{ModSeq, PrincipalId, Right};
+use bulwark_store::{
+    DavCollection, DavCollectionProps, DavKind, DavPrecondition, Error as StoreError, NewDavObject,
+    Principal, Store,
+};
+
+use path::Resource;
+use xml::{CALDAV, CARDDAV, DAV, Element};
+
+/// Largest calendar object or card accepted, bytes (`max-resource-size`).
+pub const MAX_RESOURCE_SIZE: usize = 2 * 1024 * 1024;
+/// Largest XML request body, bytes.
+pub const MAX_XML_BODY: usize = 1024 * 1024;
+/// Largest body of any DAV request; the front end refuses more unread.
+pub const MAX_BODY: usize = MAX_RESOURCE_SIZE;
+/// The name of the collections created on first use.
+pub const DEFAULT_COLLECTION: &str = "default";
+
+/// A request as the front end read it.
+#[derive(Debug, Clone, Default)]
+pub struct DavRequest {
+    /// HTTP method, upper case.
+    pub method: String,
+    /// Path without the query.
+    pub path: String,
+    /// `Depth` header.
+    pub depth: Option<String>,
+    /// `If-Match` header.
+    pub if_match: Option<String>,
+    /// `If-None-Match` header.
+    pub if_none_match: Option<String>,
+    /// The body (at most [`MAX_BODY`] bytes).
+    pub body: Vec<u8>,
+}
+
+/// An answer built in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DavResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// `Content-Type` of the body.
+    pub content_type: &'static str,
+    /// Further headers (`ETag`, `DAV`, `Allow`, `Location`).
+    pub headers: Vec<(&'static str, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+const XML_TYPE: &str = "application/xml; charset=utf-8";
+const TEXT_TYPE: &str = "text/plain; charset=utf-8";
+const ALLOW: &str =
+    "OPTIONS, GET, HEAD, PUT, DELETE, PROPFIND, PROPPATCH, MKCOL, MKCALENDAR, REPORT";
+const DAV_HEADER: &str = "1, 3, access-control, calendar-access, addressbook, extended-mkcol";
+
+impl DavResponse {
+    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> DavResponse {
+        DavResponse {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    fn text(status: u16, body: &str) -> DavResponse {
+        DavResponse::new(status, TEXT_TYPE, format!("{body}\n"))
+    }
+
+    fn empty(status: u16) -> DavResponse {
+        DavResponse::new(status, TEXT_TYPE, Vec::new())
+    }
+
+    fn not_found() -> DavResponse {
+        DavResponse::text(404, "not found")
+    }
+
+    fn forbidden(body: &str) -> DavResponse {
+        DavResponse::text(403, body)
+    }
+
+    fn multistatus(body: String) -> DavResponse {
+        DavResponse::new(207, XML_TYPE, body)
+    }
+
+    /// A `DAV:error` body naming the precondition that failed.
+    fn precondition(status: u16, ns: &str, condition: &str, message: &str) -> DavResponse {
+        tracing::debug!(condition, message, "DAV precondition failed");
+        let element = xml::PropName::new(ns, condition).element("");
+        DavResponse::new(
+            status,
+            XML_TYPE,
+            format!(
+                "{}{element}<D:responsedescription>{}</D:responsedescription></D:error>",
+                xml::root_start("error"),
+                xml::escape(message)
+            ),
+        )
+    }
+
+    fn with_header(mut self, name: &'static str, value: String) -> DavResponse {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// The ETag of an object version.
+pub fn etag(modseq: ModSeq) -> String {
+    format!("\"{}\"", modseq.0)
+}
+
+fn parse_etag(value: &str) -> Option<ModSeq> {
+    let value = value.trim();
+    let value = value.strip_prefix("W/").unwrap_or(value);
+    value
+        .strip_prefix('"')?
+        .strip_suffix('"')?
+        .parse()
+        .ok()
+        .map(ModSeq)
+}
+
+/// What the authenticated user may do with a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Access {
+    pub read: bool,
+    pub write: bool,
+    pub owner: bool,
+}
+
+/// The user making the request.
+pub(crate) struct Caller<'a> {
+    pub user: &'a Principal,
+    pub actor: Actor,
+}
+
+/// The DAV service.
+#[derive(Clone)]
+pub struct Dav {
+    store: Store,
+    /// Accounts whose default calendar and address book exist already.
+    provisioned: Arc<Mutex<HashSet<PrincipalId>>>,
+}
+
+impl std::fmt::Debug for Dav {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dav").finish_non_exhaustive()
+    }
+}
+
+fn store_failure(e: &StoreError) -> DavResponse {
+    match e {
+        StoreError::NotFound { .. } => DavResponse::not_found(),
+        StoreError::PreconditionFailed(_) => DavResponse::text(412, "precondition failed"),
+        StoreError::AlreadyExists { .. } => DavResponse::text(405, "already exists"),
+        StoreError::QuotaExceeded { .. } => DavResponse::precondition(
+            507,
+            DAV,
+            "quota-not-exceeded",
+            "the account's quota would be exceeded",
+        ),
+        StoreError::Invalid(m) | StoreError::Conflict(m) => DavResponse::text(409, m),
+        other => {
+            tracing::error!(error = %other, "DAV storage failure");
+            DavResponse::text(503, "storage unavailable, try again later")
+        }
+    }
+}
+
+impl Dav {
+    /// A DAV service over `store`.
+    pub fn new(store: Store) -> Dav {
+        Dav {
+            store,
+            provisioned: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Answers `req` for the authenticated `user` connecting from `ip`.
+    pub async fn handle(&self, user: &Principal, ip: IpAddr, req: DavRequest) -> DavResponse {
+        let Some(resource) = Resource::parse(&req.path) else {
+            return DavResponse::not_found();
+        };
+        let protocol = match &resource {
+            Resource::Home(DavKind::AddressBook, _)
+            | Resource::Collection(DavKind::AddressBook, ..)
+            | Resource::Object(DavKind::AddressBook, ..) => "carddav",
+            _ => "caldav",
+        };
+        let caller = Caller {
+            user,
+            actor: Actor::user(
+                &user.address.to_string(),
+                user.id.0,
+                "password",
+                Some(ip.to_string()),
+                protocol,
+            ),
+        };
+        if let Err(e) = self.provision(user.id).await {
+            return store_failure(&e);
+        }
+        match self.dispatch(&caller, resource, req).await {
+            Ok(response) => response,
+            Err(e) => store_failure(&e),
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        caller: &Caller<'_>,
+        resource: Resource,
+        req: DavRequest,
+    ) -> Result<DavResponse, StoreError> {
+        match req.method.as_str() {
+            "OPTIONS" => Ok(DavResponse::empty(200)
+                .with_header("DAV", DAV_HEADER.into())
+                .with_header("Allow", ALLOW.into())),
+            "PROPFIND" => self.propfind(caller, &resource, &req).await,
+            "PROPPATCH" => self.proppatch(caller, &resource, &req).await,
+            "REPORT" => self.report(caller, &resource, &req).await,
+            "GET" | "HEAD" => self.get(caller, &resource).await,
+            "PUT" => self.put(caller, &resource, &req).await,
+            "DELETE" => self.delete(caller, &resource, &req).await,
+            "MKCALENDAR" | "MKCOL" => self.make_collection(caller, &resource, &req).await,
+            _ => {
+                Ok(DavResponse::text(405, "method not allowed").with_header("Allow", ALLOW.into()))
+            }
+        }
+    }
+
+    /// Creates the default calendar and address book the first time an
+    /// account is seen.
+    async fn provision(&self, account: PrincipalId) -> Result<(), StoreError> {
+        if self
+            .provisioned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&account)
+        {
+            return Ok(());
+        }
+        let actor = Actor::system("caldav");
+        self.store
+            .run(move |b| {
+                for kind in [DavKind::Calendar, DavKind::AddressBook] {
+                    if b.dav_collections(account, kind)?.is_empty() {
+                        let props = DavCollectionProps {
+                            display_name: match kind {
+                                DavKind::Calendar => "Calendar".into(),
+                                DavKind::AddressBook => "Contacts".into(),
+                            },
+                            ..Default::default()
+                        };
+                        let components = match kind {
+                            DavKind::Calendar => "VEVENT,VTODO",
+                            DavKind::AddressBook => "",
+                        };
+                        match b.create_dav_collection(
+                            &actor,
+                            account,
+                            kind,
+                            DEFAULT_COLLECTION,
+                            &props,
+                            components,
+                        ) {
+                            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        self.provisioned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(account);
+        Ok(())
+    }
+
+    /// The owner named by a path and what the caller may do there;
+    /// `None` (answered 404) when the caller has no business there.
+    pub(crate) async fn owner_access(
+        &self,
+        caller: &Caller<'_>,
+        owner: &str,
+        kind: Option<DavKind>,
+    ) -> Result<Option<(Principal, Access)>, StoreError> {
+        if caller.user.address.to_string().eq_ignore_ascii_case(owner) {
+            let full = Access {
+                read: true,
+                write: true,
+                owner: true,
+            };
+            return Ok(Some((caller.user.clone(), full)));
+        }
+        let Ok(address) = owner.parse::<bulwark_core::EmailAddress>() else {
+            return Ok(None);
+        };
+        let me = caller.user.id;
+        self.store
+            .run(move |b| {
+                let Some(owner) = b.principal_by_address(&address)? else {
+                    return Ok(None);
+                };
+                // Only the primary address names a principal in a path.
+                if owner.address != address {
+                    return Ok(None);
+                }
+                let grants = b.grants(Some(owner.id), Some(me))?;
+                let has = |r: Right| grants.iter().any(|g| g.right == r);
+                let (read, write) = match kind {
+                    Some(DavKind::Calendar) => (
+                        has(Right::CalendarRead) || has(Right::CalendarWrite),
+                        has(Right::CalendarWrite),
+                    ),
+                    Some(DavKind::AddressBook) => (
+                        has(Right::ContactsRead) || has(Right::ContactsWrite),
+                        has(Right::ContactsWrite),
+                    ),
+                    None => {
+                        let any = [
+                            Right::CalendarRead,
+                            Right::CalendarWrite,
+                            Right::ContactsRead,
+                            Right::ContactsWrite,
+                        ]
+                        .into_iter()
+                        .any(has);
+                        (any, false)
+                    }
+                };
+                Ok(read.then_some((
+                    owner,
+                    Access {
+                        read,
+                        write,
+                        owner: false,
+                    },
+                )))
+            })
+            .await
+    }
+
+    /// The collection a path names, with the caller's access.
+    pub(crate) async fn collection(
+        &self,
+        caller: &Caller<'_>,
+        kind: DavKind,
+        owner: &str,
+        name: &str,
+    ) -> Result<Option<(Principal, Access, Option<DavCollection>)>, StoreError> {
+        let Some((owner, access)) = self.owner_access(caller, owner, Some(kind)).await? else {
+            return Ok(None);
+        };
+        let id = owner.id;
+        let name = name.to_string();
+        let found = self
+            .store
+            .run(move |b| b.dav_collection(id, kind, &name))
+            .await?;
+        Ok(Some((owner, access, found)))
+    }
+
+    /// Records a read by someone other than the owner.
+    pub(crate) async fn audit_read(
+        &self,
+        caller: &Caller<'_>,
+        owner: &Principal,
+        access: Access,
+        operation: &str,
+        what: String,
+        items: u64,
+    ) -> Result<(), StoreError> {
+        if access.owner {
+            return Ok(());
+        }
+        let target = owner.address.to_string();
+        let mut event = caller
+            .actor
+            .event(operation, Some((&target, Some(owner.id.0))));
+        event.object_ids.push(what);
+        event.item_count = items;
+        self.store.run(move |b| b.append_audit(event)).await?;
+        Ok(())
+    }
+
+    async fn get(
+        &self,
+        caller: &Caller<'_>,
+        resource: &Resource,
+    ) -> Result<DavResponse, StoreError> {
+        let Resource::Object(kind, owner, coll, name) = resource else {
+            return Ok(match resource {
+                Resource::Collection(..) | Resource::Home(..) => {
+                    DavResponse::text(405, "use PROPFIND or REPORT on collections")
+                        .with_header("Allow", ALLOW.into())
+                }
+                _ => DavResponse::text(200, "Bulwark DAV: use a CalDAV or CardDAV client"),
+            });
+        };
+        let Some((owner, access, Some(collection))) =
+            self.collection(caller, *kind, owner, coll).await?
+        else {
+            return Ok(DavResponse::not_found());
+        };
+        let names = vec![name.clone()];
+        let id = collection.id;
+        let mut found = self
+            .store
+            .run(move |b| b.dav_objects_named(id, &names))
+            .await?;
+        let Some(object) = found.pop() else {
+            return Ok(DavResponse::not_found());
+        };
+        self.audit_read(caller, &owner, access, "dav.object.get", resource.href(), 1)
+            .await?;
+        let content_type = match kind {
+            DavKind::Calendar => "text/calendar; charset=utf-8",
+            DavKind::AddressBook => "text/vcard; charset=utf-8",
+        };
+        Ok(DavResponse::new(200, content_type, object.data)
+            .with_header("ETag", etag(object.meta.modseq)))
+    }
+
+    async fn put(
+        &self,
+        caller: &Caller<'_>,
+        resource: &Resource,
+        req: &DavRequest,
+    ) -> Result<DavResponse, StoreError> {
+        let Resource::Object(kind, owner, coll, name) = resource else {
+            return Ok(DavResponse::text(405, "PUT takes an object path")
+                .with_header("Allow", ALLOW.into()));
+        };
+        let Some((owner, access, collection)) = self.collection(caller, *kind, owner, coll).await?
+        else {
+            return Ok(DavResponse::not_found());
+        };
+        if !access.write {
+            return Ok(DavResponse::precondition(
+                403,
+                DAV,
+                "need-privileges",
+                "read-only access",
+            ));
+        }
+        let Some(collection) = collection else {
+            return Ok(DavResponse::text(409, "the collection does not exist"));
+        };
+        if req.body.len() > MAX_RESOURCE_SIZE {
+            let ns = if *kind == DavKind::Calendar {
+                CALDAV
+            } else {
+                CARDDAV
+            };
+            return Ok(DavResponse::precondition(
+                413,
+                ns,
+                "max-resource-size",
+                "object too large",
+            ));
+        }
+        let Ok(data) = std::str::from_utf8(&req.body) else {
+            return Ok(DavResponse::text(415, "the body is not UTF-8 text"));
+        };
+        let object = match kind {
+            DavKind::Calendar => match ical::check_calendar(data, &collection.components) {
+                Ok(c) => NewDavObject {
+                    name: name.clone(),
+                    uid: c.uid,
+                    component: c.component,
+                    data: data.to_string(),
+                    spans: Some(c.spans),
+                },
+                Err(why) => {
+                    return Ok(DavResponse::precondition(
+                        403,
+                        why.ns,
+                        why.condition,
+                        &why.message,
+                    ));
+                }
+            },
+            DavKind::AddressBook => match ical::check_card(data, name) {
+                Ok(uid) => NewDavObject {
+                    name: name.clone(),
+                    uid,
+                    component: "VCARD".into(),
+                    data: data.to_string(),
+                    spans: None,
+                },
+                Err(why) => {
+                    return Ok(DavResponse::precondition(
+                        403,
+                        why.ns,
+                        why.condition,
+                        &why.message,
+                    ));
+                }
+            },
+        };
+        let precondition = match precondition(req) {
+            Ok(p) => p,
+            Err(response) => return Ok(response),
+        };
+        let actor = caller.actor.clone();
+        let account = owner.id;
+        let id = collection.id;
+        let stored = self
+            .store
+            .run(move |b| b.put_dav_object(&actor, account, id, &object, precondition))
+            .await;
+        match stored {
+            Ok(put) => Ok(DavResponse::empty(if put.created { 201 } else { 204 })
+                .with_header("ETag", etag(put.modseq))),
+            Err(StoreError::Conflict(m)) => {
+                let ns = if *kind == DavKind::Calendar {
+                    CALDAV
+                } else {
+                    CARDDAV
+                };
+                Ok(DavResponse::precondition(409, ns, "no-uid-conflict", &m))
+            }
+            Err(e) => Ok(store_failure(&e)),
+        }
+    }
+
+    async fn delete(
+        &self,
+        caller: &Caller<'_>,
+        resource: &Resource,
+        req: &DavRequest,
+    ) -> Result<DavResponse, StoreError> {
+        let (kind, owner, coll, object) = match resource {
+            Resource::Object(kind, owner, coll, name) => (*kind, owner, coll, Some(name.clone())),
+            Resource::Collection(kind, owner, coll) => (*kind, owner, coll, None),
+            _ => return Ok(DavResponse::forbidden("this resource cannot be deleted")),
+        };
+        let Some((owner, access, Some(collection))) =
+            self.collection(caller, kind, owner, coll).await?
+        else {
+            return Ok(DavResponse::not_found());
+        };
+        if !access.write || (object.is_none() && !access.owner) {
+            return Ok(DavResponse::precondition(
+                403,
+                DAV,
+                "need-privileges",
+                "no write access",
+            ));
+        }
+        let precondition = match precondition(req) {
+            Ok(p) => p,
+            Err(response) => return Ok(response),
+        };
+        let actor = caller.actor.clone();
+        let account = owner.id;
+        let id = collection.id;
+        let done = match object {
+            Some(name) => {
+                self.store
+                    .run(move |b| b.delete_dav_object(&actor, account, id, &name, precondition))
+                    .await
+            }
+            None => {
+                self.store
+                    .run(move |b| b.delete_dav_collection(&actor, account, id))
+                    .await
+            }
+        };
+        Ok(match done {
+            Ok(()) => DavResponse::empty(204),
+            Err(e) => store_failure(&e),
+        })
+    }
+
+    async fn make_collection(
+        &self,
+        caller: &Caller<'_>,
+        resource: &Resource,
+        req: &DavRequest,
+    ) -> Result<DavResponse, StoreError> {
+        let Resource::Collection(kind, owner, name) = resource else {
+            return Ok(DavResponse::forbidden("collections are made inside a home"));
+        };
+        let Some((owner, access, existing)) = self.collection(caller, *kind, owner, name).await?
+        else {
+            return Ok(DavResponse::not_found());
+        };
+        if !access.owner {
+            return Ok(DavResponse::precondition(
+                403,
+                DAV,
+                "need-privileges",
+                "only the owner makes collections",
+            ));
+        }
+        if existing.is_some() {
+            return Ok(DavResponse::text(405, "the collection exists already"));
+        }
+        let body = match parse_body(&req.body) {
+            Ok(b) => b,
+            Err(response) => return Ok(response),
+        };
+        let set = props::collection_settings(body.as_ref(), *kind, req.method == "MKCALENDAR");
+        let settings = match set {
+            Ok(s) => s,
+            Err(why) => return Ok(DavResponse::forbidden(why)),
+        };
+        if req.method == "MKCALENDAR" && *kind != DavKind::Calendar {
+            return Ok(DavResponse::forbidden(
+                "calendars are made in the calendar home",
+            ));
+        }
+        let actor = caller.actor.clone();
+        let account = owner.id;
+        let kind = *kind;
+        let name = name.clone();
+        let made = self
+            .store
+            .run(move |b| {
+                b.create_dav_collection(
+                    &actor,
+                    account,
+                    kind,
+                    &name,
+                    &settings.props,
+                    &settings.components,
+                )
+            })
+            .await;
+        Ok(match made {
+            Ok(_) => DavResponse::empty(201),
+            Err(e) => store_failure(&e),
+        })
+    }
+}
+
+/// The write condition of `If-Match` / `If-None-Match`.
+fn precondition(req: &DavRequest) -> Result<DavPrecondition, DavResponse> {
+    if let Some(none_match) = &req.if_none_match {
+        if none_match.trim() == "*" {
+            return Ok(DavPrecondition::Absent);
+        }
+        return Err(DavResponse::text(
+            412,
+            "only If-None-Match: * is understood",
+        ));
+    }
+    match &req.if_match {
+        None => Ok(DavPrecondition::None),
+        Some(v) if v.trim() == "*" => Ok(DavPrecondition::Exists),
+        // A tag that is not one of ours matches nothing.
+        Some(v) => parse_etag(v)
+            .map(DavPrecondition::Matches)
+            .ok_or_else(|| DavResponse::text(412, "precondition failed")),
+    }
+}
+
+/// The XML body of a request, if it has one.
+pub(crate) fn parse_body(body: &[u8]) -> Result<Option<Element>, DavResponse> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    if body.len() > MAX_XML_BODY {
+        return Err(DavResponse::text(413, "XML body too large"));
+    }
+    xml::parse(body).map(Some).map_err(|xml::XmlError(why)| {
+        DavResponse::text(400, &format!("malformed request body: {why}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_round_trip() {
+        assert_eq!(parse_etag(&etag(ModSeq(42))), Some(ModSeq(42)));
+        assert_eq!(parse_etag("W/\"7\""), Some(ModSeq(7)));
+        assert_eq!(parse_etag("\"abc\""), None);
+        assert_eq!(parse_etag("7"), None);
+    }
+}
