@@ -57,7 +57,42 @@ pub struct CalendarObject {
     pub spans: TimeSpans,
 }
 
+/// Whether the text ends with the end line of `component`; the parser
+/// forgives a missing one, but a truncated upload must not be stored.
+fn ends_with_end(data: &str, component: &str) -> bool {
+    let last = data.trim_end().rsplit('\n').next().unwrap_or("").trim();
+    last.len() == 4 + component.len()
+        && last[..4].eq_ignore_ascii_case("END:")
+        && last[4..].eq_ignore_ascii_case(component)
+}
+
+/// Whether every BEGIN has its END in order; the parser forgives a
+/// missing END, but a damaged upload must not be stored.
+fn balanced(data: &str) -> bool {
+    let mut open: Vec<String> = Vec::new();
+    for (name, value) in properties(data) {
+        match name.as_str() {
+            "BEGIN" => {
+                if open.len() >= 16 {
+                    return false;
+                }
+                open.push(value.trim().to_ascii_uppercase());
+            }
+            "END" => {
+                if open.pop().as_deref() != Some(value.trim().to_ascii_uppercase().as_str()) {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    open.is_empty()
+}
+
 fn parse_calendar(data: &str) -> Option<ICalendar> {
+    if !ends_with_end(data, "VCALENDAR") || !balanced(data) {
+        return None;
+    }
     let mut parser = Parser::new(data);
     let Entry::ICalendar(ical) = parser.entry() else {
         return None;
@@ -145,7 +180,7 @@ pub fn check_calendar(data: &str, accepted: &str) -> Result<CalendarObject, Inva
             format!("this calendar does not take {name}"),
         ));
     }
-    let spans = spans_of(&ical);
+    let spans = spans_of(&ical, kind)?;
     Ok(CalendarObject {
         uid: uid.to_string(),
         component: name,
@@ -171,13 +206,32 @@ fn instances(ical: &ICalendar, limit: usize) -> (Vec<(i64, i64)>, bool) {
     (out, reached)
 }
 
-fn spans_of(ical: &ICalendar) -> TimeSpans {
+fn spans_of(ical: &ICalendar, kind: &ICalendarComponentType) -> Result<TimeSpans, Invalid> {
+    use calcard::icalendar::dates::CalendarErrorType as E;
+    // Dates that do not parse, or a rule that cannot be evaluated, make
+    // an object no query could place in time: refuse it now. Only a task
+    // or journal may go without a start.
+    let problem = ical
+        .expand_dates(Tz::UTC, 1)
+        .errors
+        .into_iter()
+        .find(|e| match e.error {
+            E::MissingDtStart => *kind == ICalendarComponentType::VEvent,
+            _ => true,
+        });
+    if let Some(problem) = problem {
+        return Err(invalid(
+            crate::xml::CALDAV,
+            "valid-calendar-data",
+            problem.error.to_string(),
+        ));
+    }
     let (mut found, reached) = instances(ical, MAX_STORED_INSTANCES + 1);
     if found.is_empty() {
-        return TimeSpans {
+        return Ok(TimeSpans {
             instances: vec![ALL_TIME],
             expanded_until: None,
-        };
+        });
     }
     let expanded_until = if reached || found.len() > MAX_STORED_INSTANCES {
         found.truncate(MAX_STORED_INSTANCES);
@@ -185,10 +239,10 @@ fn spans_of(ical: &ICalendar) -> TimeSpans {
     } else {
         None
     };
-    TimeSpans {
+    Ok(TimeSpans {
         instances: found,
         expanded_until,
-    }
+    })
 }
 
 /// Whether the object has an instance overlapping `[start, end)`,
@@ -367,6 +421,13 @@ pub fn freebusy_calendar(owner: &str, start: i64, end: i64, busy: &[(i64, i64)])
 /// when it has none (vCard 3 makes UID optional).
 pub fn check_card(data: &str, fallback: &str) -> Result<String, Invalid> {
     use crate::xml::CARDDAV;
+    if !ends_with_end(data, "VCARD") || !balanced(data) {
+        return Err(invalid(
+            CARDDAV,
+            "valid-address-data",
+            "not a complete vCard",
+        ));
+    }
     let mut parser = Parser::new(data);
     let Entry::VCard(card) = parser.entry() else {
         return Err(invalid(CARDDAV, "valid-address-data", "not a vCard"));
@@ -508,6 +569,8 @@ mod tests {
         let card = "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Alice Example\r\nitem1.EMAIL:alice@example.com\r\nUID:c1\r\nEND:VCARD\r\n";
         assert_eq!(check_card(card, "x").expect("card"), "c1");
         assert!(check_card("BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n", "x").is_err());
+        assert!(check_card(&card[..card.len() / 2], "x").is_err());
+        assert!(check_calendar(&event("")[..100], "").is_err());
         assert!(property_contains(card, "EMAIL", "ALICE@", "contains"));
         assert!(property_contains(card, "fn", "alice example", "equals"));
         assert!(!property_contains(card, "FN", "bob", "contains"));

@@ -38,8 +38,8 @@ impl Resource {
             return None;
         }
         let rest = path.strip_prefix(DAV_ROOT).or_else(|| {
-            // `/dav` alone is the root too.
-            (path == "/dav").then_some("")
+            // `/dav` alone is the root too, and so is `/` for discovery.
+            (path == "/dav" || path == "/").then_some("")
         })?;
         let trailing_slash = rest.is_empty() || rest.ends_with('/');
         let trimmed = rest.strip_suffix('/').unwrap_or(rest);
@@ -211,8 +211,9 @@ mod tests {
                 "x y.vcf".into()
             ))
         );
+        assert_eq!(Resource::parse("/"), Some(Resource::Root));
         for bad in [
-            "/",
+            "//",
             "/dav/calendars/",
             "/dav/calendars/alice@example.com/../bob@example.com/",
             "/dav/calendars/alice@example.com/%2e%2e/x.ics",

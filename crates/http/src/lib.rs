@@ -205,7 +205,9 @@ async fn respond(state: &State, req: Request<Incoming>, ip: IpAddr) -> Reply {
             closing(response)
         };
     }
-    if path == "/dav" || path.starts_with("/dav/") {
+    // Clients given only the server's address start discovery at `/`.
+    let discovery_at_root = path == "/" && matches!(req.method().as_str(), "PROPFIND" | "OPTIONS");
+    if path == "/dav" || path.starts_with("/dav/") || discovery_at_root {
         return dav(state, req, ip).await;
     }
     let Some(route) = Route::of(req.uri().path()) else {
