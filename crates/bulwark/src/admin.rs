@@ -633,6 +633,16 @@ fn dns_records(
             ));
         }
     }
+    // RFC 6764: CalDAV and CardDAV over TLS, with the context path.
+    if let Some(https) = config.listeners.iter().find(|l| l.protocol == Protocol::Https) {
+        for label in ["_caldavs._tcp", "_carddavs._tcp"] {
+            out.push_str(&format!(
+                "{label}.{name}.\tIN SRV 0 1 {} {host}.\n",
+                https.bind.port()
+            ));
+            out.push_str(&format!("{label}.{name}.\tIN TXT {}\n", txt("path=/dav/")));
+        }
+    }
     Ok(out)
 }
 

@@ -609,6 +609,8 @@ fn dns_records_dkim_keys_and_the_queue() {
         "_smtp._tls.example.org.\tIN TXT \"v=TLSRPTv1;",
         "_submissions._tcp.example.org.\tIN SRV 0 1 4650 mail.example.com.",
         "_imaps._tcp.example.org.\tIN SRV 0 1 9930 mail.example.com.",
+        "_caldavs._tcp.example.org.\tIN SRV 0 1 8443 mail.example.com.",
+        "_carddavs._tcp.example.org.\tIN TXT \"path=/dav/\"",
     ] {
         assert!(
             records.contains(expected),
