@@ -634,7 +634,11 @@ fn dns_records(
         }
     }
     // RFC 6764: CalDAV and CardDAV over TLS, with the context path.
-    if let Some(https) = config.listeners.iter().find(|l| l.protocol == Protocol::Https) {
+    if let Some(https) = config
+        .listeners
+        .iter()
+        .find(|l| l.protocol == Protocol::Https)
+    {
         for label in ["_caldavs._tcp", "_carddavs._tcp"] {
             out.push_str(&format!(
                 "{label}.{name}.\tIN SRV 0 1 {} {host}.\n",

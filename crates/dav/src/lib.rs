@@ -28,6 +28,7 @@
 //! * Resolve paths against a tree: `..`, encoded slashes and empty segments
 //!   are refused, never normalised.
 
+pub mod gal;
 pub mod ical;
 pub mod path;
 mod props;
@@ -41,8 +42,8 @@ use std::sync::{Arc, Mutex};
 use bulwark_audit::Actor;
 use bulwark_core::{ModSeq, PrincipalId, Right};
 use bulwark_store::{
-    DavCollection, DavCollectionProps, DavKind, DavPrecondition, Error as StoreError, NewDavObject,
-    Principal, Store,
+    DavCollection, DavCollectionProps, DavKind, DavObject, DavPrecondition, Error as StoreError,
+    NewDavObject, Principal, Store,
 };
 
 use path::Resource;
@@ -343,7 +344,8 @@ impl Dav {
             return Ok(None);
         };
         let me = caller.user.id;
-        self.store
+        let found = self
+            .store
             .run(move |b| {
                 let Some(owner) = b.principal_by_address(&address)? else {
                     return Ok(None);
@@ -384,7 +386,14 @@ impl Dav {
                     },
                 )))
             })
-            .await
+            .await?;
+        // A delegate may arrive before the owner ever did.
+        if let Some((owner, _)) = &found
+            && owner.kind.has_account()
+        {
+            self.provision(owner.id).await?;
+        }
+        Ok(found)
     }
 
     /// The collection a path names, with the caller's access.
@@ -398,6 +407,15 @@ impl Dav {
         let Some((owner, access)) = self.owner_access(caller, owner, Some(kind)).await? else {
             return Ok(None);
         };
+        if kind == DavKind::AddressBook && name == gal::GAL_COLLECTION {
+            let cards = self.gal_cards(&owner).await?;
+            let gal = gal::collection(&owner, &cards);
+            let read_only = Access {
+                write: false,
+                ..access
+            };
+            return Ok(Some((owner, read_only, Some(gal))));
+        }
         let id = owner.id;
         let name = name.to_string();
         let found = self
@@ -405,6 +423,42 @@ impl Dav {
             .run(move |b| b.dav_collection(id, kind, &name))
             .await?;
         Ok(Some((owner, access, found)))
+    }
+
+    async fn gal_cards(&self, owner: &Principal) -> Result<Vec<DavObject>, StoreError> {
+        let owner = owner.clone();
+        self.store.run(move |b| gal::cards(b, &owner)).await
+    }
+
+    /// Every live object of a collection, stored or generated.
+    pub(crate) async fn objects_all(
+        &self,
+        collection: &DavCollection,
+        owner: &Principal,
+    ) -> Result<Vec<DavObject>, StoreError> {
+        if gal::is_gal(collection) {
+            return self.gal_cards(owner).await;
+        }
+        let id = collection.id;
+        self.store.run(move |b| b.dav_objects_all(id)).await
+    }
+
+    /// The live objects of a collection with these names.
+    pub(crate) async fn objects_named(
+        &self,
+        collection: &DavCollection,
+        owner: &Principal,
+        names: Vec<String>,
+    ) -> Result<Vec<DavObject>, StoreError> {
+        if gal::is_gal(collection) {
+            let mut cards = self.gal_cards(owner).await?;
+            cards.retain(|c| names.contains(&c.meta.name));
+            return Ok(cards);
+        }
+        let id = collection.id;
+        self.store
+            .run(move |b| b.dav_objects_named(id, &names))
+            .await
     }
 
     /// Records a read by someone other than the owner.
@@ -449,11 +503,8 @@ impl Dav {
         else {
             return Ok(DavResponse::not_found());
         };
-        let names = vec![name.clone()];
-        let id = collection.id;
         let mut found = self
-            .store
-            .run(move |b| b.dav_objects_named(id, &names))
+            .objects_named(&collection, &owner, vec![name.clone()])
             .await?;
         let Some(object) = found.pop() else {
             return Ok(DavResponse::not_found());

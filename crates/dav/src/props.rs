@@ -554,10 +554,22 @@ impl Dav {
                 ));
                 if depth == 1 {
                     let (id, kind) = (owner.id, *kind);
-                    let collections = self
+                    let mut collections = self
                         .store()
                         .run(move |b| b.dav_collections(id, kind))
                         .await?;
+                    if kind == DavKind::AddressBook
+                        && let Some((_, _, Some(gal))) = self
+                            .collection(
+                                caller,
+                                kind,
+                                &owner.address.to_string(),
+                                crate::gal::GAL_COLLECTION,
+                            )
+                            .await?
+                    {
+                        collections.push(gal);
+                    }
                     self.audit_read(
                         caller,
                         &owner,
@@ -595,8 +607,8 @@ impl Dav {
                     let with_data = request.wants(CALDAV, "calendar-data")
                         || request.wants(CARDDAV, "address-data");
                     let id = c.id;
-                    let objects = if with_data {
-                        self.store().run(move |b| b.dav_objects_all(id)).await?
+                    let objects = if with_data || crate::gal::is_gal(&c) {
+                        self.objects_all(&c, &owner).await?
                     } else {
                         self.store()
                             .run(move |b| b.dav_objects(id))
@@ -641,11 +653,8 @@ impl Dav {
                 else {
                     return Ok(DavResponse::not_found());
                 };
-                let names = vec![name.clone()];
-                let id = c.id;
                 let Some(o) = self
-                    .store()
-                    .run(move |b| b.dav_objects_named(id, &names))
+                    .objects_named(&c, &owner, vec![name.clone()])
                     .await?
                     .pop()
                 else {

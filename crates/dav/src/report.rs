@@ -222,7 +222,7 @@ impl Dav {
                     .run(move |b| b.dav_objects_in_range(id, start, end))
                     .await?
             }
-            None => self.store().run(move |b| b.dav_objects_all(id)).await?,
+            None => self.objects_all(collection, owner).await?,
         };
         let objects: Vec<DavObject> = candidates
             .into_iter()
@@ -261,12 +261,7 @@ impl Dav {
     ) -> Result<DavResponse, StoreError> {
         let request = PropRequest::from_parent(Some(body));
         let (names, strangers) = multiget_names(body, resource);
-        let id = collection.id;
-        let wanted = names.clone();
-        let objects = self
-            .store()
-            .run(move |b| b.dav_objects_named(id, &wanted))
-            .await?;
+        let objects = self.objects_named(collection, owner, names.clone()).await?;
         self.audit_read(
             caller,
             owner,
@@ -318,10 +313,8 @@ impl Dav {
             .and_then(|l| l.child(CARDDAV, "nresults"))
             .and_then(|n| n.text.trim().parse::<usize>().ok())
             .unwrap_or(usize::MAX);
-        let id = collection.id;
         let objects: Vec<DavObject> = self
-            .store()
-            .run(move |b| b.dav_objects_all(id))
+            .objects_all(collection, owner)
             .await?
             .into_iter()
             .filter(|o| {
@@ -426,6 +419,11 @@ impl Dav {
             .unwrap_or(MAX_SYNC_RESULTS)
             .clamp(1, MAX_SYNC_RESULTS);
         let request = PropRequest::from_parent(Some(body));
+        if crate::gal::is_gal(collection) {
+            return self
+                .sync_generated(caller, resource, owner, access, collection, since, &request)
+                .await;
+        }
         let wants_data =
             request.wants(CALDAV, "calendar-data") || request.wants(CARDDAV, "address-data");
         let id = collection.id;
@@ -485,5 +483,49 @@ impl Dav {
             escape(&sync_token(collection, changes.modseq))
         ));
         Ok(DavResponse::multistatus(out))
+    }
+
+    /// sync-collection on a generated collection: it keeps no history, so
+    /// an old token is refused (the client starts over) and a fresh sync
+    /// lists everything.
+    #[allow(clippy::too_many_arguments)]
+    async fn sync_generated(
+        &self,
+        caller: &Caller<'_>,
+        resource: &Resource,
+        owner: &Principal,
+        access: Access,
+        collection: &DavCollection,
+        since: Option<ModSeq>,
+        request: &PropRequest,
+    ) -> Result<DavResponse, StoreError> {
+        let objects = match since {
+            Some(m) if m == collection.modseq => Vec::new(),
+            Some(_) => {
+                return Ok(DavResponse::precondition(
+                    403,
+                    DAV,
+                    "valid-sync-token",
+                    "the directory changed; sync again from the start",
+                ));
+            }
+            None => self.objects_all(collection, owner).await?,
+        };
+        self.audit_read(
+            caller,
+            owner,
+            access,
+            "dav.sync",
+            resource.href(),
+            objects.len() as u64,
+        )
+        .await?;
+        let token = format!(
+            "<D:sync-token>{}</D:sync-token>",
+            escape(&sync_token(collection, collection.modseq))
+        );
+        Ok(self.objects_answer(
+            caller, resource, collection, access, &objects, request, &token,
+        ))
     }
 }

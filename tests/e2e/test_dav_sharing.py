@@ -1,0 +1,158 @@
+"""Delegated calendar and address book access and the global address
+list, over the quickstart's HTTPS listener with Python's http.client as the
+client: a grant from the CLI gives exactly the right it names, every
+non-owner access lands in the audit log (and the chain still verifies),
+and the read-only directory address book follows the directory."""
+
+import base64
+import http.client
+import json
+import ssl
+import uuid
+import xml.etree.ElementTree as ET
+
+HOST = "127.0.0.1"
+HTTPS = 8443
+NS = {"D": "DAV:", "C": "urn:ietf:params:xml:ns:caldav", "CR": "urn:ietf:params:xml:ns:carddav"}
+
+
+def call(quickstart, user, method, path, body=None, headers=None):
+    ctx = ssl.create_default_context(cafile=str(quickstart.cert))
+    ctx.check_hostname = False
+    conn = http.client.HTTPSConnection(HOST, HTTPS, context=ctx, timeout=30)
+    password = quickstart.credentials()[user]
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    all_headers = {"Authorization": f"Basic {auth}", **(headers or {})}
+    if isinstance(body, str):
+        body = body.encode()
+    conn.request(method, path, body=body, headers=all_headers)
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, data
+
+
+def event(uid):
+    return (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//test//EN\r\n"
+        f"BEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20300101T000000Z\r\n"
+        "DTSTART:20300105T090000Z\r\nDTEND:20300105T100000Z\r\nSUMMARY:Board meeting\r\n"
+        "END:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+
+
+BOB_CAL = "/dav/calendars/bob@example.test/default/"
+BOB_BOOK = "/dav/addressbooks/bob@example.test/default/"
+LIST = '<D:propfind xmlns:D="DAV:"><D:prop><D:getetag/></D:prop></D:propfind>'
+
+
+def hrefs(data):
+    return [h.text for h in ET.fromstring(data).iter("{DAV:}href")]
+
+
+def test_read_grant_gives_exactly_read(quickstart):
+    """calendar-read lets alice list and read bob's calendar, not change it,
+    and not see his contacts; each of her reads is audited."""
+    uid = f"board-{uuid.uuid4()}"
+    status, _ = call(quickstart, "bob@example.test", "PUT", f"{BOB_CAL}{uid}.ics", event(uid),
+                     {"Content-Type": "text/calendar"})
+    assert status == 201
+    # Before the grant, bob's calendar does not exist for alice.
+    status, data = call(quickstart, "alice@example.test", "GET", f"{BOB_CAL}{uid}.ics")
+    assert status == 404 and b"Board meeting" not in data
+
+    quickstart.admin("grant", "add", "--from", "bob@example.test", "--to", "alice@example.test",
+                     "--right", "calendar-read")
+    status, data = call(quickstart, "alice@example.test", "PROPFIND", BOB_CAL, LIST, {"Depth": "1"})
+    assert status == 207 and f"{BOB_CAL}{uid}.ics" in hrefs(data)
+    status, data = call(quickstart, "alice@example.test", "GET", f"{BOB_CAL}{uid}.ics")
+    assert status == 200 and b"Board meeting" in data
+    # Read only: no change, no delete, no new event, no new calendar.
+    status, _ = call(quickstart, "alice@example.test", "PUT", f"{BOB_CAL}{uid}.ics",
+                     event(uid).replace("Board meeting", "Cancelled"))
+    assert status == 403
+    status, _ = call(quickstart, "alice@example.test", "DELETE", f"{BOB_CAL}{uid}.ics")
+    assert status == 403
+    status, _ = call(quickstart, "alice@example.test", "PUT", f"{BOB_CAL}new.ics", event("new-by-alice"))
+    assert status == 403
+    status, _ = call(quickstart, "alice@example.test", "MKCALENDAR", "/dav/calendars/bob@example.test/x/")
+    assert status in (403, 404)
+    status, data = call(quickstart, "bob@example.test", "GET", f"{BOB_CAL}{uid}.ics")
+    assert b"Board meeting" in data
+    # The grant is for calendars only.
+    status, _ = call(quickstart, "alice@example.test", "PROPFIND", BOB_BOOK, LIST, {"Depth": "1"})
+    assert status == 404
+
+    records = [json.loads(line) for line in
+               quickstart.admin("audit", "tail", "-n", "50", "--json").splitlines() if line.strip()]
+    alices = [r for r in records if r.get("actor") == "alice@example.test"
+              and r.get("target") == "bob@example.test"]
+    operations = {r.get("operation") for r in alices}
+    assert {"dav.collection.list", "dav.object.get"} <= operations, operations
+    assert all(r.get("logon_type") == "delegate" for r in alices), alices
+    quickstart.admin("audit", "verify")
+
+
+def test_write_grant_allows_changes_and_they_are_audited(quickstart):
+    """contacts-write lets alice add and delete a card in bob's book."""
+    quickstart.admin("grant", "add", "--from", "bob@example.test", "--to", "alice@example.test",
+                     "--right", "contacts-write")
+    card = ("BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Carla Client\r\nUID:carla-1\r\n"
+            "EMAIL:carla@customer.example\r\nEND:VCARD\r\n")
+    status, _ = call(quickstart, "alice@example.test", "PUT", f"{BOB_BOOK}carla.vcf", card,
+                     {"Content-Type": "text/vcard", "If-None-Match": "*"})
+    assert status == 201
+    status, data = call(quickstart, "bob@example.test", "GET", f"{BOB_BOOK}carla.vcf")
+    assert status == 200 and b"Carla Client" in data
+    status, _ = call(quickstart, "alice@example.test", "DELETE", f"{BOB_BOOK}carla.vcf")
+    assert status == 204
+    # A delegate may not delete the collection itself.
+    status, _ = call(quickstart, "alice@example.test", "DELETE", BOB_BOOK)
+    assert status == 403
+    tail = quickstart.admin("audit", "tail", "-n", "20", "--json")
+    writes = [json.loads(line) for line in tail.splitlines() if line.strip()]
+    assert any(r.get("operation") == "dav.object.put" and r.get("actor") == "alice@example.test"
+               for r in writes)
+    assert any(r.get("operation") == "dav.object.delete" and r.get("actor") == "alice@example.test"
+               for r in writes)
+
+
+QUERY = ('<CR:addressbook-query xmlns:D="DAV:" xmlns:CR="urn:ietf:params:xml:ns:carddav">'
+         '<D:prop><D:getetag/><CR:address-data/></D:prop>'
+         '<CR:filter><CR:prop-filter name="EMAIL"><CR:text-match>{needle}</CR:text-match>'
+         '</CR:prop-filter></CR:filter></CR:addressbook-query>')
+GAL = "/dav/addressbooks/alice@example.test/directory/"
+
+
+def test_directory_address_book_follows_the_directory(quickstart):
+    """Everyone in the domain is in alice's read-only directory book, and a
+    room added from the CLI appears in it at once."""
+    status, data = call(quickstart, "alice@example.test", "PROPFIND",
+                        "/dav/addressbooks/alice@example.test/", LIST, {"Depth": "1"})
+    assert status == 207 and GAL in hrefs(data)
+    status, data = call(quickstart, "alice@example.test", "REPORT", GAL,
+                        QUERY.format(needle="bob@"), {"Depth": "1"})
+    assert status == 207
+    cards = [e.text for e in ET.fromstring(data).iter("{urn:ietf:params:xml:ns:carddav}address-data")]
+    assert len(cards) == 1 and "FN:Bob Example" in cards[0]
+
+    ctag = '<D:propfind xmlns:D="DAV:"><D:prop><D:sync-token/></D:prop></D:propfind>'
+    _, before = call(quickstart, "alice@example.test", "PROPFIND", GAL, ctag, {"Depth": "0"})
+    quickstart.admin("resource", "add", "--kind", "room", "boardroom@example.test")
+    _, after = call(quickstart, "alice@example.test", "PROPFIND", GAL, ctag, {"Depth": "0"})
+    assert before != after
+    status, data = call(quickstart, "alice@example.test", "REPORT", GAL,
+                        QUERY.format(needle="boardroom"), {"Depth": "1"})
+    assert b"X-BULWARK-KIND:room" in data
+
+    # Read-only, whatever the client tries.
+    card = "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Fake\r\nUID:fake\r\nEND:VCARD\r\n"
+    status, _ = call(quickstart, "alice@example.test", "PUT", f"{GAL}fake.vcf", card)
+    assert status == 403
+    name = hrefs(data)[0]
+    status, _ = call(quickstart, "alice@example.test", "DELETE", name)
+    assert status == 403
+    status, _ = call(quickstart, "alice@example.test", "DELETE", GAL)
+    assert status == 403
+    status, _ = call(quickstart, "alice@example.test", "MKCOL", GAL)
+    assert status == 405
