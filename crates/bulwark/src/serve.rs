@@ -170,10 +170,38 @@ fn register_protocols(
         submissions_port: port(Protocol::Submissions),
         submission_port: port(Protocol::Submission),
     };
+    let mail_out: Arc<dyn bulwark_http::MailOut> = Arc::new(QueueMailOut(queue.clone()));
     server.register(
         Protocol::Https,
-        Arc::new(HttpHandler::new(directory.clone(), settings)),
+        Arc::new(HttpHandler::new(
+            directory.clone(),
+            settings,
+            Some(mail_out),
+        )),
     );
+}
+
+/// Calendar invitations and replies for people elsewhere leave through the
+/// outbound queue, DKIM-signed like any other mail of ours.
+struct QueueMailOut(OutboundQueue);
+
+impl bulwark_http::MailOut for QueueMailOut {
+    fn send(&self, from: &str, to: &str, message: &[u8]) -> Result<(), String> {
+        let envelope = bulwark_transport::queue::OutboundEnvelope {
+            return_path: from.to_string(),
+            envelope_id: None,
+            return_full: false,
+            recipients: vec![bulwark_store::NewQueueRecipient {
+                address: to.to_string(),
+                notify: None,
+                original_recipient: None,
+            }],
+        };
+        self.0
+            .submit(&bulwark_audit::Actor::system("caldav"), message, &envelope)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
 }
 
 pub fn serve(config_path: &Path) -> CmdResult {

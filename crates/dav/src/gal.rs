@@ -17,7 +17,7 @@ pub const GAL_COLLECTION: &str = "directory";
 
 /// Whether `collection` is a generated GAL rather than a stored one.
 pub fn is_gal(collection: &DavCollection) -> bool {
-    collection.id.0 <= 0
+    collection.kind == DavKind::AddressBook && collection.id.0 <= 0
 }
 
 /// A 63-bit FNV-1a digest: stable across runs, enough to tell versions apart.

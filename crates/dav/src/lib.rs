@@ -30,10 +30,14 @@
 
 pub mod gal;
 pub mod ical;
+pub mod itip;
 pub mod path;
 mod props;
 mod report;
+mod schedule;
 pub mod xml;
+
+pub use schedule::MailOut;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -181,6 +185,8 @@ pub struct Dav {
     store: Store,
     /// Accounts whose default calendar and address book exist already.
     provisioned: Arc<Mutex<HashSet<PrincipalId>>>,
+    /// Where invitations to people elsewhere go.
+    mail_out: Option<Arc<dyn MailOut>>,
 }
 
 impl std::fmt::Debug for Dav {
@@ -214,6 +220,7 @@ impl Dav {
         Dav {
             store,
             provisioned: Arc::new(Mutex::new(HashSet::new())),
+            mail_out: None,
         }
     }
 
@@ -268,6 +275,7 @@ impl Dav {
             "PUT" => self.put(caller, &resource, &req).await,
             "DELETE" => self.delete(caller, &resource, &req).await,
             "MKCALENDAR" | "MKCOL" => self.make_collection(caller, &resource, &req).await,
+            "POST" => self.post(caller, &resource, &req).await,
             _ => {
                 Ok(DavResponse::text(405, "method not allowed").with_header("Allow", ALLOW.into()))
             }
@@ -276,7 +284,7 @@ impl Dav {
 
     /// Creates the default calendar and address book the first time an
     /// account is seen.
-    async fn provision(&self, account: PrincipalId) -> Result<(), StoreError> {
+    pub(crate) async fn provision(&self, account: PrincipalId) -> Result<(), StoreError> {
         if self
             .provisioned
             .lock()
@@ -289,7 +297,8 @@ impl Dav {
         self.store
             .run(move |b| {
                 for kind in [DavKind::Calendar, DavKind::AddressBook] {
-                    if b.dav_collections(account, kind)?.is_empty() {
+                    let existing = b.dav_collections(account, kind)?;
+                    if existing.iter().all(|c| schedule::reserved(&c.name)) {
                         let props = DavCollectionProps {
                             display_name: match kind {
                                 DavKind::Calendar => "Calendar".into(),
@@ -312,6 +321,25 @@ impl Dav {
                             Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
                             Err(e) => return Err(e),
                         }
+                    }
+                }
+                if b.dav_collection(account, DavKind::Calendar, schedule::INBOX)?
+                    .is_none()
+                {
+                    let props = DavCollectionProps {
+                        display_name: "Scheduling inbox".into(),
+                        ..Default::default()
+                    };
+                    match b.create_dav_collection(
+                        &actor,
+                        account,
+                        DavKind::Calendar,
+                        schedule::INBOX,
+                        &props,
+                        "VEVENT,VTODO",
+                    ) {
+                        Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+                        Err(e) => return Err(e),
                     }
                 }
                 Ok(())
@@ -407,6 +435,25 @@ impl Dav {
         let Some((owner, access)) = self.owner_access(caller, owner, Some(kind)).await? else {
             return Ok(None);
         };
+        if kind == DavKind::Calendar && name == schedule::OUTBOX {
+            let outbox = DavCollection {
+                id: bulwark_store::DavCollectionId(0),
+                account: owner.id,
+                kind,
+                name: schedule::OUTBOX.into(),
+                props: DavCollectionProps {
+                    display_name: "Scheduling outbox".into(),
+                    ..Default::default()
+                },
+                components: "VEVENT,VTODO,VFREEBUSY".into(),
+                modseq: ModSeq(0),
+            };
+            let read_only = Access {
+                write: false,
+                ..access
+            };
+            return Ok(Some((owner, read_only, Some(outbox))));
+        }
         if kind == DavKind::AddressBook && name == gal::GAL_COLLECTION {
             let cards = self.gal_cards(&owner).await?;
             let gal = gal::collection(&owner, &cards);
@@ -557,6 +604,11 @@ impl Dav {
                 "object too large",
             ));
         }
+        if *kind == DavKind::Calendar && schedule::reserved(&collection.name) {
+            return Ok(DavResponse::forbidden(
+                "the scheduling inbox is written by the server",
+            ));
+        }
         let Ok(data) = std::str::from_utf8(&req.body) else {
             return Ok(DavResponse::text(415, "the body is not UTF-8 text"));
         };
@@ -600,16 +652,43 @@ impl Dav {
             Ok(p) => p,
             Err(response) => return Ok(response),
         };
+        let calendar = *kind == DavKind::Calendar;
+        let previous = if calendar {
+            self.objects_named(&collection, &owner, vec![name.clone()])
+                .await?
+                .pop()
+                .map(|o| o.data)
+        } else {
+            None
+        };
+        let spans = object
+            .spans
+            .as_ref()
+            .map(|s| s.instances.clone())
+            .unwrap_or_default();
         let actor = caller.actor.clone();
         let account = owner.id;
         let id = collection.id;
+        let stored_object = object.clone();
         let stored = self
             .store
-            .run(move |b| b.put_dav_object(&actor, account, id, &object, precondition))
+            .run(move |b| b.put_dav_object(&actor, account, id, &stored_object, precondition))
             .await;
         match stored {
-            Ok(put) => Ok(DavResponse::empty(if put.created { 201 } else { 204 })
-                .with_header("ETag", etag(put.modseq))),
+            Ok(put) => {
+                let mut response = DavResponse::empty(if put.created { 201 } else { 204 });
+                let rewritten = if calendar {
+                    self.after_calendar_put(caller, &owner, &collection, object, previous, &spans)
+                        .await
+                } else {
+                    false
+                };
+                // A client must fetch what the server changed (RFC 6638 section 8.3).
+                if !rewritten {
+                    response = response.with_header("ETag", etag(put.modseq));
+                }
+                Ok(response)
+            }
             Err(StoreError::Conflict(m)) => {
                 let ns = if *kind == DavKind::Calendar {
                     CALDAV
@@ -650,6 +729,14 @@ impl Dav {
             Ok(p) => p,
             Err(response) => return Ok(response),
         };
+        let previous = match (&object, kind) {
+            (Some(name), DavKind::Calendar) => self
+                .objects_named(&collection, &owner, vec![name.clone()])
+                .await?
+                .pop()
+                .map(|o| o.data),
+            _ => None,
+        };
         let actor = caller.actor.clone();
         let account = owner.id;
         let id = collection.id;
@@ -665,10 +752,148 @@ impl Dav {
                     .await
             }
         };
+        if done.is_ok()
+            && let Some(previous) = previous
+            && !schedule::reserved(&collection.name)
+        {
+            let scheduled = async {
+                self.cancel_as_organizer(caller, &owner, &previous).await?;
+                self.reply_as_attendee(caller, &owner, None, Some(&previous))
+                    .await
+            };
+            if let Err(e) = scheduled.await {
+                tracing::warn!(error = %e, "scheduling after a delete failed");
+            }
+        }
         Ok(match done {
             Ok(()) => DavResponse::empty(204),
             Err(e) => store_failure(&e),
         })
+    }
+
+    /// Implicit scheduling after a calendar object was stored; whether the
+    /// organizer's copy was rewritten with attendee answers.
+    async fn after_calendar_put(
+        &self,
+        caller: &Caller<'_>,
+        owner: &Principal,
+        collection: &DavCollection,
+        mut object: NewDavObject,
+        previous: Option<String>,
+        spans: &[(i64, i64)],
+    ) -> bool {
+        let scheduled = async {
+            let mut rewritten = false;
+            if let Some(updated) = self
+                .schedule_as_organizer(caller, owner, &object.data, previous.as_deref(), spans)
+                .await?
+                && updated != object.data
+            {
+                object.data = updated;
+                let (actor, account, id) = (caller.actor.clone(), owner.id, collection.id);
+                let rewritten_object = object.clone();
+                self.store
+                    .run(move |b| {
+                        b.put_dav_object(
+                            &actor,
+                            account,
+                            id,
+                            &rewritten_object,
+                            DavPrecondition::None,
+                        )
+                    })
+                    .await?;
+                rewritten = true;
+            }
+            self.reply_as_attendee(caller, owner, Some(&object.data), previous.as_deref())
+                .await?;
+            Ok::<bool, StoreError>(rewritten)
+        };
+        match scheduled.await {
+            Ok(rewritten) => rewritten,
+            Err(e) => {
+                tracing::warn!(error = %e, "implicit scheduling failed");
+                false
+            }
+        }
+    }
+
+    async fn post(
+        &self,
+        caller: &Caller<'_>,
+        resource: &Resource,
+        req: &DavRequest,
+    ) -> Result<DavResponse, StoreError> {
+        match resource {
+            Resource::Collection(DavKind::Calendar, owner, name)
+                if name == schedule::OUTBOX
+                    && caller.user.address.to_string().eq_ignore_ascii_case(owner) =>
+            {
+                self.outbox_post(caller, req).await
+            }
+            _ => Ok(DavResponse::text(405, "POST is for the scheduling outbox")
+                .with_header("Allow", ALLOW.into())),
+        }
+    }
+
+    /// A free/busy request posted to the outbox (RFC 6638 section 5).
+    async fn outbox_post(
+        &self,
+        caller: &Caller<'_>,
+        req: &DavRequest,
+    ) -> Result<DavResponse, StoreError> {
+        let Ok(text) = std::str::from_utf8(&req.body) else {
+            return Ok(DavResponse::text(400, "the body is not UTF-8 text"));
+        };
+        let request = itip::Itip::parse(text);
+        let is_freebusy = text.contains("BEGIN:VFREEBUSY");
+        let (Some(start), Some(end)) = (request.utc_time("DTSTART"), request.utc_time("DTEND"))
+        else {
+            return Ok(DavResponse::precondition(
+                400,
+                CALDAV,
+                "valid-scheduling-message",
+                "a VFREEBUSY request with DTSTART and DTEND in UTC",
+            ));
+        };
+        if !is_freebusy || end <= start || end - start > 366 * 86400 {
+            return Ok(DavResponse::precondition(
+                403,
+                CALDAV,
+                "valid-scheduling-message",
+                "only free/busy requests of at most a year are posted here",
+            ));
+        }
+        let mut out = xml::root_start("schedule-response").replacen(
+            "<D:schedule-response",
+            "<C:schedule-response",
+            1,
+        );
+        for attendee in request.attendees().into_iter().take(100) {
+            let found = self
+                .free_busy_of(caller, &attendee.address, start, end)
+                .await?;
+            out.push_str("<C:response><C:recipient><D:href>");
+            out.push_str(&xml::escape(&format!("mailto:{}", attendee.address)));
+            out.push_str("</D:href></C:recipient>");
+            match found {
+                Some(busy) => {
+                    out.push_str(
+                        "<C:request-status>2.0;Success</C:request-status><C:calendar-data>",
+                    );
+                    let body = ical::freebusy_calendar(&attendee.address, start, end, &busy)
+                        .replacen("VERSION:2.0\r\n", "VERSION:2.0\r\nMETHOD:REPLY\r\n", 1);
+                    out.push_str(&xml::escape(&body));
+                    out.push_str("</C:calendar-data>");
+                }
+                None => {
+                    out.push_str("<C:request-status>3.7;Invalid calendar user</C:request-status>")
+                }
+            }
+            out.push_str("</C:response>");
+        }
+        out.push_str("</C:schedule-response>");
+        Ok(DavResponse::new(200, XML_TYPE, out))
     }
 
     async fn make_collection(
@@ -692,7 +917,7 @@ impl Dav {
                 "only the owner makes collections",
             ));
         }
-        if existing.is_some() {
+        if existing.is_some() || (*kind == DavKind::Calendar && schedule::reserved(name)) {
             return Ok(DavResponse::text(405, "the collection exists already"));
         }
         let body = match parse_body(&req.body) {

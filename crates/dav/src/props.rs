@@ -155,6 +155,8 @@ impl Node<'_> {
                 (CALDAV, "calendar-home-set"),
                 (CARDDAV, "addressbook-home-set"),
                 (CALDAV, "calendar-user-address-set"),
+                (CALDAV, "schedule-inbox-URL"),
+                (CALDAV, "schedule-outbox-URL"),
             ]),
             Node::Home(..) => names.extend([
                 (DAV, "displayname"),
@@ -225,7 +227,32 @@ impl Node<'_> {
                         href(&format!("mailto:{address}")),
                         href(&Resource::Principal(address.clone()).href())
                     )),
-                    (CALDAV, "calendar-user-type") => Some("INDIVIDUAL".into()),
+                    (CALDAV, "calendar-user-type") => Some(
+                        match p.kind {
+                            bulwark_core::PrincipalKind::Individual => "INDIVIDUAL",
+                            bulwark_core::PrincipalKind::Group => "GROUP",
+                            bulwark_core::PrincipalKind::Room => "ROOM",
+                            bulwark_core::PrincipalKind::Equipment => "RESOURCE",
+                            bulwark_core::PrincipalKind::Shared => "UNKNOWN",
+                        }
+                        .into(),
+                    ),
+                    (CALDAV, "schedule-inbox-URL") => Some(href(
+                        &Resource::Collection(
+                            DavKind::Calendar,
+                            address,
+                            crate::schedule::INBOX.into(),
+                        )
+                        .href(),
+                    )),
+                    (CALDAV, "schedule-outbox-URL") => Some(href(
+                        &Resource::Collection(
+                            DavKind::Calendar,
+                            address,
+                            crate::schedule::OUTBOX.into(),
+                        )
+                        .href(),
+                    )),
                     (DAV, "supported-report-set") => Some(String::new()),
                     _ => None,
                 }
@@ -248,11 +275,17 @@ impl Node<'_> {
             Node::Collection(c, owner, access) => {
                 let calendar = c.kind == DavKind::Calendar;
                 match (ns, local) {
-                    (DAV, "resourcetype") => Some(if calendar {
-                        "<D:collection/><C:calendar/>".into()
-                    } else {
-                        "<D:collection/><CR:addressbook/>".into()
-                    }),
+                    (DAV, "resourcetype") => {
+                        Some(if calendar && c.name == crate::schedule::INBOX {
+                            "<D:collection/><C:schedule-inbox/>".into()
+                        } else if calendar && c.name == crate::schedule::OUTBOX {
+                            "<D:collection/><C:schedule-outbox/>".into()
+                        } else if calendar {
+                            "<D:collection/><C:calendar/>".into()
+                        } else {
+                            "<D:collection/><CR:addressbook/>".into()
+                        })
+                    }
                     (DAV, "displayname") => Some(escape(&c.props.display_name)),
                     (DAV, "owner") => {
                         Some(href(&Resource::Principal(owner.address.to_string()).href()))
@@ -558,6 +591,19 @@ impl Dav {
                         .store()
                         .run(move |b| b.dav_collections(id, kind))
                         .await?;
+                    if kind == DavKind::Calendar
+                        && access.owner
+                        && let Some((_, _, Some(outbox))) = self
+                            .collection(
+                                caller,
+                                kind,
+                                &owner.address.to_string(),
+                                crate::schedule::OUTBOX,
+                            )
+                            .await?
+                    {
+                        collections.push(outbox);
+                    }
                     if kind == DavKind::AddressBook
                         && let Some((_, _, Some(gal))) = self
                             .collection(

@@ -53,6 +53,7 @@ use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 
+pub use bulwark_dav::MailOut;
 pub use profile::ClientSettings;
 
 /// How long a client may take to send a request's headers.
@@ -140,9 +141,17 @@ impl std::fmt::Debug for HttpHandler {
 }
 
 impl HttpHandler {
-    /// A front end answering from `directory`, telling clients `settings`.
-    pub fn new(directory: Directory, settings: ClientSettings) -> HttpHandler {
-        let dav = Dav::new(directory.store().clone());
+    /// A front end answering from `directory`, telling clients `settings`,
+    /// sending invitations to people elsewhere through `mail_out`.
+    pub fn new(
+        directory: Directory,
+        settings: ClientSettings,
+        mail_out: Option<Arc<dyn MailOut>>,
+    ) -> HttpHandler {
+        let mut dav = Dav::new(directory.store().clone());
+        if let Some(mail_out) = mail_out {
+            dav = dav.with_mail_out(mail_out);
+        }
         HttpHandler {
             state: Arc::new(State {
                 directory,

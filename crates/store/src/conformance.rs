@@ -1428,6 +1428,24 @@ fn dav_objects(b: &dyn Backend) {
         .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].data, "DATA-A2");
+    let by_uid = b
+        .dav_objects_by_uid(alice, DavKind::Calendar, "uid-a")
+        .unwrap();
+    assert_eq!(by_uid.len(), 1);
+    assert_eq!(
+        (by_uid[0].0.name.as_str(), by_uid[0].1.data.as_str()),
+        ("work", "DATA-A2")
+    );
+    assert!(
+        b.dav_objects_by_uid(bob, DavKind::Calendar, "uid-a")
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        b.dav_objects_by_uid(alice, DavKind::AddressBook, "uid-a")
+            .unwrap()
+            .is_empty()
+    );
     let after_put = b
         .dav_collection(alice, DavKind::Calendar, "work")
         .unwrap()

@@ -338,6 +338,14 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Vec<DavObject>>;
     /// Every live object with its data.
     fn dav_objects_all(&self, collection: DavCollectionId) -> Result<Vec<DavObject>>;
+    /// The account's live objects with this UID, in every collection of
+    /// `kind`, with their collections.
+    fn dav_objects_by_uid(
+        &self,
+        account: PrincipalId,
+        kind: DavKind,
+        uid: &str,
+    ) -> Result<Vec<(DavCollection, DavObject)>>;
     /// Live calendar objects that may occur in `[start, end)`: those with a
     /// stored instance overlapping it, plus open-ended ones whose stored
     /// instances stop before `end` (the caller expands those to decide).

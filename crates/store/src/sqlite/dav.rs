@@ -68,7 +68,7 @@ fn finish_collection((mut c, kind): (DavCollection, String)) -> Result<DavCollec
     Ok(c)
 }
 
-const OBJECT_COLUMNS: &str = "name, uid, component, modseq, length(data), deleted";
+const OBJECT_COLUMNS: &str = "o.name, o.uid, o.component, o.modseq, length(o.data), o.deleted";
 
 fn meta_row(r: &Row<'_>) -> rusqlite::Result<DavObjectMeta> {
     Ok(DavObjectMeta {
@@ -325,7 +325,7 @@ impl SqliteBackend {
     ) -> Result<Vec<DavObjectMeta>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {OBJECT_COLUMNS} FROM dav_objects
+                "SELECT {OBJECT_COLUMNS} FROM dav_objects o
                  WHERE collection_id = ?1 AND deleted = 0 ORDER BY name"
             ))?;
             let rows = stmt.query_map([collection.0], meta_row)?;
@@ -340,7 +340,7 @@ impl SqliteBackend {
     ) -> Result<Vec<DavObject>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {OBJECT_COLUMNS}, data, expanded_until FROM dav_objects
+                "SELECT {OBJECT_COLUMNS}, data, expanded_until FROM dav_objects o
                  WHERE collection_id = ?1 AND name = ?2 AND deleted = 0"
             ))?;
             let mut out = Vec::new();
@@ -359,12 +359,42 @@ impl SqliteBackend {
     pub(super) fn dav_all_objects(&self, collection: DavCollectionId) -> Result<Vec<DavObject>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {OBJECT_COLUMNS}, data, expanded_until FROM dav_objects
+                "SELECT {OBJECT_COLUMNS}, data, expanded_until FROM dav_objects o
                  WHERE collection_id = ?1 AND deleted = 0 ORDER BY name"
             ))?;
             let rows = stmt.query_map([collection.0], object_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
+    }
+
+    pub(super) fn dav_uid_objects(
+        &self,
+        account: PrincipalId,
+        kind: DavKind,
+        uid: &str,
+    ) -> Result<Vec<(DavCollection, DavObject)>> {
+        let found: Vec<(i64, DavObject)> = self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {OBJECT_COLUMNS}, data, expanded_until, o.collection_id
+                 FROM dav_objects o JOIN dav_collections c ON c.id = o.collection_id
+                 WHERE c.account_id = ?1 AND c.kind = ?2 AND o.uid = ?3 AND o.deleted = 0
+                 ORDER BY c.name"
+            ))?;
+            let rows = stmt.query_map(params![account.0, kind.name(), uid], |r| {
+                Ok((r.get::<_, i64>(8)?, object_row(r)?))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })?;
+        let collections = self.dav_list_collections(account, kind)?;
+        Ok(found
+            .into_iter()
+            .filter_map(|(cid, object)| {
+                collections
+                    .iter()
+                    .find(|c| c.id.0 == cid)
+                    .map(|c| (c.clone(), object))
+            })
+            .collect())
     }
 
     pub(super) fn dav_range_objects(
@@ -375,7 +405,7 @@ impl SqliteBackend {
     ) -> Result<Vec<DavObject>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {OBJECT_COLUMNS}, data, expanded_until FROM dav_objects
+                "SELECT {OBJECT_COLUMNS}, data, expanded_until FROM dav_objects o
                  WHERE id IN (
                      SELECT object_id FROM dav_instances
                      WHERE collection_id = ?1 AND start_at < ?3 AND end_at > ?2
@@ -559,7 +589,7 @@ impl SqliteBackend {
             let modseq =
                 ModSeq(modseq.ok_or_else(|| Error::not_found("collection", collection.0))? as u64);
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {OBJECT_COLUMNS} FROM dav_objects
+                "SELECT {OBJECT_COLUMNS} FROM dav_objects o
                  WHERE collection_id = ?1 AND modseq > ?2 ORDER BY modseq, name LIMIT ?3"
             ))?;
             let fetch = limit.saturating_add(1).min(i64::MAX as usize) as i64;

@@ -1836,6 +1836,15 @@ impl Backend for SqliteBackend {
         self.dav_all_objects(collection)
     }
 
+    fn dav_objects_by_uid(
+        &self,
+        account: PrincipalId,
+        kind: DavKind,
+        uid: &str,
+    ) -> Result<Vec<(DavCollection, DavObject)>> {
+        self.dav_uid_objects(account, kind, uid)
+    }
+
     fn dav_objects_in_range(
         &self,
         collection: DavCollectionId,
