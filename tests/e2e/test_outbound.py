@@ -2,11 +2,15 @@
 
 Server A (a.test) and server B (b.test) run side by side on loopback with
 a private DNS server (dnslib) that publishes exactly what
-`bulwark domain dns` prints. A routes b.test to B through a static route,
-signs with its DKIM key; B checks SPF, DKIM and DMARC through that DNS.
+`bulwark domain dns` prints. A routes b.test to B (and B a.test to A)
+through static routes, signs with its DKIM key; B checks SPF, DKIM and
+DMARC through that DNS. Meeting invitations cross between them as iMIP
+mail, saved and answered over CalDAV with http.client.
 """
 
+import base64
 import email
+import http.client
 import imaplib
 import os
 import shutil
@@ -69,7 +73,7 @@ class Server:
         self.hostname = f"mx.{domain}"
         self.data = root / domain
         self.config = self.data / "bulwark.toml"
-        self.ports = {p: free_port() for p in ("smtp", "submission", "imaps")}
+        self.ports = {p: free_port() for p in ("smtp", "submission", "imaps", "https")}
         self.proc = None
         subprocess.run(
             [BIN, "init", "--data-dir", str(self.data), "--domain", domain,
@@ -177,7 +181,13 @@ host = "127.0.0.1"
 port = {sink_port}
 tls = "none"
 """)
-    b.configure(dns_port, "")
+    b.configure(dns_port, f"""
+[[smtp.route]]
+domain = "a.test"
+host = "127.0.0.1"
+port = {a.ports['smtp']}
+tls = "opportunistic"
+""")
     # The zone holds what `bulwark domain dns` tells administrators to publish.
     zone = a.admin("domain", "dns", "a.test") + b.admin("domain", "dns", "b.test")
     zone += "mx.a.test.\tIN A 127.0.0.1\nmx.b.test.\tIN A 127.0.0.1\n"
@@ -338,3 +348,75 @@ def test_dsn_success_notice_on_request(world):
     assert "Action: relayed" in text
     assert f"Final-Recipient: rfc822; {users['bob']}" in text
     assert "Original-Envelope-Id: track-7" in text
+
+
+def dav(server: Server, user: str, method: str, path: str, body: str | None = None):
+    conn = http.client.HTTPSConnection("127.0.0.1", server.ports["https"], context=tls_context(), timeout=30)
+    auth = base64.b64encode(f"{user}:{PASSWORD}".encode()).decode()
+    conn.request(method, path, body=body.encode() if body else None,
+                 headers={"Authorization": f"Basic {auth}", "Content-Type": "text/calendar"})
+    response = conn.getresponse()
+    data = response.read().decode()
+    conn.close()
+    return response.status, data
+
+
+def attendee_line(data: str, address: str) -> str:
+    unfolded = data.replace("\r\n ", "")
+    return next(line for line in unfolded.splitlines()
+                if line.startswith("ATTENDEE") and line.lower().endswith(f"mailto:{address}"))
+
+
+def test_invitation_to_another_server_is_applied_and_answered(world):
+    """alice@a.test invites bob@b.test: the iMIP mail reaches B, B puts the
+    meeting in bob's calendar, bob accepts there, and the iMIP reply makes
+    alice's copy on A say so."""
+    a, b, users = world["a"], world["b"], world["users"]
+    alice, bob = users["alice"], users["bob"]
+    uid = f"cross-{uuid.uuid4()}"
+    event = (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//imip//EN\r\nBEGIN:VEVENT\r\n"
+        f"UID:{uid}\r\nDTSTAMP:20300101T000000Z\r\nDTSTART:20300610T090000Z\r\n"
+        "DTEND:20300610T100000Z\r\nSUMMARY:Partner review\r\n"
+        f"ORGANIZER:mailto:{alice}\r\nATTENDEE;PARTSTAT=ACCEPTED:mailto:{alice}\r\n"
+        f"ATTENDEE;PARTSTAT=NEEDS-ACTION;RSVP=TRUE:mailto:{bob}\r\n"
+        "END:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+    alices = f"/dav/calendars/{alice}/default/{uid}.ics"
+    status, _ = dav(a, alice, "PUT", alices, event)
+    assert status == 201
+    _, data = dav(a, alice, "GET", alices)
+    assert "SCHEDULE-STATUS=1.1" in attendee_line(data, bob)
+
+    mail = eventually(lambda: b.find(bob, "Invitation: Partner review"), what="the iMIP invitation")
+    part = next(p for p in mail.walk() if p.get_content_type() == "text/calendar")
+    assert part.get_param("method") == "REQUEST"
+    assert uid in part.get_payload(decode=True).decode()
+    assert "dkim=pass" in mail["Authentication-Results"]
+
+    bobs = f"/dav/calendars/{bob}/default/{uid}.ics"
+    data = eventually(lambda: (lambda r: r[0] == 200 and r[1])(dav(b, bob, "GET", bobs)),
+                      what="the invitation in bob's calendar")
+    assert "PARTSTAT=NEEDS-ACTION" in attendee_line(data, bob)
+    accepted = data.replace("\r\n ", "").replace(
+        attendee_line(data, bob), attendee_line(data, bob).replace("NEEDS-ACTION", "ACCEPTED"))
+    status, _ = dav(b, bob, "PUT", bobs, accepted)
+    assert status == 204
+
+    eventually(lambda: "PARTSTAT=ACCEPTED" in attendee_line(dav(a, alice, "GET", alices)[1], bob),
+               what="bob's answer in alice's copy")
+    # A forged answer (From: someone else) changes nothing.
+    forged = (f"From: <mallory@b.test>\r\nTo: <{alice}>\r\nSubject: fake\r\n"
+              "Content-Type: text/calendar; method=REPLY\r\n\r\n"
+              + event.replace("VERSION:2.0", "VERSION:2.0\r\nMETHOD:REPLY")
+              .replace(f"ATTENDEE;PARTSTAT=ACCEPTED:mailto:{alice}\r\n", "")
+              .replace("NEEDS-ACTION;RSVP=TRUE", "DECLINED"))
+    b.add_user("mallory")
+    with smtplib.SMTP("127.0.0.1", b.ports["submission"], timeout=30) as c:
+        c.starttls(context=tls_context())
+        c.login("mallory@b.test", PASSWORD)
+        c.sendmail("mallory@b.test", [alice], forged)
+    eventually(lambda: a.find(alice, "fake"), what="the forged reply as mail")
+    # Calendar mail is applied just after it is stored; give that its moment.
+    time.sleep(1)
+    assert "PARTSTAT=ACCEPTED" in attendee_line(dav(a, alice, "GET", alices)[1], bob)

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use bulwark_config::RouteTls;
 use bulwark_config::{Config, LogFormat, Protocol};
 use bulwark_directory::Directory;
-use bulwark_http::{ClientSettings, HttpHandler};
+use bulwark_http::{ClientSettings, Dav, HttpHandler, MailOut};
 use bulwark_imap::{ImapHandler, Pop3Handler, Pop3Limits};
 use bulwark_mail::LocalDelivery;
 use bulwark_server::{Metrics, Server, ServerOptions};
-use bulwark_smtp::{Mode, SmtpHandler, SmtpLimits};
+use bulwark_smtp::{AfterDelivery, Mode, SmtpHandler, SmtpLimits};
 use bulwark_transport::client::{Credentials, TlsPolicy, root_store};
 use bulwark_transport::dns::Dns;
 use bulwark_transport::mta_sts::MtaSts;
@@ -131,6 +131,9 @@ fn register_protocols(
         max_errors: config.smtp.max_errors,
         ..SmtpLimits::default()
     };
+    let mail_out: Arc<dyn MailOut> = Arc::new(QueueMailOut(queue.clone()));
+    let dav = Dav::new(directory.store().clone()).with_mail_out(mail_out);
+    let calendar_mail: Arc<dyn AfterDelivery> = Arc::new(ApplyCalendarMail(dav.clone()));
     let delivery = LocalDelivery::new(directory.clone());
     let hostname = config.server.hostname.clone();
     let mut inbound = SmtpHandler::new(
@@ -144,9 +147,12 @@ fn register_protocols(
     {
         inbound = inbound.with_verification(dns.clone());
     }
-    inbound = inbound.with_queue(queue.clone());
+    inbound = inbound
+        .with_queue(queue.clone())
+        .with_after_delivery(calendar_mail.clone());
     server.register(Protocol::Smtp, Arc::new(inbound));
-    let mut submission = SmtpHandler::new(Mode::Submission, delivery, hostname, smtp_limits);
+    let mut submission = SmtpHandler::new(Mode::Submission, delivery, hostname, smtp_limits)
+        .with_after_delivery(calendar_mail);
     if config.smtp.relay {
         submission = submission.with_queue(queue.clone());
     }
@@ -170,22 +176,38 @@ fn register_protocols(
         submissions_port: port(Protocol::Submissions),
         submission_port: port(Protocol::Submission),
     };
-    let mail_out: Arc<dyn bulwark_http::MailOut> = Arc::new(QueueMailOut(queue.clone()));
     server.register(
         Protocol::Https,
-        Arc::new(HttpHandler::new(
-            directory.clone(),
-            settings,
-            Some(mail_out),
-        )),
+        Arc::new(HttpHandler::new(directory.clone(), settings, dav.clone())),
     );
+}
+
+/// Calendar messages that arrive by mail are applied to the recipients'
+/// calendars once the mail is stored.
+struct ApplyCalendarMail(Dav);
+
+impl AfterDelivery for ApplyCalendarMail {
+    fn wants(&self, message: &[u8]) -> bool {
+        message
+            .windows(13)
+            .any(|w| w.eq_ignore_ascii_case(b"text/calendar"))
+    }
+
+    fn delivered(&self, accounts: Vec<bulwark_core::PrincipalId>, message: Vec<u8>) {
+        let dav = self.0.clone();
+        tokio::spawn(async move {
+            for account in accounts {
+                dav.apply_imip(account, &message).await;
+            }
+        });
+    }
 }
 
 /// Calendar invitations and replies for people elsewhere leave through the
 /// outbound queue, DKIM-signed like any other mail of ours.
 struct QueueMailOut(OutboundQueue);
 
-impl bulwark_http::MailOut for QueueMailOut {
+impl MailOut for QueueMailOut {
     fn send(&self, from: &str, to: &str, message: &[u8]) -> Result<(), String> {
         let envelope = bulwark_transport::queue::OutboundEnvelope {
             return_path: from.to_string(),

@@ -201,6 +201,21 @@ impl Itip {
             .map(|l| l.value.clone())
     }
 
+    /// The METHOD of the VCALENDAR, upper case.
+    pub fn method(&self) -> Option<String> {
+        let mut depth = 0usize;
+        for (_, line) in &self.lines {
+            let Some(line) = line else { continue };
+            match line.name.as_str() {
+                "BEGIN" => depth += 1,
+                "END" => depth = depth.saturating_sub(1),
+                "METHOD" if depth == 1 => return Some(line.value.trim().to_ascii_uppercase()),
+                _ => {}
+            }
+        }
+        None
+    }
+
     /// The organizer's address.
     pub fn organizer(&self) -> Option<String> {
         self.value_of("ORGANIZER").and_then(|v| address_of(&v))
@@ -494,6 +509,8 @@ mod tests {
         let text = itip.render();
         assert_eq!(text.matches("METHOD:").count(), 1);
         assert!(text.starts_with("BEGIN:VCALENDAR\r\nMETHOD:REPLY\r\n"));
+        assert_eq!(Itip::parse(&text).method().as_deref(), Some("REPLY"));
+        assert_eq!(Itip::parse(INVITE).method(), None);
         assert!(!text.contains("SCHEDULE-STATUS"));
         itip.keep_only_attendee("bob@example.test");
         assert_eq!(itip.attendees().len(), 1);

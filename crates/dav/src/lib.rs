@@ -30,6 +30,7 @@
 
 pub mod gal;
 pub mod ical;
+mod imip;
 pub mod itip;
 pub mod path;
 mod props;

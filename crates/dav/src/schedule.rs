@@ -335,7 +335,7 @@ impl Dav {
     }
 
     /// Gives a local attendee the new version of an event.
-    async fn deliver_copy(
+    pub(crate) async fn deliver_copy(
         &self,
         caller: &Caller<'_>,
         attendee: &Principal,
@@ -397,7 +397,7 @@ impl Dav {
     }
 
     /// Tells one attendee the event is cancelled for them.
-    async fn cancel_for(
+    pub(crate) async fn cancel_for(
         &self,
         caller: &Caller<'_>,
         organizer: &str,
@@ -520,20 +520,8 @@ impl Dav {
         reply.strip_param("SCHEDULE-STATUS");
         match self.party(&organizer).await? {
             Party::Local(org) => {
-                for (c, o) in self.copies(&org, &uid).await? {
-                    let mut theirs = Itip::parse(&o.data);
-                    theirs.set_attendee_param(&me, "PARTSTAT", &now);
-                    self.store_calendar_data(
-                        &caller.actor,
-                        &org,
-                        &c,
-                        o.meta.name,
-                        theirs.render(),
-                        true,
-                    )
+                self.record_answer(caller, &org, &uid, &me, &now, &reply)
                     .await?;
-                }
-                self.to_inbox(&caller.actor, &org, &reply, "REPLY").await?;
             }
             Party::Unknown => {}
             Party::External => {
@@ -541,6 +529,37 @@ impl Dav {
             }
         }
         Ok(())
+    }
+
+    /// Records an attendee's answer in the organizer's copies and puts
+    /// the reply in the organizer's scheduling inbox.
+    pub(crate) async fn record_answer(
+        &self,
+        caller: &Caller<'_>,
+        organizer: &Principal,
+        uid: &str,
+        attendee: &str,
+        partstat: &str,
+        reply: &Itip,
+    ) -> Result<(), StoreError> {
+        for (c, o) in self.copies(organizer, uid).await? {
+            let mut theirs = Itip::parse(&o.data);
+            if theirs.partstat_of(attendee).is_none() {
+                continue;
+            }
+            theirs.set_attendee_param(attendee, "PARTSTAT", partstat);
+            self.store_calendar_data(
+                &caller.actor,
+                organizer,
+                &c,
+                o.meta.name,
+                theirs.render(),
+                true,
+            )
+            .await?;
+        }
+        self.to_inbox(&caller.actor, organizer, reply, "REPLY")
+            .await
     }
 
     /// Free/busy of `addresses` over `[start, end)` for an outbox POST

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bulwark_core::EmailAddress;
-use bulwark_dav::{Dav, DavRequest};
+use bulwark_dav::DavRequest;
 use bulwark_directory::{AuthError, Directory};
 use bulwark_server::http::{self, HeadLimits, Reply, closing, serve_http1};
 use bulwark_server::{Connection, ConnectionHandler};
@@ -53,7 +53,7 @@ use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 
-pub use bulwark_dav::MailOut;
+pub use bulwark_dav::{Dav, MailOut};
 pub use profile::ClientSettings;
 
 /// How long a client may take to send a request's headers.
@@ -142,16 +142,8 @@ impl std::fmt::Debug for HttpHandler {
 
 impl HttpHandler {
     /// A front end answering from `directory`, telling clients `settings`,
-    /// sending invitations to people elsewhere through `mail_out`.
-    pub fn new(
-        directory: Directory,
-        settings: ClientSettings,
-        mail_out: Option<Arc<dyn MailOut>>,
-    ) -> HttpHandler {
-        let mut dav = Dav::new(directory.store().clone());
-        if let Some(mail_out) = mail_out {
-            dav = dav.with_mail_out(mail_out);
-        }
+    /// serving calendars and contacts through `dav`.
+    pub fn new(directory: Directory, settings: ClientSettings, dav: Dav) -> HttpHandler {
         HttpHandler {
             state: Arc::new(State {
                 directory,

@@ -56,6 +56,17 @@ pub struct SmtpHandler {
     services: Services,
 }
 
+/// Told about messages stored for local accounts, after the client got
+/// its reply: for work that must neither hold up nor fail a delivery, such
+/// as applying calendar invitations to calendars.
+pub trait AfterDelivery: Send + Sync + 'static {
+    /// Whether a message interests this hook (a cheap look at the bytes,
+    /// so others are not copied).
+    fn wants(&self, message: &[u8]) -> bool;
+    /// `message` was stored for `accounts`.
+    fn delivered(&self, accounts: Vec<bulwark_core::PrincipalId>, message: Vec<u8>);
+}
+
 /// The transport services a handler uses besides local delivery.
 #[derive(Clone, Default)]
 struct Services {
@@ -63,6 +74,8 @@ struct Services {
     queue: Option<OutboundQueue>,
     /// The resolver inbound checks (SPF, DKIM, DMARC) use.
     verifier: Option<Dns>,
+    /// Follow-up work on stored messages.
+    after_delivery: Option<Arc<dyn AfterDelivery>>,
 }
 
 impl std::fmt::Debug for SmtpHandler {
@@ -109,6 +122,12 @@ impl SmtpHandler {
     /// On the MX, checks SPF, DKIM, ARC and DMARC through `dns`.
     pub fn with_verification(mut self, dns: Dns) -> SmtpHandler {
         self.services.verifier = Some(dns);
+        self
+    }
+
+    /// Runs `hook` on messages once they are stored.
+    pub fn with_after_delivery(mut self, hook: Arc<dyn AfterDelivery>) -> SmtpHandler {
+        self.services.after_delivery = Some(hook);
         self
     }
 
@@ -270,6 +289,17 @@ async fn serve(
                     verify::strip_forged_results(&mut transaction.message, &hostname);
                     insert_after_return_path(&mut transaction.message, verdict.header.as_bytes());
                 }
+                let follow_up = services
+                    .after_delivery
+                    .as_ref()
+                    .filter(|hook| hook.wants(&transaction.message))
+                    .map(|hook| {
+                        (
+                            Arc::clone(hook),
+                            transaction.accounts(),
+                            transaction.message.clone(),
+                        )
+                    });
                 let delivery = delivery.clone();
                 let queue = services.queue.clone();
                 let done = tokio::task::spawn_blocking(move || {
@@ -280,7 +310,17 @@ async fn serve(
                     tracing::error!(error = %e, "delivery task failed");
                     DeliveryOutcome::TemporaryFailure
                 });
+                let stored = matches!(
+                    outcome,
+                    DeliveryOutcome::Stored | DeliveryOutcome::PartiallyStored
+                );
                 session.delivery_result(outcome);
+                if stored
+                    && let Some((hook, accounts, message)) = follow_up
+                    && !accounts.is_empty()
+                {
+                    hook.delivered(accounts, message);
+                }
             }
             Action::Close => {
                 let _ = conn.stream.shutdown().await;

@@ -56,7 +56,7 @@ mod sender;
 mod session;
 mod trace;
 
-pub use handler::SmtpHandler;
+pub use handler::{AfterDelivery, SmtpHandler};
 pub use limits::{MAX_AUTH_LINE, SmtpLimits};
 pub use sender::{Delegation, Identity};
 pub use session::{
