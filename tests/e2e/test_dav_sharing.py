@@ -156,3 +156,33 @@ def test_directory_address_book_follows_the_directory(quickstart):
     assert status == 403
     status, _ = call(quickstart, "alice@example.test", "MKCOL", GAL)
     assert status == 405
+
+
+def test_http2_is_offered_and_serves_dav(quickstart):
+    """An HTTP/2 client (httpx with h2) negotiates h2 by ALPN and gets the
+    same DAV answers, several requests multiplexed on one connection."""
+    import httpx
+
+    password = quickstart.credentials()["alice@example.test"]
+    with httpx.Client(http2=True, verify=str(quickstart.cert), auth=("alice@example.test", password),
+                      base_url="https://localhost:8443", timeout=30) as h2:
+        r = h2.request("PROPFIND", "/dav/calendars/alice@example.test/", headers={"Depth": "1"},
+                       content=LIST)
+        assert r.http_version == "HTTP/2" and r.status_code == 207
+        assert "/dav/calendars/alice@example.test/default/" in hrefs(r.content)
+        uid = f"h2-{uuid.uuid4()}"
+        path = f"/dav/calendars/alice@example.test/default/{uid}.ics"
+        assert h2.put(path, content=event(uid), headers={"If-None-Match": "*"}).status_code == 201
+        assert "Board meeting" in h2.get(path).text
+        # Bad credentials and oversized bodies are refused the same way.
+        assert h2.get(path, auth=("alice@example.test", "wrong")).status_code == 401
+        # The server may answer 413 before reading the body and reset the
+        # stream, which some clients report as an error of their own.
+        try:
+            assert h2.put(path, content=b"x" * (3 * 1024 * 1024)).status_code == 413
+        except httpx.HTTPError:
+            pass
+    with httpx.Client(http2=True, verify=str(quickstart.cert), auth=("alice@example.test", password),
+                      base_url="https://localhost:8443", timeout=30) as h2:
+        again = h2.get(path)
+        assert again.http_version == "HTTP/2" and "Board meeting" in again.text

@@ -29,7 +29,7 @@
 //!   address exists (Autodiscover answers any address of our domains the
 //!   same way).
 //!
-//! HTTP/2 is not here yet.
+//! HTTP/2 is offered by ALPN on this listener only.
 
 mod auth_cache;
 pub mod profile;
@@ -45,7 +45,7 @@ use base64::Engine;
 use bulwark_core::EmailAddress;
 use bulwark_dav::DavRequest;
 use bulwark_directory::{AuthError, Directory};
-use bulwark_server::http::{self, HeadLimits, Reply, closing, serve_http1};
+use bulwark_server::http::{self, HeadLimits, Reply, closing, serve_http};
 use bulwark_server::{Connection, ConnectionHandler};
 use bulwark_store::Principal;
 use http_body_util::{BodyExt, Limited};
@@ -171,7 +171,7 @@ async fn serve(conn: Connection, state: Arc<State>) {
         max_bytes: MAX_HEAD_BYTES,
         max_headers: MAX_HEADERS,
     };
-    serve_http1(conn, limits, move |req, ip| {
+    serve_http(conn, limits, move |req, ip| {
         let state = Arc::clone(&state);
         async move { respond(&state, req, ip).await }
     })

@@ -1,5 +1,6 @@
-//! What every HTTP endpoint of Bulwark shares: serving HTTP/1.1 on a
-//! [`Connection`] with bounded request heads and a graceful stop, and
+//! What every HTTP endpoint of Bulwark shares: serving HTTP/1.1 (and, where
+//! TLS negotiated it, HTTP/2) on a [`Connection`] with bounded request
+//! heads and a graceful stop, and
 //! answers built in memory with the headers that keep browsers from
 //! guessing (`nosniff`) or caching (`no-store`).
 
@@ -13,7 +14,7 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::server::Connection;
 
@@ -68,6 +69,57 @@ where
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, protocol, "HTTP connection ended with an error");
+    }
+}
+
+/// Concurrent requests on one HTTP/2 connection.
+const H2_MAX_STREAMS: u32 = 32;
+
+/// Serves HTTP/2 when the TLS handshake chose it by ALPN, otherwise
+/// HTTP/1.1 as [`serve_http1`] does.
+pub async fn serve_http<F, Fut>(conn: Connection, limits: HeadLimits, respond: F)
+where
+    F: Fn(Request<Incoming>, IpAddr) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Reply> + Send + 'static,
+{
+    let h2 = conn
+        .stream
+        .get_ref()
+        .tls_connection()
+        .and_then(|tls| tls.alpn_protocol())
+        == Some(b"h2".as_slice());
+    if !h2 {
+        return serve_http1(conn, limits, respond).await;
+    }
+    let ip = conn.info.peer.ip();
+    let protocol = conn.info.protocol.name();
+    let Connection {
+        stream,
+        mut shutdown,
+        ..
+    } = conn;
+    let respond = Arc::new(respond);
+    let service = hyper::service::service_fn(move |req| {
+        let respond = Arc::clone(&respond);
+        async move { Ok::<_, Infallible>(respond(req, ip).await) }
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(limits.max_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_secs(60)));
+    let http = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(http);
+    let result = tokio::select! {
+        result = http.as_mut() => result,
+        () = shutdown.wait() => {
+            http.as_mut().graceful_shutdown();
+            http.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, protocol, "HTTP/2 connection ended with an error");
     }
 }
 

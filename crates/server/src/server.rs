@@ -227,6 +227,7 @@ impl Default for ServerOptions {
 pub struct Server {
     options: ServerOptions,
     tls: Option<TlsAcceptor>,
+    web_tls: Option<TlsAcceptor>,
     metrics: Arc<Metrics>,
     handlers: HashMap<Protocol, Arc<dyn ConnectionHandler>>,
     health: Option<HealthCheck>,
@@ -254,8 +255,14 @@ impl Server {
         tls: Option<Arc<rustls::ServerConfig>>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let web_tls = tls.as_ref().map(|config| {
+            let mut web = (**config).clone();
+            web.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            TlsAcceptor::from(Arc::new(web))
+        });
         Server {
             options,
+            web_tls,
             tls: tls.map(TlsAcceptor::from),
             metrics,
             handlers: HashMap::new(),
@@ -353,6 +360,7 @@ impl Server {
             ),
             options: self.options,
             tls: self.tls,
+            web_tls: self.web_tls,
             metrics: self.metrics,
         });
         Ok(BoundServer {
@@ -376,6 +384,8 @@ impl Server {
 struct Shared {
     options: ServerOptions,
     tls: Option<TlsAcceptor>,
+    /// The same certificate offering HTTP/2 and HTTP/1.1 by ALPN.
+    web_tls: Option<TlsAcceptor>,
     metrics: Arc<Metrics>,
     /// Limits for every listener but `admin`.
     user_limits: Arc<Limiter>,
@@ -556,7 +566,14 @@ fn admit(
             let _active = active;
             tracing::debug!("connection accepted");
             let stream = if protocol.implicit_tls() {
-                let Some(acceptor) = &shared.tls else {
+                // Only the web listener offers HTTP/2 (ALPN "h2"); a mail
+                // client never sees it.
+                let acceptor = if protocol == Protocol::Https {
+                    shared.web_tls.as_ref()
+                } else {
+                    shared.tls.as_ref()
+                };
+                let Some(acceptor) = acceptor else {
                     // bind() refuses implicit-TLS listeners without a
                     // certificate, so this is not reached.
                     return;
