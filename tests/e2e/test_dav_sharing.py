@@ -79,6 +79,23 @@ def test_read_grant_gives_exactly_read(quickstart):
     assert status in (403, 404)
     status, data = call(quickstart, "bob@example.test", "GET", f"{BOB_CAL}{uid}.ics")
     assert b"Board meeting" in data
+    # Bob's calendar also appears in alice's own home, under a name that
+    # says whose it is, with the same rights.
+    status, data = call(quickstart, "alice@example.test", "PROPFIND", "/dav/calendars/alice@example.test/",
+                        '<D:propfind xmlns:D="DAV:"><D:prop><D:displayname/></D:prop></D:propfind>',
+                        {"Depth": "1"})
+    shared = "/dav/calendars/alice@example.test/shared~bob@example.test~default/"
+    assert status == 207 and shared in hrefs(data), hrefs(data)
+    assert b"Bob Example: Calendar" in data
+    status, data = call(quickstart, "alice@example.test", "GET", f"{shared}{uid}.ics")
+    assert status == 200 and b"Board meeting" in data
+    status, _ = call(quickstart, "alice@example.test", "PUT", f"{shared}{uid}.ics",
+                     event(uid).replace("Board meeting", "Cancelled"))
+    assert status == 403
+    # Nobody reaches a collection through someone else's alias.
+    status, _ = call(quickstart, "bob@example.test", "GET",
+                     f"/dav/calendars/bob@example.test/shared~alice@example.test~default/x.ics")
+    assert status == 404
     # The grant is for calendars only.
     status, _ = call(quickstart, "alice@example.test", "PROPFIND", BOB_BOOK, LIST, {"Depth": "1"})
     assert status == 404

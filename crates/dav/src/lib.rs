@@ -36,6 +36,7 @@ pub mod path;
 mod props;
 mod report;
 mod schedule;
+pub mod shared;
 pub mod xml;
 
 pub use schedule::MailOut;
@@ -436,6 +437,26 @@ impl Dav {
         let Some((owner, access)) = self.owner_access(caller, owner, Some(kind)).await? else {
             return Ok(None);
         };
+        // A collection shared with the caller, as it appears in their own
+        // home: its owner and rights are the grantor's grant, checked anew.
+        if let Some((grantor, real_name)) = shared::parse_alias(name) {
+            if !access.owner || shared::parse_alias(real_name).is_some() {
+                return Ok(None);
+            }
+            let Some((grantor, granted)) = self.owner_access(caller, grantor, Some(kind)).await?
+            else {
+                return Ok(None);
+            };
+            if granted.owner || schedule::reserved(real_name) || real_name == gal::GAL_COLLECTION {
+                return Ok(None);
+            }
+            let (id, real) = (grantor.id, real_name.to_string());
+            let found = self
+                .store
+                .run(move |b| b.dav_collection(id, kind, &real))
+                .await?;
+            return Ok(found.map(|c| (grantor, granted, Some(c))));
+        }
         if kind == DavKind::Calendar && name == schedule::OUTBOX {
             let outbox = DavCollection {
                 id: bulwark_store::DavCollectionId(0),
@@ -918,7 +939,10 @@ impl Dav {
                 "only the owner makes collections",
             ));
         }
-        if existing.is_some() || (*kind == DavKind::Calendar && schedule::reserved(name)) {
+        let reserved = (*kind == DavKind::Calendar && schedule::reserved(name))
+            || shared::parse_alias(name).is_some()
+            || name == gal::GAL_COLLECTION;
+        if existing.is_some() || reserved {
             return Ok(DavResponse::text(405, "the collection exists already"));
         }
         let body = match parse_body(&req.body) {

@@ -635,6 +635,18 @@ impl Dav {
                             &request,
                         ));
                     }
+                    if access.owner {
+                        for (grantor, granted, c) in self.shared_with(caller, kind).await? {
+                            let alias = crate::shared::alias(&grantor.address.to_string(), &c.name);
+                            let r = Resource::Collection(kind, owner.address.to_string(), alias);
+                            out.push_str(&response(
+                                me,
+                                &r.href(),
+                                &Node::Collection(&c, &grantor, granted),
+                                &request,
+                            ));
+                        }
+                    }
                 }
             }
             Resource::Collection(kind, owner, name) => {
@@ -718,6 +730,54 @@ impl Dav {
         }
         out.push_str("</D:multistatus>");
         Ok(DavResponse::multistatus(out))
+    }
+
+    /// Collections of `kind` other accounts granted the caller, each with
+    /// its owner, the caller's rights and a display name saying whose it is.
+    async fn shared_with(
+        &self,
+        caller: &Caller<'_>,
+        kind: DavKind,
+    ) -> Result<Vec<(Principal, crate::Access, DavCollection)>, StoreError> {
+        let me = caller.user.id;
+        let grantors: Vec<bulwark_core::PrincipalId> = self
+            .store()
+            .run(move |b| b.grants(None, Some(me)))
+            .await?
+            .into_iter()
+            .map(|g| g.grantor)
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for grantor in grantors.into_iter().filter(|g| seen.insert(*g)) {
+            let Some(principal) = self.store().run(move |b| b.principal(grantor)).await? else {
+                continue;
+            };
+            let Some((principal, granted)) = self
+                .owner_access(caller, &principal.address.to_string(), Some(kind))
+                .await?
+            else {
+                continue;
+            };
+            let id = principal.id;
+            for mut c in self
+                .store()
+                .run(move |b| b.dav_collections(id, kind))
+                .await?
+            {
+                if crate::schedule::reserved(&c.name) {
+                    continue;
+                }
+                let whose = if principal.display_name.is_empty() {
+                    principal.address.to_string()
+                } else {
+                    principal.display_name.clone()
+                };
+                c.props.display_name = format!("{whose}: {}", c.props.display_name);
+                out.push((principal.clone(), granted, c));
+            }
+        }
+        Ok(out)
     }
 
     pub(crate) async fn proppatch(
