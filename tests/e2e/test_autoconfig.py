@@ -94,6 +94,13 @@ def test_apple_profile_needs_credentials(quickstart):
     account = profile["PayloadContent"][0]
     assert account["EmailAddress"] == "alice@example.test"
     assert account["IncomingMailServerPortNumber"] == 9930
+    by_type = {p["PayloadType"]: p for p in profile["PayloadContent"]}
+    caldav = by_type["com.apple.caldav.account"]
+    assert caldav["CalDAVPort"] == 8443 and caldav["CalDAVUseSSL"] is True
+    assert caldav["CalDAVPrincipalURL"] == "/dav/principals/alice@example.test/"
+    carddav = by_type["com.apple.carddav.account"]
+    assert carddav["CardDAVUsername"] == "alice@example.test"
+    assert len({p["PayloadUUID"] for p in profile["PayloadContent"]}) == 3
     assert password.encode() not in data
 
 

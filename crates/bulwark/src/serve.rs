@@ -175,6 +175,7 @@ fn register_protocols(
         pop3s_port: port(Protocol::Pop3s),
         submissions_port: port(Protocol::Submissions),
         submission_port: port(Protocol::Submission),
+        https_port: port(Protocol::Https),
     };
     server.register(
         Protocol::Https,

@@ -21,6 +21,8 @@ pub struct ClientSettings {
     pub submissions_port: Option<u16>,
     /// Submission with STARTTLS.
     pub submission_port: Option<u16>,
+    /// The HTTPS listener (CalDAV and CardDAV).
+    pub https_port: Option<u16>,
 }
 
 /// Text escaped for XML character data and attribute values.
@@ -151,6 +153,34 @@ pub fn apple_profile(
         .or(settings.submission_port)
         .unwrap_or(465);
     let flag = |b: bool| if b { "<true/>" } else { "<false/>" };
+    // Calendars and contacts, when this server has its web listener.
+    let dav = match settings.https_port {
+        Some(port) => {
+            let principal = format!("/dav/principals/{address}/");
+            [("CalDAV", "caldav", "Calendars", 2), ("CardDAV", "carddav", "Contacts", 3)]
+                .iter()
+                .map(|(key, kind, what, n)| {
+                    format!(
+                        r#"
+    <dict>
+      <key>{key}AccountDescription</key><string>{what} ({address})</string>
+      <key>{key}HostName</key><string>{host}</string>
+      <key>{key}Port</key><integer>{port}</integer>
+      <key>{key}PrincipalURL</key><string>{principal}</string>
+      <key>{key}UseSSL</key><true/>
+      <key>{key}Username</key><string>{address}</string>
+      <key>PayloadDisplayName</key><string>{what} ({address})</string>
+      <key>PayloadIdentifier</key><string>{host}.{kind}.{uuid}</string>
+      <key>PayloadType</key><string>com.apple.{kind}.account</string>
+      <key>PayloadUUID</key><string>{uuid}-{n}</string>
+      <key>PayloadVersion</key><integer>1</integer>
+    </dict>"#
+                    )
+                })
+                .collect::<String>()
+        }
+        None => String::new(),
+    };
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
 <!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
@@ -179,7 +209,7 @@ pub fn apple_profile(
       <key>PayloadType</key><string>com.apple.mail.managed</string>
       <key>PayloadUUID</key><string>{uuid}-1</string>
       <key>PayloadVersion</key><integer>1</integer>
-    </dict>
+    </dict>{dav}
   </array>
   <key>PayloadDisplayName</key><string>{host}</string>
   <key>PayloadIdentifier</key><string>{host}.{uuid}</string>
@@ -229,6 +259,7 @@ mod tests {
             pop3s_port: None,
             submissions_port: Some(465),
             submission_port: Some(587),
+            https_port: Some(443),
         }
     }
 
