@@ -78,10 +78,8 @@ fn balanced(data: &str) -> bool {
                 }
                 open.push(value.trim().to_ascii_uppercase());
             }
-            "END" => {
-                if open.pop().as_deref() != Some(value.trim().to_ascii_uppercase().as_str()) {
-                    return false;
-                }
+            "END" if open.pop().as_deref() != Some(value.trim().to_ascii_uppercase().as_str()) => {
+                return false;
             }
             _ => {}
         }

@@ -180,7 +180,6 @@ impl Dav {
     }
 
     fn objects_answer(
-        &self,
         caller: &Caller<'_>,
         resource: &Resource,
         collection: &DavCollection,
@@ -247,7 +246,9 @@ impl Dav {
             objects.len() as u64,
         )
         .await?;
-        Ok(self.objects_answer(caller, resource, collection, access, &objects, &request, ""))
+        Ok(Self::objects_answer(
+            caller, resource, collection, access, &objects, &request, "",
+        ))
     }
 
     async fn multiget(
@@ -284,7 +285,7 @@ impl Dav {
         for href in strangers {
             missing.push_str(&status_response(&href, "404 Not Found"));
         }
-        Ok(self.objects_answer(
+        Ok(Self::objects_answer(
             caller, resource, collection, access, &objects, &request, &missing,
         ))
     }
@@ -336,7 +337,9 @@ impl Dav {
             objects.len() as u64,
         )
         .await?;
-        Ok(self.objects_answer(caller, resource, collection, access, &objects, &request, ""))
+        Ok(Self::objects_answer(
+            caller, resource, collection, access, &objects, &request, "",
+        ))
     }
 
     async fn free_busy(
@@ -524,7 +527,7 @@ impl Dav {
             "<D:sync-token>{}</D:sync-token>",
             escape(&sync_token(collection, collection.modseq))
         );
-        Ok(self.objects_answer(
+        Ok(Self::objects_answer(
             caller, resource, collection, access, &objects, request, &token,
         ))
     }

@@ -157,11 +157,14 @@ pub fn apple_profile(
     let dav = match settings.https_port {
         Some(port) => {
             let principal = format!("/dav/principals/{address}/");
-            [("CalDAV", "caldav", "Calendars", 2), ("CardDAV", "carddav", "Contacts", 3)]
-                .iter()
-                .map(|(key, kind, what, n)| {
-                    format!(
-                        r#"
+            [
+                ("CalDAV", "caldav", "Calendars", 2),
+                ("CardDAV", "carddav", "Contacts", 3),
+            ]
+            .iter()
+            .map(|(key, kind, what, n)| {
+                format!(
+                    r#"
     <dict>
       <key>{key}AccountDescription</key><string>{what} ({address})</string>
       <key>{key}HostName</key><string>{host}</string>
@@ -175,9 +178,9 @@ pub fn apple_profile(
       <key>PayloadUUID</key><string>{uuid}-{n}</string>
       <key>PayloadVersion</key><integer>1</integer>
     </dict>"#
-                    )
-                })
-                .collect::<String>()
+                )
+            })
+            .collect::<String>()
         }
         None => String::new(),
     };
