@@ -126,6 +126,11 @@ impl DavResponse {
         DavResponse::text(403, body)
     }
 
+    /// 403 with `DAV:need-privileges`.
+    fn no_privilege(message: &str) -> DavResponse {
+        DavResponse::precondition(403, DAV, "need-privileges", message)
+    }
+
     fn multistatus(body: String) -> DavResponse {
         DavResponse::new(207, XML_TYPE, body)
     }
@@ -603,12 +608,7 @@ impl Dav {
             return Ok(DavResponse::not_found());
         };
         if !access.write {
-            return Ok(DavResponse::precondition(
-                403,
-                DAV,
-                "need-privileges",
-                "read-only access",
-            ));
+            return Ok(DavResponse::no_privilege("read-only access"));
         }
         let Some(collection) = collection else {
             return Ok(DavResponse::text(409, "the collection does not exist"));
@@ -740,12 +740,7 @@ impl Dav {
             return Ok(DavResponse::not_found());
         };
         if !access.write || (object.is_none() && !access.owner) {
-            return Ok(DavResponse::precondition(
-                403,
-                DAV,
-                "need-privileges",
-                "no write access",
-            ));
+            return Ok(DavResponse::no_privilege("no write access"));
         }
         let precondition = match precondition(req) {
             Ok(p) => p,
@@ -932,10 +927,7 @@ impl Dav {
             return Ok(DavResponse::not_found());
         };
         if !access.owner {
-            return Ok(DavResponse::precondition(
-                403,
-                DAV,
-                "need-privileges",
+            return Ok(DavResponse::no_privilege(
                 "only the owner makes collections",
             ));
         }

@@ -796,12 +796,7 @@ impl Dav {
             return Ok(DavResponse::not_found());
         };
         if !access.write {
-            return Ok(DavResponse::precondition(
-                403,
-                DAV,
-                "need-privileges",
-                "read-only access",
-            ));
+            return Ok(DavResponse::no_privilege("read-only access"));
         }
         let body = match parse_body(&req.body) {
             Ok(Some(b)) if b.is(DAV, "propertyupdate") => b,

@@ -1,15 +1,10 @@
-//! Reading the small XML documents clients send, safely: a DOCTYPE
-//! (where entity definitions live, and with them "billion laughs" and
-//! external entities) is refused outright, only the five predefined
-//! entities and character references are understood, and depth and text
-//! size are bounded.
+//! Reading the Autodiscover requests clients send, with the safe XML
+//! reader DAV uses (`bulwark_dav::xml`): a DOCTYPE (where entity
+//! definitions live, and with them "billion laughs" and external entities)
+//! is refused outright, only the five predefined entities and character
+//! references are understood, and depth and size are bounded.
 
-use quick_xml::Reader;
-use quick_xml::events::Event;
-
-/// Deepest element nesting accepted.
-const MAX_DEPTH: usize = 32;
-/// Longest text collected for one element.
+/// Longest text accepted in an Autodiscover field.
 const MAX_TEXT: usize = 1024;
 
 /// Why a document was refused; shown to the client as a 400.
@@ -23,88 +18,32 @@ pub struct AutodiscoverRequest {
     pub schema: Option<String>,
 }
 
-fn predefined(name: &str) -> Option<char> {
-    Some(match name {
-        "lt" => '<',
-        "gt" => '>',
-        "amp" => '&',
-        "apos" => '\'',
-        "quot" => '"',
-        _ => return None,
-    })
-}
-
 /// Parses `<Autodiscover><Request><EMailAddress>…` (element names matched
-/// by local name, whatever the namespace prefix).
+/// by local name, whatever the namespace).
 pub fn autodiscover_request(body: &[u8]) -> Result<AutodiscoverRequest, XmlError> {
-    let text = std::str::from_utf8(body).map_err(|_| XmlError("not UTF-8"))?;
-    let mut reader = Reader::from_str(text);
-    reader.config_mut().trim_text(true);
-    let mut path: Vec<String> = Vec::new();
+    let root = bulwark_dav::xml::parse(body).map_err(|e| XmlError(e.0))?;
+    let named = |e: &bulwark_dav::xml::Element, name: &str| {
+        e.children
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case(name))
+            .cloned()
+    };
     let mut out = AutodiscoverRequest::default();
-    let mut current = String::new();
-    loop {
-        match reader.read_event() {
-            Err(_) => return Err(XmlError("malformed XML")),
-            Ok(Event::DocType(_)) => return Err(XmlError("DOCTYPE is not accepted")),
-            Ok(Event::PI(_)) => return Err(XmlError("processing instructions are not accepted")),
-            Ok(Event::Start(e)) => {
-                if path.len() >= MAX_DEPTH {
-                    return Err(XmlError("too deeply nested"));
-                }
-                let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
-                path.push(name);
-                current.clear();
-            }
-            Ok(Event::Empty(_)) => current.clear(),
-            Ok(Event::Text(t)) => {
-                let piece = t.decode().map_err(|_| XmlError("bad text"))?;
-                current.push_str(&piece);
-            }
-            Ok(Event::CData(t)) => {
-                current.push_str(&String::from_utf8_lossy(&t.into_inner()));
-            }
-            Ok(Event::GeneralRef(r)) => {
-                if r.is_char_ref() {
-                    match r.resolve_char_ref() {
-                        Ok(Some(c)) => current.push(c),
-                        _ => return Err(XmlError("bad character reference")),
-                    }
-                } else {
-                    let name = r.decode().map_err(|_| XmlError("bad entity"))?;
-                    current.push(predefined(&name).ok_or(XmlError("unknown entity"))?);
-                }
-            }
-            Ok(Event::End(_)) => {
-                if current.len() > MAX_TEXT {
-                    return Err(XmlError("text too long"));
-                }
-                let within = |names: &[&str]| {
-                    path.len() == names.len()
-                        && path
-                            .iter()
-                            .zip(names)
-                            .all(|(a, b)| a.eq_ignore_ascii_case(b))
-                };
-                let value = current.trim().to_string();
-                if within(&["Autodiscover", "Request", "EMailAddress"]) {
-                    out.email = Some(value);
-                } else if within(&["Autodiscover", "Request", "AcceptableResponseSchema"]) {
-                    out.schema = Some(value);
-                }
-                path.pop();
-                current.clear();
-            }
-            Ok(Event::Eof) => break,
-            Ok(_) => {}
-        }
-        if current.len() > MAX_TEXT {
-            return Err(XmlError("text too long"));
-        }
+    if !root.name.eq_ignore_ascii_case("Autodiscover") {
+        return Ok(out);
     }
-    if !path.is_empty() {
-        return Err(XmlError("unclosed elements"));
-    }
+    let Some(request) = named(&root, "Request") else {
+        return Ok(out);
+    };
+    let field = |name: &str| -> Result<Option<String>, XmlError> {
+        match named(&request, name) {
+            Some(e) if e.text.len() > MAX_TEXT => Err(XmlError("text too long")),
+            Some(e) => Ok(Some(e.text.trim().to_string())),
+            None => Ok(None),
+        }
+    };
+    out.email = field("EMailAddress")?;
+    out.schema = field("AcceptableResponseSchema")?;
     Ok(out)
 }
 
@@ -158,6 +97,11 @@ mod tests {
             Err(XmlError("text too long"))
         );
         assert!(autodiscover_request(b"<Autodiscover><Request>").is_err());
+        let sneaky = br#"<a:Autodiscover xmlns:a="urn:x"><a:Request><a:EMailAddress>bob@example.com</a:EMailAddress></a:Request></a:Autodiscover>"#;
+        assert_eq!(
+            autodiscover_request(sneaky).unwrap().email.as_deref(),
+            Some("bob@example.com")
+        );
         assert!(autodiscover_request(b"\xff\xfe").is_err());
     }
 }
