@@ -125,3 +125,19 @@ def test_free_busy_of_colleagues_through_the_outbox(quickstart):
     # The per-calendar free-busy-query REPORT agrees.
     fb = default_calendar(bob).freebusy_request(day, day + timedelta(days=1))
     assert "20300506T140000Z" in fb.data
+
+
+def test_a_known_uid_does_not_let_anyone_overwrite_a_colleagues_event(quickstart):
+    """Inviting bob to an event whose UID bob already uses for his own event
+    leaves bob's event alone; the organizer's copy says it had no authority."""
+    alice, bob = client(quickstart, "alice@example.test"), client(quickstart, "bob@example.test")
+    uid = f"private-{uuid.uuid4()}"
+    mine = meeting(uid, "bob@example.test", [], START, summary="Doctor").replace(
+        "ORGANIZER;CN=Organizer:mailto:bob@example.test\r\n", "")
+    default_calendar(bob).save_event(mine)
+    default_calendar(alice).save_event(
+        meeting(uid, "alice@example.test", [("bob@example.test", "INDIVIDUAL")], START, summary="Hijack"))
+    assert "Doctor" in default_calendar(bob).event_by_uid(uid).data
+    organizers = unfold(default_calendar(alice).event_by_uid(uid).data)
+    line = next(l for l in organizers.splitlines() if "mailto:bob@example.test" in l)
+    assert "SCHEDULE-STATUS=3.8" in line, line

@@ -124,6 +124,7 @@ impl Dav {
                 } else {
                     self.deliver_copy(&caller, recipient, &me, &uid, &stored)
                         .await
+                        .map(|_| ())
                 }
             }
             "REPLY" => {

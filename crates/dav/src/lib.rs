@@ -772,6 +772,7 @@ impl Dav {
         if done.is_ok()
             && let Some(previous) = previous
             && !schedule::reserved(&collection.name)
+            && previous.contains("ORGANIZER")
         {
             let scheduled = async {
                 self.cancel_as_organizer(caller, &owner, &previous).await?;
@@ -799,6 +800,12 @@ impl Dav {
         previous: Option<String>,
         spans: &[(i64, i64)],
     ) -> bool {
+        // Only objects that name an organizer, now or before, take part in
+        // scheduling; the rest (most events) skip the work.
+        let names_organizer = |data: &str| data.contains("ORGANIZER");
+        if !names_organizer(&object.data) && !previous.as_deref().is_some_and(names_organizer) {
+            return false;
+        }
         let scheduled = async {
             let mut rewritten = false;
             if let Some(updated) = self

@@ -319,8 +319,12 @@ impl Dav {
         for (address, party) in parties {
             let status = match party {
                 Party::Local(p) => {
-                    self.deliver_copy(caller, &p, &address, &uid, &copy).await?;
-                    "1.2"
+                    if self.deliver_copy(caller, &p, &address, &uid, &copy).await? {
+                        "1.2"
+                    } else {
+                        // No authority over the attendee's event with this UID.
+                        "3.8"
+                    }
                 }
                 Party::Unknown => "3.7",
                 Party::External => self.by_mail(&organizer, &address, "REQUEST", &copy).await,
@@ -342,13 +346,23 @@ impl Dav {
         address: &str,
         uid: &str,
         copy: &Itip,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.provision(attendee.id).await?;
         let resource = matches!(
             attendee.kind,
             PrincipalKind::Room | PrincipalKind::Equipment
         );
         let existing = self.copies(attendee, uid).await?;
+        // An event with this UID organised by someone else is not this
+        // organizer's to replace (a guessed or copied UID must not let one
+        // user overwrite another's meeting).
+        let organizer = copy.organizer();
+        if existing
+            .iter()
+            .any(|(_, o)| Itip::parse(&o.data).organizer() != organizer)
+        {
+            return Ok(false);
+        }
         let mut theirs = copy.clone();
         if !resource
             && let Some(answer) = existing
@@ -393,7 +407,7 @@ impl Dav {
             self.to_inbox(&caller.actor, attendee, &theirs, "REQUEST")
                 .await?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Tells one attendee the event is cancelled for them.
@@ -409,7 +423,16 @@ impl Dav {
         cancelled.cancel();
         match self.party(address).await? {
             Party::Local(p) => {
-                for (c, o) in self.copies(&p, uid).await? {
+                let theirs_to_cancel: Vec<_> = self
+                    .copies(&p, uid)
+                    .await?
+                    .into_iter()
+                    .filter(|(_, o)| Itip::parse(&o.data).organizer().as_deref() == Some(organizer))
+                    .collect();
+                if theirs_to_cancel.is_empty() {
+                    return Ok(());
+                }
+                for (c, o) in theirs_to_cancel {
                     if matches!(p.kind, PrincipalKind::Room | PrincipalKind::Equipment) {
                         let (actor, account, id, name) =
                             (caller.actor.clone(), p.id, c.id, o.meta.name);
@@ -544,7 +567,7 @@ impl Dav {
     ) -> Result<(), StoreError> {
         for (c, o) in self.copies(organizer, uid).await? {
             let mut theirs = Itip::parse(&o.data);
-            if theirs.partstat_of(attendee).is_none() {
+            if theirs.partstat_of(attendee).is_none() || theirs.organizer() != reply.organizer() {
                 continue;
             }
             theirs.set_attendee_param(attendee, "PARTSTAT", partstat);

@@ -1636,6 +1636,29 @@ fn dav_time_ranges(b: &dyn Backend) {
     .unwrap();
     assert_eq!(names(0, 3000), Vec::<String>::new());
     assert_eq!(names(5500, 5600), ["once.ics"]);
+    // A long instance (a month-long event, an undated task) is found from
+    // anywhere inside it.
+    let month = TimeSpans {
+        instances: vec![(100_000, 100_000 + 31 * 86_400)],
+        expanded_until: None,
+    };
+    b.put_dav_object(
+        &me,
+        alice,
+        cal.id,
+        &dav_object("month.ics", "3", "M", Some(month)),
+        DavPrecondition::None,
+    )
+    .unwrap();
+    let inside = 100_000 + 20 * 86_400;
+    // (weekly.ics comes too: past its stored instances it is a candidate.)
+    assert_eq!(names(inside, inside + 60), ["month.ics", "weekly.ics"]);
+    assert_eq!(
+        names(inside - 86_400 * 30, inside - 86_400 * 29),
+        Vec::<String>::new()
+    );
+    b.delete_dav_object(&me, alice, cal.id, "month.ics", DavPrecondition::None)
+        .unwrap();
     b.delete_dav_object(&me, alice, cal.id, "weekly.ics", DavPrecondition::None)
         .unwrap();
     assert_eq!(names(0, 100_000), ["once.ics"]);

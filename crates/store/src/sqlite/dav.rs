@@ -19,6 +19,9 @@ use crate::{Error, Result};
 pub const MAX_DAV_NAME: usize = 255;
 /// Most instances stored per object; later ones are found by expanding.
 pub const MAX_STORED_INSTANCES: usize = 1000;
+/// Instances longer than this (seconds) are indexed apart, so a time-range
+/// query scans only index entries starting at most this long before it.
+const LONG_INSTANCE: i64 = 7 * 86_400;
 
 fn valid_name(name: &str) -> Result<()> {
     let bad = name.is_empty()
@@ -408,14 +411,19 @@ impl SqliteBackend {
                 "SELECT {OBJECT_COLUMNS}, data, expanded_until FROM dav_objects o
                  WHERE id IN (
                      SELECT object_id FROM dav_instances
-                     WHERE collection_id = ?1 AND start_at < ?3 AND end_at > ?2
+                     WHERE collection_id = ?1 AND start_at < ?3 AND start_at > ?2 - ?4
+                       AND end_at > ?2
+                     UNION
+                     SELECT object_id FROM dav_instances
+                     WHERE collection_id = ?1 AND long = 1 AND start_at < ?3 AND end_at > ?2
                      UNION
                      SELECT id FROM dav_objects
                      WHERE collection_id = ?1 AND expanded_until IS NOT NULL AND expanded_until < ?3
                  ) AND deleted = 0
                  ORDER BY name"
             ))?;
-            let rows = stmt.query_map(params![collection.0, start, end], object_row)?;
+            let rows =
+                stmt.query_map(params![collection.0, start, end, LONG_INSTANCE], object_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
@@ -500,11 +508,13 @@ impl SqliteBackend {
             };
             if let Some(spans) = &object.spans {
                 let mut insert = ctx.conn.prepare_cached(
-                    "INSERT INTO dav_instances (collection_id, object_id, start_at, end_at)
-                     VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO dav_instances (collection_id, object_id, start_at, end_at, long)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
                 for (start, end) in spans.instances.iter().take(MAX_STORED_INSTANCES) {
-                    insert.execute(params![collection.0, id, start, end.max(start)])?;
+                    let end = *end.max(start);
+                    let long = end.saturating_sub(*start) > LONG_INSTANCE;
+                    insert.execute(params![collection.0, id, start, end, long])?;
                 }
             }
             let change = if live.is_some() {
