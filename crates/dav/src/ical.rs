@@ -9,12 +9,13 @@
 //! Instances beyond the query cap are not reported.
 
 use bulwark_store::TimeSpans;
+use calcard::common::PartialDateTime;
 use calcard::common::timezone::Tz;
 use calcard::icalendar::{
-    ICalendar, ICalendarComponent, ICalendarComponentType, ICalendarProperty,
+    ICalendar, ICalendarComponent, ICalendarComponentType, ICalendarProperty, ICalendarValue,
 };
 use calcard::{Entry, Parser};
-use chrono::{NaiveDateTime, Utc};
+use chrono::{Datelike, NaiveDateTime, TimeZone, Timelike, Utc};
 
 /// Instances indexed per object when it is stored.
 pub const MAX_STORED_INSTANCES: usize = 1000;
@@ -186,10 +187,113 @@ pub fn check_calendar(data: &str, accepted: &str) -> Result<CalendarObject, Inva
     })
 }
 
+fn partial(dt: NaiveDateTime, with_time: bool) -> PartialDateTime {
+    PartialDateTime {
+        year: u16::try_from(dt.year()).ok(),
+        month: Some(dt.month() as u8),
+        day: Some(dt.day() as u8),
+        hour: with_time.then_some(dt.hour() as u8),
+        minute: with_time.then_some(dt.minute() as u8),
+        second: with_time.then_some(dt.second() as u8),
+        ..PartialDateTime::default()
+    }
+}
+
+fn is_utc(p: &PartialDateTime) -> bool {
+    p.tz_hour == Some(0) && p.tz_minute.unwrap_or(0) == 0 && !p.tz_minus
+}
+
+/// A copy of `ical` prepared for calcard's recurrence expansion:
+///
+/// * SEQUENCE is dropped, because the expansion matches overrides to their
+///   instances only when master and override carry the same one (an
+///   override with a newer SEQUENCE would otherwise be listed beside the
+///   instance it replaces);
+/// * a UTC `UNTIL` of a rule whose DTSTART has a time zone is turned into
+///   that zone's wall-clock time, which is how the expansion compares it;
+/// * with `stop` (Unix seconds), rules without COUNT end a day after it, so
+///   a query never computes instances beyond what it asked about.
+///
+/// Component numbering is unchanged, so results index the original.
+fn for_expansion(ical: &ICalendar, stop: Option<i64>) -> ICalendar {
+    let resolver = ical.build_tz_resolver();
+    let mut out = ical.clone();
+    for component in &mut out.components {
+        component
+            .entries
+            .retain(|e| e.name != ICalendarProperty::Sequence);
+        let start = component
+            .entries
+            .iter()
+            .find(|e| e.name == ICalendarProperty::Dtstart)
+            .and_then(|e| {
+                let value = e.values.first()?.as_partial_date_time()?.clone();
+                let zone = e.tz_id().and_then(|id| resolver.resolve(id));
+                Some((value, zone))
+            });
+        let Some((dtstart, zone)) = start else {
+            continue;
+        };
+        let with_time = dtstart.has_time();
+        // Wall-clock time of a UTC instant as the rule's DTSTART sees it.
+        let wall = |ts: i64| -> Option<NaiveDateTime> {
+            let utc = chrono::DateTime::<Utc>::from_timestamp(ts, 0)?.naive_utc();
+            Some(match (zone, is_utc(&dtstart)) {
+                (Some(tz), false) => tz.from_utc_datetime(&utc).naive_local(),
+                _ => utc,
+            })
+        };
+        for entry in &mut component.entries {
+            if entry.name != ICalendarProperty::Rrule {
+                continue;
+            }
+            for value in &mut entry.values {
+                let ICalendarValue::RecurrenceRule(rule) = value else {
+                    continue;
+                };
+                if zone.is_some()
+                    && !is_utc(&dtstart)
+                    && let Some(until) = rule.until.as_ref().filter(|u| is_utc(u))
+                    && let Some(ts) = until.to_timestamp()
+                    && let Some(local) = wall(ts)
+                {
+                    rule.until = Some(partial(local, true));
+                }
+                if let Some(stop) = stop
+                    && rule.count.is_none()
+                    && let Some(cap) = wall(stop.saturating_add(86_400))
+                {
+                    let later = rule
+                        .until
+                        .as_ref()
+                        .and_then(|u| u.to_date_time())
+                        .is_none_or(|u| u.date_time > cap);
+                    if later {
+                        rule.until = Some(if is_utc(&dtstart) {
+                            let mut p = partial(cap, true);
+                            p.tz_hour = Some(0);
+                            p.tz_minute = Some(0);
+                            p
+                        } else {
+                            partial(cap, with_time)
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The instances of `ical`, up to `limit`, as `[start, end)` seconds sorted
 /// by start; the flag says the limit was reached.
 fn instances(ical: &ICalendar, limit: usize) -> (Vec<(i64, i64)>, bool) {
-    let expanded = ical.expand_dates(Tz::UTC, limit);
+    instances_until(ical, limit, None)
+}
+
+/// Like [`instances`], computing none that start after `stop`.
+fn instances_until(ical: &ICalendar, limit: usize, stop: Option<i64>) -> (Vec<(i64, i64)>, bool) {
+    let expanded = for_expansion(ical, stop).expand_dates(Tz::UTC, limit);
     let reached = expanded.events.len() >= limit;
     let mut out: Vec<(i64, i64)> = expanded
         .events
@@ -249,7 +353,7 @@ pub fn occurs_in(data: &str, start: i64, end: i64) -> bool {
     let Some(ical) = parse_calendar(data) else {
         return false;
     };
-    let (found, _) = instances(&ical, MAX_QUERY_INSTANCES);
+    let (found, _) = instances_until(&ical, MAX_QUERY_INSTANCES, Some(end));
     if found.is_empty() {
         return true;
     }
@@ -299,7 +403,8 @@ pub fn expand(data: &str, start: i64, end: i64) -> String {
     if !recurring {
         return data.to_string();
     }
-    let expanded = ical.expand_dates(Tz::UTC, MAX_QUERY_INSTANCES);
+    let expanded = for_expansion(&ical, Some(end)).expand_dates(Tz::UTC, MAX_QUERY_INSTANCES);
+    let resolver = ical.build_tz_resolver();
     let mut events: Vec<_> = expanded
         .events
         .iter()
@@ -340,7 +445,15 @@ pub fn expand(data: &str, start: i64, end: i64) -> String {
                 .values
                 .first()
                 .and_then(|v| v.as_partial_date_time())
-                .and_then(|p| p.to_timestamp())
+                .and_then(|p| {
+                    let zone = rid.tz_id().and_then(|id| resolver.resolve(id));
+                    match zone {
+                        Some(tz) if p.tz_hour.is_none() => {
+                            p.to_date_time_with_tz(tz).map(|d| d.timestamp())
+                        }
+                        _ => p.to_timestamp(),
+                    }
+                })
                 .unwrap_or(s),
             None => s,
         };
@@ -380,7 +493,7 @@ pub fn busy_periods<'a>(
         let Some(ical) = parse_calendar(data) else {
             continue;
         };
-        let (found, _) = instances(&ical, MAX_QUERY_INSTANCES);
+        let (found, _) = instances_until(&ical, MAX_QUERY_INSTANCES, Some(end));
         busy.extend(
             found
                 .into_iter()
@@ -529,6 +642,53 @@ mod tests {
         let later = parse_utc("20250101T000000Z").unwrap_or(0);
         assert!(!occurs_in(&bomb, later, later + 86400));
         assert!(occurs_in(&bomb, jan.0, jan.1));
+    }
+
+    fn berlin(rrule: &str, extra: &str) -> String {
+        format!(
+            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\nBEGIN:VEVENT\r\nUID:b1\r\n\
+             DTSTAMP:19960101T000000Z\r\nDTSTART;TZID=Europe/Berlin:19960601T100000\r\n\
+             DURATION:PT1H\r\n{rrule}SEQUENCE:0\r\nSUMMARY:Daily\r\nEND:VEVENT\r\n{extra}END:VCALENDAR\r\n"
+        )
+    }
+
+    #[test]
+    fn utc_until_with_a_zoned_start_keeps_the_last_instance() {
+        let data = berlin("RRULE:FREQ=DAILY;UNTIL=19960603T080000Z\r\n", "");
+        let obj = check_calendar(&data, "").expect("valid");
+        assert_eq!(obj.spans.instances.len(), 3, "{:?}", obj.spans.instances);
+        let third = parse_utc("19960603T080000Z").unwrap_or(0);
+        assert!(occurs_in(&data, third, third + 60));
+    }
+
+    #[test]
+    fn overrides_replace_their_instance_whatever_their_sequence() {
+        let over = "BEGIN:VEVENT\r\nUID:b1\r\nDTSTAMP:19960101T000000Z\r\n\
+            RECURRENCE-ID;TZID=Europe/Berlin:19960602T100000\r\n\
+            DTSTART;TZID=Europe/Berlin:19960602T120000\r\nDURATION:PT1H\r\nSEQUENCE:3\r\n\
+            SUMMARY:Moved\r\nEND:VEVENT\r\n";
+        let data = berlin("RRULE:FREQ=DAILY;COUNT=3\r\n", over);
+        let from = parse_utc("19960601T000000Z").unwrap_or(0);
+        let expanded = expand(&data, from, from + 5 * 86_400);
+        assert_eq!(expanded.matches("BEGIN:VEVENT").count(), 3, "{expanded}");
+        // The override's RECURRENCE-ID is its Berlin time in UTC.
+        assert_eq!(
+            expanded.matches("RECURRENCE-ID:19960602T080000Z").count(),
+            1,
+            "{expanded}"
+        );
+        assert!(expanded.contains("DTSTART:19960602T100000Z"), "{expanded}");
+    }
+
+    #[test]
+    fn open_ended_rules_expand_only_up_to_the_range() {
+        let weekly = event("RRULE:FREQ=WEEKLY\r\n");
+        let jan = parse_utc("20240101T000000Z").unwrap_or(0);
+        let expanded = expand(&weekly, jan, jan + 31 * 86_400);
+        assert_eq!(expanded.matches("BEGIN:VEVENT").count(), 5, "{expanded}");
+        let ical = parse_calendar(&weekly).expect("parses");
+        let (found, _) = instances_until(&ical, MAX_QUERY_INSTANCES, Some(jan + 31 * 86_400));
+        assert!(found.len() <= 6, "{}", found.len());
     }
 
     #[test]

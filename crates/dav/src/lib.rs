@@ -634,6 +634,20 @@ impl Dav {
         let Ok(data) = std::str::from_utf8(&req.body) else {
             return Ok(DavResponse::text(415, "the body is not UTF-8 text"));
         };
+        // What cannot travel in XML cannot be stored: every answer that
+        // carries the object is XML.
+        if xml::has_forbidden_chars(data) {
+            let (ns, condition) = match kind {
+                DavKind::Calendar => (CALDAV, "valid-calendar-data"),
+                DavKind::AddressBook => (CARDDAV, "valid-address-data"),
+            };
+            return Ok(DavResponse::precondition(
+                403,
+                ns,
+                condition,
+                "control characters are not allowed",
+            ));
+        }
         let object = match kind {
             DavKind::Calendar => match ical::check_calendar(data, &collection.components) {
                 Ok(c) => NewDavObject {

@@ -384,6 +384,49 @@ pub(crate) fn response(
     node: &Node<'_>,
     request: &PropRequest,
 ) -> String {
+    let mut out = String::new();
+    response_into(&mut out, me, href_path, node, request);
+    out
+}
+
+/// Writes the value of `name` on `node` as an element into `out`; false
+/// when the node has no such property. Object data is escaped straight
+/// into `out`: a calendar query can return megabytes of it.
+fn write_prop(
+    out: &mut String,
+    me: &Principal,
+    node: &Node<'_>,
+    name: &PropName,
+    expand: Option<(i64, i64)>,
+) -> bool {
+    if let Node::Object(c, _, Some(data), _) = node {
+        let raw =
+            (c.kind == DavKind::Calendar && name.is(CALDAV, "calendar-data") && expand.is_none())
+                || (c.kind == DavKind::AddressBook && name.is(CARDDAV, "address-data"));
+        if raw {
+            name.push_open(out);
+            xml::cdata_into(data, out);
+            name.push_close(out);
+            return true;
+        }
+    }
+    match node.value(me, name, expand) {
+        Some(v) => {
+            out.push_str(&name.element(&v));
+            true
+        }
+        None => false,
+    }
+}
+
+/// Appends one `DAV:response` for `node` at `href` to `out`.
+pub(crate) fn response_into(
+    out: &mut String,
+    me: &Principal,
+    href_path: &str,
+    node: &Node<'_>,
+    request: &PropRequest,
+) {
     let mut found = String::new();
     let mut missing = String::new();
     match request {
@@ -394,33 +437,31 @@ pub(crate) fn response(
         }
         PropRequest::All => {
             for name in node.all_names() {
-                if let Some(v) = node.value(me, &name, None) {
-                    found.push_str(&name.element(&v));
-                }
+                write_prop(&mut found, me, node, &name, None);
             }
         }
         PropRequest::Some { names, expand } => {
             for name in names {
-                match node.value(me, name, *expand) {
-                    Some(v) => found.push_str(&name.element(&v)),
-                    None => missing.push_str(&name.element("")),
+                if !write_prop(&mut found, me, node, name, *expand) {
+                    missing.push_str(&name.element(""));
                 }
             }
         }
     }
-    let mut out = format!("<D:response>{}", href(href_path));
+    out.push_str("<D:response><D:href>");
+    xml::escape_into(href_path, out);
+    out.push_str("</D:href>");
     if !found.is_empty() || missing.is_empty() {
-        out.push_str(&format!(
-            "<D:propstat><D:prop>{found}</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat>"
-        ));
+        out.push_str("<D:propstat><D:prop>");
+        out.push_str(&found);
+        out.push_str("</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat>");
     }
     if !missing.is_empty() {
-        out.push_str(&format!(
-            "<D:propstat><D:prop>{missing}</D:prop><D:status>HTTP/1.1 404 Not Found</D:status></D:propstat>"
-        ));
+        out.push_str("<D:propstat><D:prop>");
+        out.push_str(&missing);
+        out.push_str("</D:prop><D:status>HTTP/1.1 404 Not Found</D:status></D:propstat>");
     }
     out.push_str("</D:response>");
-    out
 }
 
 /// A `DAV:response` with only a status.

@@ -6,7 +6,9 @@ use bulwark_store::{DavCollection, DavKind, DavObject, Error as StoreError, Prin
 
 use crate::ical;
 use crate::path::{Resource, href_path};
-use crate::props::{Node, PropRequest, parse_sync_token, response, status_response, sync_token};
+use crate::props::{
+    Node, PropRequest, parse_sync_token, response, response_into, status_response, sync_token,
+};
 use crate::xml::{self, CALDAV, CARDDAV, DAV, Element, escape};
 use crate::{Access, Caller, Dav, DavRequest, DavResponse, parse_body};
 
@@ -189,14 +191,16 @@ impl Dav {
         extra: &str,
     ) -> DavResponse {
         let mut out = xml::root_start("multistatus");
+        out.reserve(objects.iter().map(|o| o.data.len() + 300).sum());
         for o in objects {
             let node = Node::Object(collection, &o.meta, Some(&o.data), access);
-            out.push_str(&response(
+            response_into(
+                &mut out,
                 caller.user,
                 &Self::object_href(resource, &o.meta.name),
                 &node,
                 request,
-            ));
+            );
         }
         out.push_str(extra);
         out.push_str("</D:multistatus>");

@@ -143,6 +143,11 @@ impl Dav {
         data: String,
         indexed: bool,
     ) -> Result<(), StoreError> {
+        if crate::xml::has_forbidden_chars(&data) {
+            return Err(StoreError::Invalid(
+                "control characters in calendar data".into(),
+            ));
+        }
         let object = if indexed {
             let checked =
                 ical::check_calendar(&data, "").map_err(|why| StoreError::Invalid(why.message))?;

@@ -203,20 +203,53 @@ fn push_text(stack: &mut [Element], piece: &str) -> Result<(), XmlError> {
 
 /// Escapes text for element content and attribute values.
 pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // Characters XML 1.0 cannot carry are dropped.
-            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {}
-            c => out.push(c),
-        }
-    }
+    let mut out = String::with_capacity(text.len() + 16);
+    escape_into(text, &mut out);
     out
+}
+
+/// Appends `text` escaped to `out`. The characters replaced are all
+/// ASCII, so the text is copied in runs between them.
+pub fn escape_into(text: &str, out: &mut String) {
+    let mut run = 0;
+    for (i, b) in text.bytes().enumerate() {
+        let replacement = match b {
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'&' => "&amp;",
+            b'"' => "&quot;",
+            b'\'' => "&apos;",
+            // Characters XML 1.0 cannot carry are dropped.
+            b if b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r') => "",
+            _ => continue,
+        };
+        out.push_str(&text[run..i]);
+        out.push_str(replacement);
+        run = i + 1;
+    }
+    out.push_str(&text[run..]);
+}
+
+/// Appends `text` as CDATA (a `]]>` inside is split across two sections).
+/// For object data, which the server checked holds no characters XML
+/// cannot carry: copying it whole is much cheaper than escaping it.
+pub fn cdata_into(text: &str, out: &mut String) {
+    out.push_str("<![CDATA[");
+    let mut rest = text;
+    while let Some(i) = rest.find("]]>") {
+        out.push_str(&rest[..i + 2]);
+        out.push_str("]]><![CDATA[");
+        rest = &rest[i + 2..];
+    }
+    out.push_str(rest);
+    out.push_str("]]>");
+}
+
+/// Whether `text` has a character XML 1.0 cannot carry.
+pub fn has_forbidden_chars(text: &str) -> bool {
+    text.bytes()
+        .any(|b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
+        || text.contains(['\u{fffe}', '\u{ffff}'])
 }
 
 /// The prefix our answers use for a namespace, if it is one we declare.
@@ -260,6 +293,35 @@ impl PropName {
     /// Whether this is `{ns}name`.
     pub fn is(&self, ns: &str, name: &str) -> bool {
         self.ns == ns && self.name == name
+    }
+
+    /// Appends the start tag.
+    pub fn push_open(&self, out: &mut String) {
+        match prefix(&self.ns) {
+            Some(p) => {
+                out.push('<');
+                out.push_str(p);
+                out.push(':');
+                escape_into(&self.name, out);
+                out.push('>');
+            }
+            None => {
+                out.push_str("<X:");
+                escape_into(&self.name, out);
+                out.push_str(" xmlns:X=\"");
+                escape_into(&self.ns, out);
+                out.push_str("\">");
+            }
+        }
+    }
+
+    /// Appends the end tag.
+    pub fn push_close(&self, out: &mut String) {
+        out.push_str("</");
+        out.push_str(prefix(&self.ns).unwrap_or("X"));
+        out.push(':');
+        escape_into(&self.name, out);
+        out.push('>');
     }
 
     /// `<p:name>inner</p:name>` (or empty when `inner` is empty).
@@ -330,8 +392,22 @@ mod tests {
     }
 
     #[test]
+    fn cdata_sections() {
+        let mut out = String::new();
+        cdata_into("a]]>b<&", &mut out);
+        assert_eq!(out, "<![CDATA[a]]]]><![CDATA[>b<&]]>");
+        let doc = format!("<D:x xmlns:D=\"DAV:\">{out}</D:x>");
+        assert_eq!(
+            parse(doc.as_bytes()).map(|e| e.text),
+            Ok("a]]>b<&".to_string())
+        );
+        assert!(has_forbidden_chars("a\u{1}b") && !has_forbidden_chars("a\r\n\tb"));
+    }
+
+    #[test]
     fn escaping() {
         assert_eq!(escape("a<b>&\"'\u{1}"), "a&lt;b&gt;&amp;&quot;&apos;");
+        assert_eq!(escape("é<ü\r\n"), "é&lt;ü\r\n");
         assert_eq!(
             PropName::new("urn:x", "y").element(""),
             "<X:y xmlns:X=\"urn:x\"/>"

@@ -1487,9 +1487,25 @@ fn dav_objects(b: &dyn Backend) {
             .props,
         updated
     );
+    // Sizes and usage count bytes, not characters.
+    b.put_dav_object(
+        &me,
+        alice,
+        cal.id,
+        &dav_object("e.ics", "uid-e", "é", None),
+        DavPrecondition::None,
+    )
+    .unwrap();
+    let sizes: Vec<u64> = b
+        .dav_objects(cal.id)
+        .unwrap()
+        .iter()
+        .map(|o| o.size)
+        .collect();
+    assert_eq!(sizes, [7, 2]);
     // Usage follows the stored data; deleting the collection releases it.
     let used = b.principal(alice).unwrap().unwrap().used_bytes;
-    assert_eq!(used, 7);
+    assert_eq!(used, 9);
     b.delete_dav_collection(&me, alice, cal.id).unwrap();
     assert_eq!(b.principal(alice).unwrap().unwrap().used_bytes, 0);
     assert!(
@@ -1607,16 +1623,21 @@ fn dav_time_ranges(b: &dyn Backend) {
     )
     .unwrap();
     let names = |start, end| -> Vec<String> {
-        b.dav_objects_in_range(cal.id, start, end)
+        let mut names: Vec<String> = b
+            .dav_objects_in_range(cal.id, start, end)
             .unwrap()
             .into_iter()
             .map(|o| o.meta.name)
-            .collect()
+            .collect();
+        names.sort();
+        names
     };
     assert_eq!(names(0, 999), Vec::<String>::new());
     assert_eq!(names(0, 1001), ["once.ics"]);
     assert_eq!(names(2000, 3000), Vec::<String>::new(), "end is exclusive");
     assert_eq!(names(10_050, 10_060), ["weekly.ics"]);
+    // Matched by a stored instance: certain, not a candidate to expand.
+    assert!(!b.dav_objects_in_range(cal.id, 20_000, 20_050).unwrap()[0].open_ended);
     // Past the stored instances the open-ended object is a candidate.
     let far = b.dav_objects_in_range(cal.id, 50_000, 60_000).unwrap();
     assert_eq!(far.len(), 1);

@@ -348,7 +348,9 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Vec<(DavCollection, DavObject)>>;
     /// Live calendar objects that may occur in `[start, end)`: those with a
     /// stored instance overlapping it, plus open-ended ones whose stored
-    /// instances stop before `end` (the caller expands those to decide).
+    /// instances stop before `end` without one in the range (returned with
+    /// `open_ended` set: the caller expands those to decide). In no
+    /// particular order.
     fn dav_objects_in_range(
         &self,
         collection: DavCollectionId,

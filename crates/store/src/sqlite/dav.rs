@@ -71,7 +71,8 @@ fn finish_collection((mut c, kind): (DavCollection, String)) -> Result<DavCollec
     Ok(c)
 }
 
-const OBJECT_COLUMNS: &str = "o.name, o.uid, o.component, o.modseq, length(o.data), o.deleted";
+const OBJECT_COLUMNS: &str =
+    "o.name, o.uid, o.component, o.modseq, octet_length(o.data), o.deleted";
 
 fn meta_row(r: &Row<'_>) -> rusqlite::Result<DavObjectMeta> {
     Ok(DavObjectMeta {
@@ -306,7 +307,7 @@ impl SqliteBackend {
             let bytes: i64 = ctx
                 .conn
                 .prepare_cached(
-                    "SELECT coalesce(sum(length(data)), 0) FROM dav_objects WHERE collection_id = ?1",
+                    "SELECT coalesce(sum(octet_length(data)), 0) FROM dav_objects WHERE collection_id = ?1",
                 )?
                 .query_row([collection.0], |r| r.get(0))?;
             ctx.modseq_with_usage(account, -bytes)?;
@@ -408,19 +409,27 @@ impl SqliteBackend {
     ) -> Result<Vec<DavObject>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {OBJECT_COLUMNS}, data, expanded_until FROM dav_objects o
-                 WHERE id IN (
+                // Objects with a stored instance in the range match; those
+                // whose stored instances stop before its end are only
+                // candidates, flagged open-ended for the caller to expand.
+                "WITH matched(id) AS (
                      SELECT object_id FROM dav_instances
                      WHERE collection_id = ?1 AND start_at < ?3 AND start_at > ?2 - ?4
                        AND end_at > ?2
                      UNION
                      SELECT object_id FROM dav_instances
                      WHERE collection_id = ?1 AND long = 1 AND start_at < ?3 AND end_at > ?2
-                     UNION
+                 ),
+                 unsure(id) AS (
                      SELECT id FROM dav_objects
                      WHERE collection_id = ?1 AND expanded_until IS NOT NULL AND expanded_until < ?3
-                 ) AND deleted = 0
-                 ORDER BY name"
+                       AND id NOT IN matched
+                 )
+                 SELECT {OBJECT_COLUMNS}, data, c.unsure
+                 FROM (SELECT id, NULL AS unsure FROM matched
+                       UNION ALL SELECT id, 1 FROM unsure) c
+                 JOIN dav_objects o ON o.id = c.id
+                 WHERE o.deleted = 0"
             ))?;
             let rows =
                 stmt.query_map(params![collection.0, start, end, LONG_INSTANCE], object_row)?;
@@ -449,7 +458,7 @@ impl SqliteBackend {
             let current: Option<(i64, ModSeq, bool, i64)> = ctx
                 .conn
                 .prepare_cached(
-                    "SELECT id, modseq, deleted, length(data) FROM dav_objects
+                    "SELECT id, modseq, deleted, octet_length(data) FROM dav_objects
                      WHERE collection_id = ?1 AND name = ?2",
                 )?
                 .query_row(params![collection.0, object.name], |r| {
@@ -552,7 +561,7 @@ impl SqliteBackend {
             let current: Option<(i64, ModSeq, bool, i64)> = ctx
                 .conn
                 .prepare_cached(
-                    "SELECT id, modseq, deleted, length(data) FROM dav_objects
+                    "SELECT id, modseq, deleted, octet_length(data) FROM dav_objects
                      WHERE collection_id = ?1 AND name = ?2",
                 )?
                 .query_row(params![collection.0, name], |r| {
