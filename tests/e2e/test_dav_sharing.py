@@ -203,3 +203,71 @@ def test_http2_is_offered_and_serves_dav(quickstart):
                       base_url="https://localhost:8443", timeout=30) as h2:
         again = h2.get(path)
         assert again.http_version == "HTTP/2" and "Board meeting" in again.text
+
+
+def acl(*aces):
+    body = '<D:acl xmlns:D="DAV:">'
+    for principal, privileges in aces:
+        grants = "".join(f"<D:privilege><D:{p}/></D:privilege>" for p in privileges)
+        body += (f"<D:ace><D:principal><D:href>{principal}</D:href></D:principal>"
+                 f"<D:grant>{grants}</D:grant></D:ace>")
+    return body + "</D:acl>"
+
+
+def test_owner_shares_one_calendar_with_the_acl_method(quickstart):
+    """alice shares her "work" calendar (only that one) with bob, first
+    read-only, then read-write, then not at all; each change is audited."""
+    work = "/dav/calendars/alice@example.test/work/"
+    status, _ = call(quickstart, "alice@example.test", "MKCALENDAR", work)
+    assert status == 201
+    uid = f"work-{uuid.uuid4()}"
+    assert call(quickstart, "alice@example.test", "PUT", f"{work}{uid}.ics", event(uid))[0] == 201
+    assert call(quickstart, "bob@example.test", "GET", f"{work}{uid}.ics")[0] == 404
+
+    status, _ = call(quickstart, "alice@example.test", "ACL", work,
+                     acl(("/dav/principals/bob@example.test/", ["read"])))
+    assert status == 200
+    status, data = call(quickstart, "bob@example.test", "GET", f"{work}{uid}.ics")
+    assert status == 200 and b"Board meeting" in data
+    assert call(quickstart, "bob@example.test", "PUT", f"{work}{uid}.ics", event(uid))[0] == 403
+    # Only that calendar: alice's default stays hers.
+    assert call(quickstart, "bob@example.test", "PROPFIND", "/dav/calendars/alice@example.test/default/",
+                LIST, {"Depth": "1"})[0] == 404
+    status, data = call(quickstart, "bob@example.test", "PROPFIND", "/dav/calendars/bob@example.test/",
+                        LIST, {"Depth": "1"})
+    assert "/dav/calendars/bob@example.test/shared~alice@example.test~work/" in hrefs(data)
+    assert not any("~default" in h for h in hrefs(data))
+    # bob cannot reshare or change the ACL of alice's calendar.
+    status, _ = call(quickstart, "bob@example.test", "ACL", work,
+                     acl(("mailto:bob@example.test", ["all"])))
+    assert status == 403
+
+    status, _ = call(quickstart, "alice@example.test", "ACL", work,
+                     acl(("mailto:bob@example.test", ["read", "write"])))
+    assert status == 200
+    other = f"bobs-{uuid.uuid4()}"
+    assert call(quickstart, "bob@example.test", "PUT",
+                f"/dav/calendars/bob@example.test/shared~alice@example.test~work/{other}.ics",
+                event(other))[0] == 201
+    assert call(quickstart, "alice@example.test", "GET", f"{work}{other}.ics")[0] == 200
+
+    # Refusals: deny ACEs, unknown principals, groups of everyone.
+    assert call(quickstart, "alice@example.test", "ACL", work,
+                '<D:acl xmlns:D="DAV:"><D:ace><D:principal><D:href>mailto:bob@example.test</D:href>'
+                '</D:principal><D:deny><D:privilege><D:read/></D:privilege></D:deny></D:ace></D:acl>')[0] == 403
+    assert call(quickstart, "alice@example.test", "ACL", work,
+                acl(("mailto:nobody@example.test", ["read"])))[0] == 403
+    assert call(quickstart, "alice@example.test", "ACL", work,
+                '<D:acl xmlns:D="DAV:"><D:ace><D:principal><D:all/></D:principal>'
+                '<D:grant><D:privilege><D:read/></D:privilege></D:grant></D:ace></D:acl>')[0] == 403
+    assert call(quickstart, "bob@example.test", "GET", f"{work}{uid}.ics")[0] == 200
+
+    # An empty ACL unshares.
+    assert call(quickstart, "alice@example.test", "ACL", work, acl())[0] == 200
+    assert call(quickstart, "bob@example.test", "GET", f"{work}{uid}.ics")[0] == 404
+    records = [json.loads(line) for line in
+               quickstart.admin("audit", "tail", "-n", "80", "--json").splitlines() if line.strip()]
+    shares = [r for r in records if r.get("operation") == "dav.collection.share"]
+    assert len(shares) == 3, shares
+    assert any("bob@example.test:read-write" in " ".join(r["object_ids"]) for r in shares)
+    quickstart.admin("audit", "verify")

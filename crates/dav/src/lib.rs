@@ -110,24 +110,24 @@ impl DavResponse {
         }
     }
 
-    fn text(status: u16, body: &str) -> DavResponse {
+    pub(crate) fn text(status: u16, body: &str) -> DavResponse {
         DavResponse::new(status, TEXT_TYPE, format!("{body}\n"))
     }
 
-    fn empty(status: u16) -> DavResponse {
+    pub(crate) fn empty(status: u16) -> DavResponse {
         DavResponse::new(status, TEXT_TYPE, Vec::new())
     }
 
-    fn not_found() -> DavResponse {
+    pub(crate) fn not_found() -> DavResponse {
         DavResponse::text(404, "not found")
     }
 
-    fn forbidden(body: &str) -> DavResponse {
+    pub(crate) fn forbidden(body: &str) -> DavResponse {
         DavResponse::text(403, body)
     }
 
     /// 403 with `DAV:need-privileges`.
-    fn no_privilege(message: &str) -> DavResponse {
+    pub(crate) fn no_privilege(message: &str) -> DavResponse {
         DavResponse::precondition(403, DAV, "need-privileges", message)
     }
 
@@ -136,7 +136,12 @@ impl DavResponse {
     }
 
     /// A `DAV:error` body naming the precondition that failed.
-    fn precondition(status: u16, ns: &str, condition: &str, message: &str) -> DavResponse {
+    pub(crate) fn precondition(
+        status: u16,
+        ns: &str,
+        condition: &str,
+        message: &str,
+    ) -> DavResponse {
         tracing::debug!(condition, message, "DAV precondition failed");
         let element = xml::PropName::new(ns, condition).element("");
         DavResponse::new(
@@ -283,6 +288,7 @@ impl Dav {
             "DELETE" => self.delete(caller, &resource, &req).await,
             "MKCALENDAR" | "MKCOL" => self.make_collection(caller, &resource, &req).await,
             "POST" => self.post(caller, &resource, &req).await,
+            "ACL" => self.acl(caller, &resource, &req).await,
             _ => {
                 Ok(DavResponse::text(405, "method not allowed").with_header("Allow", ALLOW.into()))
             }
@@ -439,28 +445,24 @@ impl Dav {
         owner: &str,
         name: &str,
     ) -> Result<Option<(Principal, Access, Option<DavCollection>)>, StoreError> {
-        let Some((owner, access)) = self.owner_access(caller, owner, Some(kind)).await? else {
-            return Ok(None);
+        if !caller.user.address.to_string().eq_ignore_ascii_case(owner) {
+            // Someone else's collection: reachable only through a grant.
+            let found = self.foreign_collection(caller, kind, owner, name).await?;
+            return Ok(found.map(|(owner, access, c)| (owner, access, Some(c))));
+        }
+        let owner = caller.user.clone();
+        let access = Access {
+            read: true,
+            write: true,
+            owner: true,
         };
         // A collection shared with the caller, as it appears in their own
-        // home: its owner and rights are the grantor's grant, checked anew.
+        // home: its owner and rights are the owner's grant, checked anew.
         if let Some((grantor, real_name)) = shared::parse_alias(name) {
-            if !access.owner || shared::parse_alias(real_name).is_some() {
-                return Ok(None);
-            }
-            let Some((grantor, granted)) = self.owner_access(caller, grantor, Some(kind)).await?
-            else {
-                return Ok(None);
-            };
-            if granted.owner || schedule::reserved(real_name) || real_name == gal::GAL_COLLECTION {
-                return Ok(None);
-            }
-            let (id, real) = (grantor.id, real_name.to_string());
             let found = self
-                .store
-                .run(move |b| b.dav_collection(id, kind, &real))
+                .foreign_collection(caller, kind, grantor, real_name)
                 .await?;
-            return Ok(found.map(|c| (grantor, granted, Some(c))));
+            return Ok(found.map(|(owner, access, c)| (owner, access, Some(c))));
         }
         if kind == DavKind::Calendar && name == schedule::OUTBOX {
             let outbox = DavCollection {
@@ -497,6 +499,64 @@ impl Dav {
             .run(move |b| b.dav_collection(id, kind, &name))
             .await?;
         Ok(Some((owner, access, found)))
+    }
+
+    /// Another account's collection, if the caller holds a grant for it:
+    /// an account-wide one (`bulwark grant add`) or one its owner gave for
+    /// this collection alone (WebDAV ACL). The scheduling mailboxes, the
+    /// directory and aliases are never reachable this way.
+    async fn foreign_collection(
+        &self,
+        caller: &Caller<'_>,
+        kind: DavKind,
+        owner: &str,
+        name: &str,
+    ) -> Result<Option<(Principal, Access, DavCollection)>, StoreError> {
+        let unreachable = shared::parse_alias(name).is_some()
+            || schedule::reserved(name)
+            || (kind == DavKind::AddressBook && name == gal::GAL_COLLECTION);
+        if unreachable {
+            return Ok(None);
+        }
+        let account_grant = self.owner_access(caller, owner, Some(kind)).await?;
+        let Ok(address) = owner.parse::<bulwark_core::EmailAddress>() else {
+            return Ok(None);
+        };
+        let (me, name) = (caller.user.id, name.to_string());
+        let found = self
+            .store
+            .run(move |b| {
+                let Some(owner) = b.principal_by_address(&address)? else {
+                    return Ok(None);
+                };
+                if owner.address != address {
+                    return Ok(None);
+                }
+                let Some(c) = b.dav_collection(owner.id, kind, &name)? else {
+                    return Ok(None);
+                };
+                let shared = b
+                    .dav_rights(c.id)?
+                    .into_iter()
+                    .find(|(grantee, _)| *grantee == me)
+                    .map(|(_, write)| write);
+                Ok(Some((owner, c, shared)))
+            })
+            .await?;
+        let Some((owner, c, shared)) = found else {
+            return Ok(None);
+        };
+        let write = match (account_grant, shared) {
+            (Some((_, granted)), shared) => granted.write || shared == Some(true),
+            (None, Some(write)) => write,
+            (None, None) => return Ok(None),
+        };
+        let access = Access {
+            read: true,
+            write,
+            owner: false,
+        };
+        Ok(Some((owner, access, c)))
     }
 
     async fn gal_cards(&self, owner: &Principal) -> Result<Vec<DavObject>, StoreError> {

@@ -789,7 +789,32 @@ impl Dav {
             .map(|g| g.grantor)
             .collect();
         let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::new();
+        let mut out: Vec<(Principal, crate::Access, DavCollection)> = Vec::new();
+        let whose = |p: &Principal| {
+            if p.display_name.is_empty() {
+                p.address.to_string()
+            } else {
+                p.display_name.clone()
+            }
+        };
+        // Collections shared one by one by their owners.
+        for (mut c, write) in self
+            .store()
+            .run(move |b| b.dav_rights_granted_to(me, kind))
+            .await?
+        {
+            let owner = c.account;
+            let Some(principal) = self.store().run(move |b| b.principal(owner)).await? else {
+                continue;
+            };
+            c.props.display_name = format!("{}: {}", whose(&principal), c.props.display_name);
+            let access = crate::Access {
+                read: true,
+                write,
+                owner: false,
+            };
+            out.push((principal, access, c));
+        }
         for grantor in grantors.into_iter().filter(|g| seen.insert(*g)) {
             let Some(principal) = self.store().run(move |b| b.principal(grantor)).await? else {
                 continue;
@@ -809,12 +834,12 @@ impl Dav {
                 if crate::schedule::reserved(&c.name) {
                     continue;
                 }
-                let whose = if principal.display_name.is_empty() {
-                    principal.address.to_string()
-                } else {
-                    principal.display_name.clone()
-                };
-                c.props.display_name = format!("{whose}: {}", c.props.display_name);
+                // Shared one by one as well: one entry, the wider right.
+                if let Some(listed) = out.iter_mut().find(|(_, _, l)| l.id == c.id) {
+                    listed.1.write |= granted.write;
+                    continue;
+                }
+                c.props.display_name = format!("{}: {}", whose(&principal), c.props.display_name);
                 out.push((principal.clone(), granted, c));
             }
         }

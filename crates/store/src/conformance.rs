@@ -50,6 +50,7 @@ pub const CHECKS: &[Check] = &[
     ("dav_collections_and_objects", dav_objects),
     ("dav_sync_reports_changes_and_tombstones", dav_sync),
     ("dav_time_ranges", dav_time_ranges),
+    ("dav_rights_per_collection", dav_rights),
 ];
 
 fn admin() -> Actor {
@@ -1683,4 +1684,77 @@ fn dav_time_ranges(b: &dyn Backend) {
     b.delete_dav_object(&me, alice, cal.id, "weekly.ics", DavPrecondition::None)
         .unwrap();
     assert_eq!(names(0, 100_000), ["once.ics"]);
+}
+
+fn dav_rights(b: &dyn Backend) {
+    domain(b, "example.com");
+    let alice = user(b, "alice@example.com");
+    let bob = user(b, "bob@example.com");
+    let carol = user(b, "carol@example.com");
+    let me = Actor::user("alice@example.com", alice.0, "password", None, "test");
+    let props = DavCollectionProps::default();
+    let work = b
+        .create_dav_collection(&me, alice, DavKind::Calendar, "work", &props, "VEVENT")
+        .unwrap();
+    let home = b
+        .create_dav_collection(&me, alice, DavKind::Calendar, "home", &props, "VEVENT")
+        .unwrap();
+    let before = b
+        .dav_collection(alice, DavKind::Calendar, "work")
+        .unwrap()
+        .unwrap()
+        .modseq;
+    b.set_dav_rights(&me, alice, work.id, &[(bob, false), (carol, true)])
+        .unwrap();
+    assert_eq!(
+        b.dav_rights(work.id).unwrap(),
+        [(bob, false), (carol, true)]
+    );
+    assert!(b.dav_rights(home.id).unwrap().is_empty());
+    let for_bob = b.dav_rights_granted_to(bob, DavKind::Calendar).unwrap();
+    assert_eq!(for_bob.len(), 1);
+    assert_eq!((for_bob[0].0.name.as_str(), for_bob[0].1), ("work", false));
+    assert!(
+        b.dav_rights_granted_to(bob, DavKind::AddressBook)
+            .unwrap()
+            .is_empty()
+    );
+    // A change of rights is a change of the collection.
+    assert!(
+        b.dav_collection(alice, DavKind::Calendar, "work")
+            .unwrap()
+            .unwrap()
+            .modseq
+            > before
+    );
+    // Setting replaces; the owner and unknown principals are refused.
+    b.set_dav_rights(&me, alice, work.id, &[(carol, false)])
+        .unwrap();
+    assert_eq!(b.dav_rights(work.id).unwrap(), [(carol, false)]);
+    assert!(
+        b.set_dav_rights(&me, alice, work.id, &[(alice, true)])
+            .is_err()
+    );
+    assert!(
+        b.set_dav_rights(&me, alice, work.id, &[(PrincipalId(9999), true)])
+            .is_err()
+    );
+    assert_eq!(b.dav_rights(work.id).unwrap(), [(carol, false)]);
+    // Another account's collection id is refused.
+    let bobs = Actor::user("bob@example.com", bob.0, "password", None, "test");
+    assert!(
+        b.set_dav_rights(&bobs, bob, work.id, &[(bob, true)])
+            .is_err()
+    );
+    // Deleting the collection or the grantee removes the rights.
+    b.remove_principal(&admin(), carol).unwrap();
+    assert!(b.dav_rights(work.id).unwrap().is_empty());
+    b.set_dav_rights(&me, alice, work.id, &[(bob, true)])
+        .unwrap();
+    b.delete_dav_collection(&me, alice, work.id).unwrap();
+    assert!(
+        b.dav_rights_granted_to(bob, DavKind::Calendar)
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -376,6 +376,23 @@ pub trait Backend: Send + Sync + 'static {
         name: &str,
         precondition: DavPrecondition,
     ) -> Result<()>;
+    /// Replaces who else may read (and, with `true`, write) one collection.
+    fn set_dav_rights(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        collection: DavCollectionId,
+        rights: &[(PrincipalId, bool)],
+    ) -> Result<()>;
+    /// Who else may read (`false`) or also write (`true`) a collection.
+    fn dav_rights(&self, collection: DavCollectionId) -> Result<Vec<(PrincipalId, bool)>>;
+    /// Collections of `kind` shared with `grantee` one by one, with
+    /// whether they may write.
+    fn dav_rights_granted_to(
+        &self,
+        grantee: PrincipalId,
+        kind: DavKind,
+    ) -> Result<Vec<(DavCollection, bool)>>;
     /// Objects changed or deleted after `since`, at most `limit` (cut at a
     /// modseq boundary).
     fn dav_changes_since(

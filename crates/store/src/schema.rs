@@ -309,6 +309,16 @@ pub const MIGRATIONS: &[&str] = &[
     UPDATE dav_instances SET long = 1 WHERE end_at - start_at > 604800;
     CREATE INDEX dav_instances_long ON dav_instances(collection_id) WHERE long = 1;
     "#,
+    // 8: one calendar or address book shared by its owner (WebDAV ACL).
+    r#"
+    CREATE TABLE dav_rights (
+        collection_id INTEGER NOT NULL REFERENCES dav_collections(id) ON DELETE CASCADE,
+        grantee_id INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+        can_write INTEGER NOT NULL,
+        PRIMARY KEY (collection_id, grantee_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX dav_rights_grantee ON dav_rights(grantee_id);
+    "#,
 ];
 
 /// The schema version this binary writes.

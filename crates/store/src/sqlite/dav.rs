@@ -594,6 +594,96 @@ impl SqliteBackend {
         })
     }
 
+    pub(super) fn dav_set_rights(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        collection: DavCollectionId,
+        rights: &[(PrincipalId, bool)],
+    ) -> Result<()> {
+        let rights = rights.to_vec();
+        let target = self.audit_name(actor, account, Some(account))?;
+        self.write(
+            actor,
+            "dav.collection.rights",
+            target,
+            Some(account),
+            move |ctx, event| {
+                let kind = collection_kind(ctx.conn, account, collection)?;
+                for (grantee, _) in &rights {
+                    if *grantee == account {
+                        return Err(Error::Invalid("the owner needs no grant".into()));
+                    }
+                    super::principal_kind(ctx.conn, *grantee)?;
+                }
+                ctx.conn
+                    .prepare_cached("DELETE FROM dav_rights WHERE collection_id = ?1")?
+                    .execute([collection.0])?;
+                let mut insert = ctx.conn.prepare_cached(
+                    "INSERT OR REPLACE INTO dav_rights (collection_id, grantee_id, can_write)
+                 VALUES (?1, ?2, ?3)",
+                )?;
+                for (grantee, write) in &rights {
+                    insert.execute(params![collection.0, grantee.0, write])?;
+                    event.object_ids.push(format!(
+                        "{}:{}:{}",
+                        collection.0,
+                        grantee.0,
+                        if *write { "rw" } else { "r" }
+                    ));
+                }
+                touch(
+                    ctx,
+                    account,
+                    collection,
+                    None,
+                    Some((object_type(kind).0, ChangeKind::Updated)),
+                    0,
+                )?;
+                Ok(())
+            },
+        )
+    }
+
+    pub(super) fn dav_list_rights(
+        &self,
+        collection: DavCollectionId,
+    ) -> Result<Vec<(PrincipalId, bool)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT grantee_id, can_write FROM dav_rights WHERE collection_id = ?1
+                 ORDER BY grantee_id",
+            )?;
+            let rows = stmt.query_map([collection.0], |r| {
+                Ok((PrincipalId(r.get(0)?), r.get::<_, bool>(1)?))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    pub(super) fn dav_rights_for(
+        &self,
+        grantee: PrincipalId,
+        kind: DavKind,
+    ) -> Result<Vec<(DavCollection, bool)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT c.id, c.account_id, c.kind, c.name, c.display_name, c.description, c.color,
+                        c.components, c.modseq, r.can_write
+                 FROM dav_rights r JOIN dav_collections c ON c.id = r.collection_id
+                 WHERE r.grantee_id = ?1 AND c.kind = ?2 ORDER BY c.account_id, c.name",
+            )?;
+            let rows = stmt.query_map(params![grantee.0, kind.name()], |r| {
+                Ok((collection_row(r)?, r.get::<_, bool>(9)?))
+            })?;
+            rows.map(|row| {
+                let (collection, write) = row?;
+                Ok((finish_collection(collection)?, write))
+            })
+            .collect()
+        })
+    }
+
     pub(super) fn dav_changes(
         &self,
         collection: DavCollectionId,

@@ -377,7 +377,7 @@ impl SqliteBackend {
     }
 }
 
-fn principal_kind(conn: &Connection, id: PrincipalId) -> Result<PrincipalKind> {
+pub(super) fn principal_kind(conn: &Connection, id: PrincipalId) -> Result<PrincipalKind> {
     let kind: Option<String> = conn
         .prepare_cached("SELECT kind FROM principals WHERE id = ?1")?
         .query_row([id.0], |r| r.get(0))
@@ -1874,6 +1874,28 @@ impl Backend for SqliteBackend {
         precondition: DavPrecondition,
     ) -> Result<()> {
         self.dav_delete_object(actor, account, collection, name, precondition)
+    }
+
+    fn set_dav_rights(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        collection: DavCollectionId,
+        rights: &[(PrincipalId, bool)],
+    ) -> Result<()> {
+        self.dav_set_rights(actor, account, collection, rights)
+    }
+
+    fn dav_rights(&self, collection: DavCollectionId) -> Result<Vec<(PrincipalId, bool)>> {
+        self.dav_list_rights(collection)
+    }
+
+    fn dav_rights_granted_to(
+        &self,
+        grantee: PrincipalId,
+        kind: DavKind,
+    ) -> Result<Vec<(DavCollection, bool)>> {
+        self.dav_rights_for(grantee, kind)
     }
 
     fn dav_changes_since(
