@@ -61,10 +61,17 @@ pub struct CalendarObject {
 /// Whether the text ends with the end line of `component`; the parser
 /// forgives a missing one, but a truncated upload must not be stored.
 fn ends_with_end(data: &str, component: &str) -> bool {
-    let last = data.trim_end().rsplit('\n').next().unwrap_or("").trim();
+    let last = data
+        .trim_end()
+        .rsplit('\n')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .as_bytes();
+    // Bytes, not string slices: the line may hold any UTF-8.
     last.len() == 4 + component.len()
-        && last[..4].eq_ignore_ascii_case("END:")
-        && last[4..].eq_ignore_ascii_case(component)
+        && last[..4].eq_ignore_ascii_case(b"END:")
+        && last[4..].eq_ignore_ascii_case(component.as_bytes())
 }
 
 /// Whether every BEGIN has its END in order; the parser forgives a
@@ -728,6 +735,9 @@ mod tests {
         assert_eq!(check_card(card, "x").expect("card"), "c1");
         assert!(check_card("BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n", "x").is_err());
         assert!(check_card(&card[..card.len() / 2], "x").is_err());
+        // Found by fuzzing: a multi-byte character where END: would be.
+        assert!(check_calendar("BEGIN:VCALENDAR\r\nENDɩCALENDAR\r\n", "").is_err());
+        assert!(check_card("BEGIN:VCARD\r\nEND:VCARɩ\r\n", "x").is_err());
         assert!(check_calendar(&event("")[..100], "").is_err());
         assert!(property_contains(card, "EMAIL", "ALICE@", "contains"));
         assert!(property_contains(card, "fn", "alice example", "equals"));

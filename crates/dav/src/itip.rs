@@ -324,7 +324,7 @@ impl Itip {
                 .iter()
                 .position(|(_, l)| {
                     l.as_ref().is_some_and(|l| {
-                        l.name == "BEGIN" && l.value.eq_ignore_ascii_case("VCALENDAR")
+                        l.name == "BEGIN" && l.value.trim().eq_ignore_ascii_case("VCALENDAR")
                     })
                 })
                 .map_or(0, |i| i + 1);
@@ -511,6 +511,13 @@ mod tests {
         assert!(text.starts_with("BEGIN:VCALENDAR\r\nMETHOD:REPLY\r\n"));
         assert_eq!(Itip::parse(&text).method().as_deref(), Some("REPLY"));
         assert_eq!(Itip::parse(INVITE).method(), None);
+        // Found by fuzzing: trailing blanks after VCALENDAR.
+        let mut odd = Itip::parse(&INVITE.replacen("VCALENDAR\r\n", "VCALENDAR\t\r\n", 1));
+        odd.set_method(Some("REQUEST"));
+        assert_eq!(
+            Itip::parse(&odd.render()).method().as_deref(),
+            Some("REQUEST")
+        );
         assert!(!text.contains("SCHEDULE-STATUS"));
         itip.keep_only_attendee("bob@example.test");
         assert_eq!(itip.attendees().len(), 1);
