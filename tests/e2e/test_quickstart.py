@@ -28,6 +28,7 @@ def test_quickstart_prints_logins_and_serves_admin(quickstart):
     proc, banner, tmp = quickstart.proc, quickstart.banner, quickstart.root
     assert proc.poll() is None, banner
     assert "alice@example.test" in banner and "bob@example.test" in banner
+    assert "CalDAV, CardDAV): https://localhost:8443/" in banner
     creds = (tmp / "bulwark-data" / "quickstart-credentials.txt").read_text()
     assert len([l for l in creds.splitlines() if "@example.test" in l]) == 2
     mode = (tmp / "bulwark-data" / "quickstart-credentials.txt").stat().st_mode

@@ -168,6 +168,7 @@ pub fn quickstart(args: &QuickstartArgs) -> CmdResult {
         println!(
             "  Setup  https://127.0.0.1:8443/.well-known/autoconfig/mail/config-v1.1.xml (Thunderbird)"
         );
+        println!("  Calendars and contacts (CalDAV, CardDAV): https://localhost:8443/");
         if let Some(cert) = &config.tls.certificate {
             println!(
                 "  The certificate is self-signed: trust {} or accept it once.",
