@@ -245,6 +245,18 @@ def test_owner_shares_one_calendar_with_the_acl_method(quickstart):
     status, _ = call(quickstart, "alice@example.test", "ACL", work,
                      acl(("mailto:bob@example.test", ["read", "write"])))
     assert status == 200
+    # The owner reads the ACL back; the sharee does not get to.
+    acl_query = '<D:propfind xmlns:D="DAV:"><D:prop><D:acl/></D:prop></D:propfind>'
+    status, data = call(quickstart, "alice@example.test", "PROPFIND", work, acl_query, {"Depth": "0"})
+    aces = ET.fromstring(data).findall(".//{DAV:}ace")
+    granted = {ace.find("{DAV:}principal/{DAV:}href").text:
+               {p.tag.split("}")[1] for p in ace.find("{DAV:}grant").iter() if p.tag != "{DAV:}grant"
+                and p.tag != "{DAV:}privilege"}
+               for ace in aces}
+    assert granted == {"/dav/principals/alice@example.test/": {"all"},
+                       "/dav/principals/bob@example.test/": {"read", "write"}}, granted
+    status, data = call(quickstart, "bob@example.test", "PROPFIND", work, acl_query, {"Depth": "0"})
+    assert status == 207 and b"<D:ace>" not in data
     other = f"bobs-{uuid.uuid4()}"
     assert call(quickstart, "bob@example.test", "PUT",
                 f"/dav/calendars/bob@example.test/shared~alice@example.test~work/{other}.ics",

@@ -97,7 +97,14 @@ pub(crate) enum Node<'a> {
     Principals,
     Principal(&'a Principal),
     Home(DavKind, &'a Principal, Access),
-    Collection(&'a DavCollection, &'a Principal, Access),
+    /// A collection; with its ACL (grantee address, may write) when the
+    /// owner asked for it.
+    Collection(
+        &'a DavCollection,
+        &'a Principal,
+        Access,
+        Option<&'a [(String, bool)]>,
+    ),
     Object(
         &'a DavCollection,
         &'a DavObjectMeta,
@@ -272,7 +279,7 @@ impl Node<'_> {
                 }),
                 _ => None,
             },
-            Node::Collection(c, owner, access) => {
+            Node::Collection(c, owner, access, acl) => {
                 let calendar = c.kind == DavKind::Calendar;
                 match (ns, local) {
                     (DAV, "resourcetype") => {
@@ -294,6 +301,29 @@ impl Node<'_> {
                     (CALSERVER, "getctag") => Some(format!("{}", c.modseq.0)),
                     (DAV, "getetag") => Some(escape(&etag(c.modseq))),
                     (DAV, "current-user-privilege-set") => Some(privileges(*access)),
+                    (DAV, "acl") => acl.map(|entries| {
+                        let ace = |who: &str, privileges: &str, protected: bool| {
+                            format!(
+                                "<D:ace><D:principal>{}</D:principal><D:grant>{privileges}</D:grant>{}</D:ace>",
+                                href(&Resource::Principal(who.to_string()).href()),
+                                if protected { "<D:protected/>" } else { "" }
+                            )
+                        };
+                        let mut out = ace(
+                            &owner.address.to_string(),
+                            "<D:privilege><D:all/></D:privilege>",
+                            true,
+                        );
+                        for (who, write) in entries {
+                            let privileges = if *write {
+                                "<D:privilege><D:read/></D:privilege><D:privilege><D:write/></D:privilege>"
+                            } else {
+                                "<D:privilege><D:read/></D:privilege>"
+                            };
+                            out.push_str(&ace(who, privileges, false));
+                        }
+                        out
+                    }),
                     (DAV, "quota-used-bytes") => Some(owner.used_bytes.to_string()),
                     (DAV, "quota-available-bytes") => Some(available(owner).to_string()),
                     (DAV, "supported-report-set") => Some(if calendar {
@@ -672,7 +702,7 @@ impl Dav {
                         out.push_str(&response(
                             me,
                             &r.href(),
-                            &Node::Collection(c, &owner, access),
+                            &Node::Collection(c, &owner, access, None),
                             &request,
                         ));
                     }
@@ -683,7 +713,7 @@ impl Dav {
                             out.push_str(&response(
                                 me,
                                 &r.href(),
-                                &Node::Collection(&c, &grantor, granted),
+                                &Node::Collection(&c, &grantor, granted, None),
                                 &request,
                             ));
                         }
@@ -696,10 +726,16 @@ impl Dav {
                 else {
                     return Ok(DavResponse::not_found());
                 };
+                // The ACL is the owner's to read (RFC 3744 section 5.5).
+                let acl = if access.owner && request.wants(DAV, "acl") && c.id.0 > 0 {
+                    Some(self.acl_entries(c.id).await?)
+                } else {
+                    None
+                };
                 out.push_str(&response(
                     me,
                     &resource.href(),
-                    &Node::Collection(&c, &owner, access),
+                    &Node::Collection(&c, &owner, access, acl.as_deref()),
                     &request,
                 ));
                 if depth == 1 {
@@ -771,6 +807,24 @@ impl Dav {
         }
         out.push_str("</D:multistatus>");
         Ok(DavResponse::multistatus(out))
+    }
+
+    /// A collection's ACL as (grantee address, may write).
+    async fn acl_entries(
+        &self,
+        collection: bulwark_store::DavCollectionId,
+    ) -> Result<Vec<(String, bool)>, StoreError> {
+        self.store()
+            .run(move |b| {
+                let mut out = Vec::new();
+                for (grantee, write) in b.dav_rights(collection)? {
+                    if let Some(p) = b.principal(grantee)? {
+                        out.push((p.address.to_string(), write));
+                    }
+                }
+                Ok(out)
+            })
+            .await
     }
 
     /// Collections of `kind` other accounts granted the caller, each with
