@@ -122,7 +122,7 @@ impl Dav {
                     self.cancel_for(&caller, &organizer, &me, &uid, &stored)
                         .await
                 } else {
-                    self.deliver_copy(&caller, recipient, &me, &uid, &stored)
+                    self.deliver_copy_retrying(&caller, recipient, &me, &uid, &stored)
                         .await
                         .map(|_| ())
                 }

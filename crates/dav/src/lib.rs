@@ -757,11 +757,6 @@ impl Dav {
         } else {
             None
         };
-        let spans = object
-            .spans
-            .as_ref()
-            .map(|s| s.instances.clone())
-            .unwrap_or_default();
         let actor = caller.actor.clone();
         let account = owner.id;
         let id = collection.id;
@@ -774,8 +769,15 @@ impl Dav {
             Ok(put) => {
                 let mut response = DavResponse::empty(if put.created { 201 } else { 204 });
                 let rewritten = if calendar {
-                    self.after_calendar_put(caller, &owner, &collection, object, previous, &spans)
-                        .await
+                    self.after_calendar_put(
+                        caller,
+                        &owner,
+                        &collection,
+                        object,
+                        previous,
+                        put.modseq,
+                    )
+                    .await
                 } else {
                     false
                 };
@@ -872,8 +874,13 @@ impl Dav {
         collection: &DavCollection,
         mut object: NewDavObject,
         previous: Option<String>,
-        spans: &[(i64, i64)],
+        stored: ModSeq,
     ) -> bool {
+        let spans: Vec<(i64, i64)> = object
+            .spans
+            .as_ref()
+            .map(|s| s.instances.clone())
+            .unwrap_or_default();
         // Only objects that name an organizer, now or before, take part in
         // scheduling; the rest (most events) skip the work.
         let names_organizer = |data: &str| data.contains("ORGANIZER");
@@ -883,7 +890,7 @@ impl Dav {
         let scheduled = async {
             let mut rewritten = false;
             if let Some(updated) = self
-                .schedule_as_organizer(caller, owner, &object.data, previous.as_deref(), spans)
+                .schedule_as_organizer(caller, owner, &object.data, previous.as_deref(), &spans)
                 .await?
                 && updated != object.data
             {
@@ -892,12 +899,14 @@ impl Dav {
                 let rewritten_object = object.clone();
                 self.store
                     .run(move |b| {
+                        // Only over the version just stored: a client's newer
+                        // write wins (it is scheduled in its own turn).
                         b.put_dav_object(
                             &actor,
                             account,
                             id,
                             &rewritten_object,
-                            DavPrecondition::None,
+                            DavPrecondition::Matches(stored),
                         )
                     })
                     .await?;

@@ -44,6 +44,14 @@ pub fn reserved(name: &str) -> bool {
     name == INBOX || name == OUTBOX
 }
 
+/// What a scheduling write stores.
+enum Stored {
+    /// A calendar object, validated and indexed, written if `DavPrecondition` holds.
+    Object(DavPrecondition),
+    /// An iTIP message for the scheduling inbox, under a fresh name.
+    InboxMessage,
+}
+
 /// Who an attendee is here.
 enum Party {
     /// An account of ours.
@@ -141,37 +149,42 @@ impl Dav {
         collection: &DavCollection,
         name: String,
         data: String,
-        indexed: bool,
+        what: Stored,
     ) -> Result<(), StoreError> {
         if crate::xml::has_forbidden_chars(&data) {
             return Err(StoreError::Invalid(
                 "control characters in calendar data".into(),
             ));
         }
-        let object = if indexed {
-            let checked =
-                ical::check_calendar(&data, "").map_err(|why| StoreError::Invalid(why.message))?;
-            NewDavObject {
-                name,
-                uid: checked.uid,
-                component: checked.component,
-                data,
-                spans: Some(checked.spans),
+        let (object, precondition) = match what {
+            Stored::Object(precondition) => {
+                let checked = ical::check_calendar(&data, "")
+                    .map_err(|why| StoreError::Invalid(why.message))?;
+                let object = NewDavObject {
+                    name,
+                    uid: checked.uid,
+                    component: checked.component,
+                    data,
+                    spans: Some(checked.spans),
+                };
+                (object, precondition)
             }
-        } else {
             // Inbox messages: one per delivery, so the name is the key.
-            NewDavObject {
-                uid: name.clone(),
-                name,
-                component: "VEVENT".into(),
-                data,
-                spans: None,
+            Stored::InboxMessage => {
+                let object = NewDavObject {
+                    uid: name.clone(),
+                    name,
+                    component: "VEVENT".into(),
+                    data,
+                    spans: None,
+                };
+                (object, DavPrecondition::Absent)
             }
         };
         let (actor, account, id) = (actor.clone(), account.id, collection.id);
         self.store()
             .run(move |b| {
-                b.put_dav_object(&actor, account, id, &object, DavPrecondition::None)
+                b.put_dav_object(&actor, account, id, &object, precondition)
                     .map(|_| ())
             })
             .await
@@ -197,7 +210,7 @@ impl Dav {
             &inbox,
             random_name(),
             message.render(),
-            false,
+            Stored::InboxMessage,
         )
         .await
     }
@@ -324,7 +337,10 @@ impl Dav {
         for (address, party) in parties {
             let status = match party {
                 Party::Local(p) => {
-                    if self.deliver_copy(caller, &p, &address, &uid, &copy).await? {
+                    if self
+                        .deliver_copy_retrying(caller, &p, &address, &uid, &copy)
+                        .await?
+                    {
                         "1.2"
                     } else {
                         // No authority over the attendee's event with this UID.
@@ -341,6 +357,28 @@ impl Dav {
                 .await?;
         }
         Ok(Some(doc.render()))
+    }
+
+    /// [`Self::deliver_copy`], read again when the attendee's copy changed
+    /// between reading and writing it.
+    pub(crate) async fn deliver_copy_retrying(
+        &self,
+        caller: &Caller<'_>,
+        attendee: &Principal,
+        address: &str,
+        uid: &str,
+        copy: &Itip,
+    ) -> Result<bool, StoreError> {
+        let mut attempt = 0;
+        loop {
+            match self
+                .deliver_copy(caller, attendee, address, uid, copy)
+                .await
+            {
+                Err(StoreError::PreconditionFailed(_)) if attempt < 2 => attempt += 1,
+                other => return other,
+            }
+        }
     }
 
     /// Gives a local attendee the new version of an event.
@@ -389,21 +427,23 @@ impl Dav {
                     .await?;
             }
         } else {
+            // Written only over what was read: an attendee's edit made
+            // meanwhile wins, and this delivery is retried by the caller.
             let target = match existing.into_iter().next() {
-                Some((c, o)) => Some((c, o.meta.name)),
+                Some((c, o)) => Some((c, o.meta.name, DavPrecondition::Matches(o.meta.modseq))),
                 None => self
                     .collection_named(attendee, crate::DEFAULT_COLLECTION)
                     .await?
-                    .map(|c| (c, itip::object_name(uid))),
+                    .map(|c| (c, itip::object_name(uid), DavPrecondition::Absent)),
             };
-            if let Some((collection, name)) = target {
+            if let Some((collection, name, precondition)) = target {
                 self.store_calendar_data(
                     &caller.actor,
                     attendee,
                     &collection,
                     name,
                     theirs.render(),
-                    true,
+                    Stored::Object(precondition),
                 )
                 .await?;
             }
@@ -437,8 +477,10 @@ impl Dav {
                 if theirs_to_cancel.is_empty() {
                     return Ok(());
                 }
-                for (c, o) in theirs_to_cancel {
-                    if matches!(p.kind, PrincipalKind::Room | PrincipalKind::Equipment) {
+                let resource = matches!(p.kind, PrincipalKind::Room | PrincipalKind::Equipment);
+                if resource {
+                    // A resource keeps only bookings that stand.
+                    for (c, o) in theirs_to_cancel {
                         let (actor, account, id, name) =
                             (caller.actor.clone(), p.id, c.id, o.meta.name);
                         self.store()
@@ -452,21 +494,16 @@ impl Dav {
                                 )
                             })
                             .await?;
-                        continue;
                     }
-                    let mut theirs = Itip::parse(&o.data);
-                    theirs.cancel();
-                    self.store_calendar_data(
-                        &caller.actor,
-                        &p,
-                        &c,
-                        o.meta.name,
-                        theirs.render(),
-                        true,
-                    )
+                } else {
+                    self.edit_copies(caller, &p, uid, |theirs| {
+                        if theirs.organizer().as_deref() != Some(organizer) {
+                            return false;
+                        }
+                        theirs.cancel();
+                        true
+                    })
                     .await?;
-                }
-                if !matches!(p.kind, PrincipalKind::Room | PrincipalKind::Equipment) {
                     self.to_inbox(&caller.actor, &p, &cancelled, "CANCEL")
                         .await?;
                 }
@@ -559,6 +596,46 @@ impl Dav {
         Ok(())
     }
 
+    /// Rewrites `account`'s copies of `uid` where `edit` changes them, each
+    /// only if it is still as read: a copy its owner changed meanwhile is
+    /// read and edited again (a few times), so no one's edit is lost.
+    async fn edit_copies(
+        &self,
+        caller: &Caller<'_>,
+        account: &Principal,
+        uid: &str,
+        edit: impl Fn(&mut Itip) -> bool,
+    ) -> Result<(), StoreError> {
+        for attempt in 0..3 {
+            let mut raced = false;
+            for (c, o) in self.copies(account, uid).await? {
+                let mut theirs = Itip::parse(&o.data);
+                if !edit(&mut theirs) {
+                    continue;
+                }
+                let stored = self
+                    .store_calendar_data(
+                        &caller.actor,
+                        account,
+                        &c,
+                        o.meta.name,
+                        theirs.render(),
+                        Stored::Object(DavPrecondition::Matches(o.meta.modseq)),
+                    )
+                    .await;
+                match stored {
+                    Ok(()) => {}
+                    Err(StoreError::PreconditionFailed(_)) if attempt < 2 => raced = true,
+                    Err(e) => return Err(e),
+                }
+            }
+            if !raced {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Records an attendee's answer in the organizer's copies and puts
     /// the reply in the organizer's scheduling inbox.
     pub(crate) async fn record_answer(
@@ -570,22 +647,15 @@ impl Dav {
         partstat: &str,
         reply: &Itip,
     ) -> Result<(), StoreError> {
-        for (c, o) in self.copies(organizer, uid).await? {
-            let mut theirs = Itip::parse(&o.data);
-            if theirs.partstat_of(attendee).is_none() || theirs.organizer() != reply.organizer() {
-                continue;
+        let organizer_address = reply.organizer();
+        self.edit_copies(caller, organizer, uid, |theirs| {
+            if theirs.partstat_of(attendee).is_none() || theirs.organizer() != organizer_address {
+                return false;
             }
             theirs.set_attendee_param(attendee, "PARTSTAT", partstat);
-            self.store_calendar_data(
-                &caller.actor,
-                organizer,
-                &c,
-                o.meta.name,
-                theirs.render(),
-                true,
-            )
-            .await?;
-        }
+            true
+        })
+        .await?;
         self.to_inbox(&caller.actor, organizer, reply, "REPLY")
             .await
     }
