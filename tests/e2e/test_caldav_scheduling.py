@@ -5,6 +5,7 @@ the organizer's copy; a room accepts a free slot and declines a taken one;
 colleagues' free/busy time comes from the scheduling outbox; deleting a
 meeting cancels it for the attendees."""
 
+import re
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -47,9 +48,8 @@ def unfold(data):
 def partstat(data, address):
     for line in unfold(data).splitlines():
         if line.startswith("ATTENDEE") and line.lower().endswith(f"mailto:{address}"):
-            for param in line.split(":")[0].split(";"):
-                if param.startswith("PARTSTAT="):
-                    return param.split("=", 1)[1]
+            found = re.search(r";PARTSTAT=([^;:]+)", line)
+            return found.group(1) if found else None
     return None
 
 
@@ -141,3 +141,28 @@ def test_a_known_uid_does_not_let_anyone_overwrite_a_colleagues_event(quickstart
     organizers = unfold(default_calendar(alice).event_by_uid(uid).data)
     line = next(l for l in organizers.splitlines() if "mailto:bob@example.test" in l)
     assert "SCHEDULE-STATUS=3.8" in line, line
+
+
+def test_inviting_a_group_invites_its_members(quickstart):
+    """A distribution group as attendee: each member (through nested groups,
+    never the organizer twice) gets the invitation and answers for
+    themselves; the organizer's copy lists them with MEMBER."""
+    quickstart.admin("group", "add", "team@example.test")
+    quickstart.admin("group", "add", "core@example.test")
+    quickstart.admin("group", "member-add", "core@example.test", "bob@example.test")
+    quickstart.admin("group", "member-add", "team@example.test", "core@example.test")
+    quickstart.admin("group", "member-add", "team@example.test", "alice@example.test")
+    alice, bob = client(quickstart, "alice@example.test"), client(quickstart, "bob@example.test")
+    uid = f"all-hands-{uuid.uuid4()}"
+    default_calendar(alice).save_event(
+        meeting(uid, "alice@example.test", [("team@example.test", "GROUP")], START, summary="All hands"))
+    organizers = unfold(default_calendar(alice).event_by_uid(uid).data)
+    bob_line = next(l for l in organizers.splitlines() if l.endswith("mailto:bob@example.test"))
+    assert 'MEMBER="mailto:team@example.test"' in bob_line and "SCHEDULE-STATUS=1.2" in bob_line
+    assert sum(1 for l in organizers.splitlines() if l.endswith("mailto:alice@example.test")) == 2  # organizer + chair line
+
+    bobs = default_calendar(bob).event_by_uid(uid)
+    assert "All hands" in bobs.data
+    bobs.change_attendee_status(attendee="mailto:bob@example.test", partstat="TENTATIVE")
+    bobs.save(increase_seqno=False)
+    assert partstat(default_calendar(alice).event_by_uid(uid).data, "bob@example.test") == "TENTATIVE"

@@ -286,6 +286,46 @@ impl Itip {
         }
     }
 
+    /// Adds `address` as an attendee invited through the group `group`
+    /// (RFC 5545 MEMBER) to every event, task or journal that lacks it.
+    pub fn add_group_member(&mut self, address: &str, group: &str) {
+        let mut stack: Vec<(String, bool)> = Vec::new();
+        let mut inserts = Vec::new();
+        for (i, (_, line)) in self.lines.iter().enumerate() {
+            let Some(line) = line else { continue };
+            match line.name.as_str() {
+                "BEGIN" => stack.push((line.value.trim().to_ascii_uppercase(), false)),
+                "ATTENDEE" if address_of(&line.value).as_deref() == Some(address) => {
+                    if let Some(top) = stack.last_mut() {
+                        top.1 = true;
+                    }
+                }
+                "END" => {
+                    if let Some((name, present)) = stack.pop()
+                        && MAIN[..3].contains(&name.as_str())
+                        && !present
+                    {
+                        inserts.push(i);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for i in inserts.into_iter().rev() {
+            let line = Line {
+                name: "ATTENDEE".into(),
+                params: vec![
+                    ("CUTYPE".into(), "INDIVIDUAL".into()),
+                    ("PARTSTAT".into(), "NEEDS-ACTION".into()),
+                    ("RSVP".into(), "TRUE".into()),
+                    ("MEMBER".into(), format!("\"mailto:{group}\"")),
+                ],
+                value: format!("mailto:{address}"),
+            };
+            self.lines.insert(i, (line.render(), Some(line)));
+        }
+    }
+
     /// Removes a parameter from every ATTENDEE and ORGANIZER line.
     pub fn strip_param(&mut self, key: &str) {
         for i in self.main_lines() {
@@ -525,6 +565,20 @@ mod tests {
         let text = itip.render();
         assert!(text.contains("STATUS:CANCELLED\r\nEND:VEVENT"), "{text}");
         assert!(crate::ical::check_calendar(&text.replace("METHOD:REPLY\r\n", ""), "").is_ok());
+    }
+
+    #[test]
+    fn group_members_join_once() {
+        let mut itip = Itip::parse(INVITE);
+        itip.add_group_member("carol@example.test", "team@example.test");
+        itip.add_group_member("carol@example.test", "team@example.test");
+        itip.add_group_member("bob@example.test", "team@example.test");
+        let people = itip.attendees();
+        assert_eq!(people.len(), 3, "{people:?}");
+        assert!(
+            itip.render()
+                .contains("MEMBER=\"mailto:team@example.test\":mailto:carol@example.test")
+        );
     }
 
     #[test]

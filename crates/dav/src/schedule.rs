@@ -56,6 +56,8 @@ enum Stored {
 enum Party {
     /// An account of ours.
     Local(Principal),
+    /// A distribution group of ours: its members are invited.
+    Group(Principal),
     /// An address of one of our domains that nobody has.
     Unknown,
     /// Someone elsewhere.
@@ -83,7 +85,9 @@ impl Dav {
         self.store()
             .run(move |b| {
                 if let Some(p) = b.principal_by_address(&parsed)? {
-                    return Ok(if p.kind.has_account() {
+                    return Ok(if p.kind == PrincipalKind::Group {
+                        Party::Group(p)
+                    } else if p.kind.has_account() {
                         Party::Local(p)
                     } else {
                         Party::Unknown
@@ -94,6 +98,35 @@ impl Dav {
                 } else {
                     Party::External
                 })
+            })
+            .await
+    }
+
+    /// The addresses of the accounts a group reaches, through nested
+    /// groups (each once, loops cut, at most 1,000).
+    async fn group_members(&self, group: &Principal) -> Result<Vec<String>, StoreError> {
+        let start = group.id;
+        self.store()
+            .run(move |b| {
+                let mut seen = std::collections::HashSet::from([start]);
+                let mut queue = vec![start];
+                let mut out = Vec::new();
+                while let Some(g) = queue.pop() {
+                    for member in b.members(g)? {
+                        if out.len() >= 1000 || !seen.insert(member) {
+                            continue;
+                        }
+                        let Some(p) = b.principal(member)? else {
+                            continue;
+                        };
+                        if p.kind == PrincipalKind::Group {
+                            queue.push(member);
+                        } else if p.kind.has_account() {
+                            out.push(p.address.to_string().to_ascii_lowercase());
+                        }
+                    }
+                }
+                Ok(out)
             })
             .await
     }
@@ -297,6 +330,20 @@ impl Dav {
         let Some(uid) = doc.uid() else {
             return Ok(None);
         };
+        // A group invited is its members invited (each on their own line,
+        // MEMBER naming the group), so each can answer for themselves.
+        for a in doc.attendees() {
+            if !a.server_agent || a.cutype == "ROOM" || a.cutype == "RESOURCE" {
+                continue;
+            }
+            if let Party::Group(group) = self.party(&a.address).await? {
+                for member in self.group_members(&group).await? {
+                    if !mine.contains(&member) {
+                        doc.add_group_member(&member, &a.address);
+                    }
+                }
+            }
+        }
         let attendees: Vec<_> = doc
             .attendees()
             .into_iter()
@@ -347,6 +394,8 @@ impl Dav {
                         "3.8"
                     }
                 }
+                // Delivered to its members, each with a status of their own.
+                Party::Group(_) => "1.2",
                 Party::Unknown => "3.7",
                 Party::External => self.by_mail(&organizer, &address, "REQUEST", &copy).await,
             };
@@ -508,7 +557,7 @@ impl Dav {
                         .await?;
                 }
             }
-            Party::Unknown => {}
+            Party::Group(_) | Party::Unknown => {}
             Party::External => {
                 self.by_mail(organizer, address, "CANCEL", &cancelled).await;
             }
@@ -588,7 +637,7 @@ impl Dav {
                 self.record_answer(caller, &org, &uid, &me, &now, &reply)
                     .await?;
             }
-            Party::Unknown => {}
+            Party::Group(_) | Party::Unknown => {}
             Party::External => {
                 self.by_mail(&me, &organizer, "REPLY", &reply).await;
             }
