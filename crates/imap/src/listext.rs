@@ -400,6 +400,12 @@ pub(crate) fn substitute_saved(bytes: &[u8], saved: &[u32]) -> Option<Vec<u8>> {
                 .trim_ascii_start()
                 .get(..6)
                 .is_some_and(|w| w.eq_ignore_ascii_case(b"SEARCH")));
+    // Only arguments are substituted: a `$` inside the tag or the command
+    // name (hostile input) is left for the parser to refuse.
+    positions.retain(|&p| p > tag_end + verb_end);
+    if positions.is_empty() {
+        return None;
+    }
     let mut out = Vec::with_capacity(bytes.len() + set.len());
     let mut last = 0;
     if verb != b"UID" && !is_search {
@@ -703,6 +709,9 @@ mod saved_tests {
             "literal dollars stay"
         );
         assert!(s("A8 FETCH 1 (FLAGS)\r\n").is_none());
+        // Found by fuzzing: a `$` inside the tag is not an argument.
+        assert!(substitute_saved(b"[W\xff%00=($ AD\r\n", &[1]).is_none());
+        assert!(s("A($ FETCH 1 (FLAGS)\r\n").is_none());
         assert_eq!(
             String::from_utf8(substitute_saved(b"A9 UID COPY $ Trash\r\n", &[]).unwrap()).unwrap(),
             "A9 UID COPY 4294967295 Trash\r\n"
