@@ -23,6 +23,9 @@
 //!   directory and local delivery (`bulwark-mail`); on the MX it has
 //!   `bulwark-transport` check SPF, DKIM, ARC and DMARC before storing, and
 //!   on submission it hands mail for other domains to the outbound queue.
+//!   Once a message is stored and answered, an [`AfterDelivery`] hook may
+//!   look at it (the binary applies calendar invitations that way), so no
+//!   other front end is a dependency of this one.
 //!
 //! # What it must not do
 //!
