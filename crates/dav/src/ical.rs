@@ -116,9 +116,19 @@ fn is_main(kind: &ICalendarComponentType) -> bool {
     )
 }
 
+/// What cannot travel in XML cannot be stored: every answer that carries
+/// an object is XML (and carries it as CDATA, unescaped).
+fn unfit_for_xml(data: &str, ns: &'static str, condition: &'static str) -> Option<Invalid> {
+    crate::xml::has_forbidden_chars(data)
+        .then(|| invalid(ns, condition, "control characters are not allowed"))
+}
+
 /// Checks a calendar object resource (RFC 4791 section 4.1) and indexes it.
 pub fn check_calendar(data: &str, accepted: &str) -> Result<CalendarObject, Invalid> {
     use crate::xml::CALDAV;
+    if let Some(refused) = unfit_for_xml(data, CALDAV, "valid-calendar-data") {
+        return Err(refused);
+    }
     let ical = parse_calendar(data).ok_or_else(|| {
         invalid(
             CALDAV,
@@ -539,6 +549,9 @@ pub fn freebusy_calendar(owner: &str, start: i64, end: i64, busy: &[(i64, i64)])
 /// when it has none (vCard 3 makes UID optional).
 pub fn check_card(data: &str, fallback: &str) -> Result<String, Invalid> {
     use crate::xml::CARDDAV;
+    if let Some(refused) = unfit_for_xml(data, CARDDAV, "valid-address-data") {
+        return Err(refused);
+    }
     if !ends_with_end(data, "VCARD") || !balanced(data) {
         return Err(invalid(
             CARDDAV,
@@ -735,6 +748,8 @@ mod tests {
         assert_eq!(check_card(card, "x").expect("card"), "c1");
         assert!(check_card("BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n", "x").is_err());
         assert!(check_card(&card[..card.len() / 2], "x").is_err());
+        assert!(check_card(&card.replace("FN:Alice", "FN:Al\u{1}ice"), "x").is_err());
+        assert!(check_calendar(&event("").replace("Standup", "Stand\u{0}up"), "").is_err());
         // Found by fuzzing: a multi-byte character where END: would be.
         assert!(check_calendar("BEGIN:VCALENDAR\r\nENDɩCALENDAR\r\n", "").is_err());
         assert!(check_card("BEGIN:VCARD\r\nEND:VCARɩ\r\n", "x").is_err());

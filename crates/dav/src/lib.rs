@@ -64,6 +64,23 @@ pub const MAX_BODY: usize = MAX_RESOURCE_SIZE;
 /// The name of the collections created on first use.
 pub const DEFAULT_COLLECTION: &str = "default";
 
+/// What every account starts with: kind, name, display name, components.
+const STARTERS: [(DavKind, &str, &str, &str); 3] = [
+    (
+        DavKind::Calendar,
+        DEFAULT_COLLECTION,
+        "Calendar",
+        "VEVENT,VTODO",
+    ),
+    (DavKind::AddressBook, DEFAULT_COLLECTION, "Contacts", ""),
+    (
+        DavKind::Calendar,
+        schedule::INBOX,
+        "Scheduling inbox",
+        "VEVENT,VTODO",
+    ),
+];
+
 /// A request as the front end read it.
 #[derive(Debug, Clone, Default)]
 pub struct DavRequest {
@@ -309,48 +326,23 @@ impl Dav {
         let actor = Actor::system("caldav");
         self.store
             .run(move |b| {
-                for kind in [DavKind::Calendar, DavKind::AddressBook] {
+                for (kind, name, display_name, components) in STARTERS {
                     let existing = b.dav_collections(account, kind)?;
-                    if existing.iter().all(|c| schedule::reserved(&c.name)) {
-                        let props = DavCollectionProps {
-                            display_name: match kind {
-                                DavKind::Calendar => "Calendar".into(),
-                                DavKind::AddressBook => "Contacts".into(),
-                            },
-                            ..Default::default()
-                        };
-                        let components = match kind {
-                            DavKind::Calendar => "VEVENT,VTODO",
-                            DavKind::AddressBook => "",
-                        };
-                        match b.create_dav_collection(
-                            &actor,
-                            account,
-                            kind,
-                            DEFAULT_COLLECTION,
-                            &props,
-                            components,
-                        ) {
-                            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
-                            Err(e) => return Err(e),
-                        }
+                    // A default is made while the account has no collection
+                    // of its own of that kind; the inbox while it is missing.
+                    let missing = if schedule::reserved(name) {
+                        !existing.iter().any(|c| c.name == name)
+                    } else {
+                        existing.iter().all(|c| schedule::reserved(&c.name))
+                    };
+                    if !missing {
+                        continue;
                     }
-                }
-                if b.dav_collection(account, DavKind::Calendar, schedule::INBOX)?
-                    .is_none()
-                {
                     let props = DavCollectionProps {
-                        display_name: "Scheduling inbox".into(),
+                        display_name: display_name.into(),
                         ..Default::default()
                     };
-                    match b.create_dav_collection(
-                        &actor,
-                        account,
-                        DavKind::Calendar,
-                        schedule::INBOX,
-                        &props,
-                        "VEVENT,VTODO",
-                    ) {
+                    match b.create_dav_collection(&actor, account, kind, name, &props, components) {
                         Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
                         Err(e) => return Err(e),
                     }
@@ -395,29 +387,7 @@ impl Dav {
                 if owner.address != address {
                     return Ok(None);
                 }
-                let grants = b.grants(Some(owner.id), Some(me))?;
-                let has = |r: Right| grants.iter().any(|g| g.right == r);
-                let (read, write) = match kind {
-                    Some(DavKind::Calendar) => (
-                        has(Right::CalendarRead) || has(Right::CalendarWrite),
-                        has(Right::CalendarWrite),
-                    ),
-                    Some(DavKind::AddressBook) => (
-                        has(Right::ContactsRead) || has(Right::ContactsWrite),
-                        has(Right::ContactsWrite),
-                    ),
-                    None => {
-                        let any = [
-                            Right::CalendarRead,
-                            Right::CalendarWrite,
-                            Right::ContactsRead,
-                            Right::ContactsWrite,
-                        ]
-                        .into_iter()
-                        .any(has);
-                        (any, false)
-                    }
-                };
+                let (read, write) = account_grant(b, owner.id, me, kind)?;
                 Ok(read.then_some((
                     owner,
                     Access {
@@ -518,21 +488,36 @@ impl Dav {
         if unreachable {
             return Ok(None);
         }
-        let account_grant = self.owner_access(caller, owner, Some(kind)).await?;
         let Ok(address) = owner.parse::<bulwark_core::EmailAddress>() else {
             return Ok(None);
         };
-        let (me, name) = (caller.user.id, name.to_string());
+        let me = caller.user.id;
         let found = self
             .store
             .run(move |b| {
                 let Some(owner) = b.principal_by_address(&address)? else {
                     return Ok(None);
                 };
+                // Only the primary address names a principal in a path.
                 if owner.address != address {
                     return Ok(None);
                 }
-                let Some(c) = b.dav_collection(owner.id, kind, &name)? else {
+                let granted = account_grant(b, owner.id, me, Some(kind))?;
+                Ok(Some((owner, granted)))
+            })
+            .await?;
+        let Some((owner, (granted_read, granted_write))) = found else {
+            return Ok(None);
+        };
+        // A delegate may arrive before the owner ever did.
+        if granted_read && owner.kind.has_account() {
+            self.provision(owner.id).await?;
+        }
+        let (id, name) = (owner.id, name.to_string());
+        let found = self
+            .store
+            .run(move |b| {
+                let Some(c) = b.dav_collection(id, kind, &name)? else {
                     return Ok(None);
                 };
                 let shared = b
@@ -540,16 +525,16 @@ impl Dav {
                     .into_iter()
                     .find(|(grantee, _)| *grantee == me)
                     .map(|(_, write)| write);
-                Ok(Some((owner, c, shared)))
+                Ok(Some((c, shared)))
             })
             .await?;
-        let Some((owner, c, shared)) = found else {
+        let Some((c, shared)) = found else {
             return Ok(None);
         };
-        let write = match (account_grant, shared) {
-            (Some((_, granted)), shared) => granted.write || shared == Some(true),
-            (None, Some(write)) => write,
-            (None, None) => return Ok(None),
+        let write = match (granted_read, shared) {
+            (true, shared) => granted_write || shared == Some(true),
+            (false, Some(write)) => write,
+            (false, None) => return Ok(None),
         };
         let access = Access {
             read: true,
@@ -694,20 +679,6 @@ impl Dav {
         let Ok(data) = std::str::from_utf8(&req.body) else {
             return Ok(DavResponse::text(415, "the body is not UTF-8 text"));
         };
-        // What cannot travel in XML cannot be stored: every answer that
-        // carries the object is XML.
-        if xml::has_forbidden_chars(data) {
-            let (ns, condition) = match kind {
-                DavKind::Calendar => (CALDAV, "valid-calendar-data"),
-                DavKind::AddressBook => (CARDDAV, "valid-address-data"),
-            };
-            return Ok(DavResponse::precondition(
-                403,
-                ns,
-                condition,
-                "control characters are not allowed",
-            ));
-        }
         let object = match kind {
             DavKind::Calendar => match ical::check_calendar(data, &collection.components) {
                 Ok(c) => NewDavObject {
@@ -851,8 +822,9 @@ impl Dav {
             && previous.contains("ORGANIZER")
         {
             let scheduled = async {
-                self.cancel_as_organizer(caller, &owner, &previous).await?;
-                self.reply_as_attendee(caller, &owner, None, Some(&previous))
+                let mine = self.addresses(&owner).await?;
+                self.cancel_as_organizer(caller, &mine, &previous).await?;
+                self.reply_as_attendee(caller, &mine, None, Some(&previous))
                     .await
             };
             if let Err(e) = scheduled.await {
@@ -888,9 +860,10 @@ impl Dav {
             return false;
         }
         let scheduled = async {
+            let mine = self.addresses(owner).await?;
             let mut rewritten = false;
             if let Some(updated) = self
-                .schedule_as_organizer(caller, owner, &object.data, previous.as_deref(), &spans)
+                .schedule_as_organizer(caller, &mine, &object.data, previous.as_deref(), &spans)
                 .await?
                 && updated != object.data
             {
@@ -912,7 +885,7 @@ impl Dav {
                     .await?;
                 rewritten = true;
             }
-            self.reply_as_attendee(caller, owner, Some(&object.data), previous.as_deref())
+            self.reply_as_attendee(caller, &mine, Some(&object.data), previous.as_deref())
                 .await?;
             Ok::<bool, StoreError>(rewritten)
         };
@@ -1063,6 +1036,39 @@ impl Dav {
             Err(e) => store_failure(&e),
         })
     }
+}
+
+/// What `owner`'s account-wide grants to `me` allow on collections of
+/// `kind` (read, write); with no kind, whether any DAV grant exists.
+fn account_grant(
+    b: &dyn bulwark_store::Backend,
+    owner: PrincipalId,
+    me: PrincipalId,
+    kind: Option<DavKind>,
+) -> Result<(bool, bool), StoreError> {
+    let grants = b.grants(Some(owner), Some(me))?;
+    let has = |r: Right| grants.iter().any(|g| g.right == r);
+    Ok(match kind {
+        Some(DavKind::Calendar) => (
+            has(Right::CalendarRead) || has(Right::CalendarWrite),
+            has(Right::CalendarWrite),
+        ),
+        Some(DavKind::AddressBook) => (
+            has(Right::ContactsRead) || has(Right::ContactsWrite),
+            has(Right::ContactsWrite),
+        ),
+        None => {
+            let any = [
+                Right::CalendarRead,
+                Right::CalendarWrite,
+                Right::ContactsRead,
+                Right::ContactsWrite,
+            ]
+            .into_iter()
+            .any(has);
+            (any, false)
+        }
+    })
 }
 
 /// The write condition of `If-Match` / `If-None-Match`.

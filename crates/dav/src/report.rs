@@ -115,7 +115,35 @@ fn multiget_names(body: &Element, collection: &Resource) -> (Vec<String>, Vec<St
     (names, strangers)
 }
 
+/// The collection a report runs on, with its owner and the caller's rights.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    resource: &'a Resource,
+    owner: &'a Principal,
+    access: Access,
+    collection: &'a DavCollection,
+}
+
 impl Dav {
+    /// Records a report read by someone other than the owner.
+    async fn audit_report(
+        &self,
+        caller: &Caller<'_>,
+        t: &Target<'_>,
+        operation: &str,
+        items: usize,
+    ) -> Result<(), StoreError> {
+        self.audit_read(
+            caller,
+            t.owner,
+            t.access,
+            operation,
+            t.resource.href(),
+            items as u64,
+        )
+        .await
+    }
+
     pub(crate) async fn report(
         &self,
         caller: &Caller<'_>,
@@ -140,29 +168,28 @@ impl Dav {
         else {
             return Ok(DavResponse::not_found());
         };
+        let t = Target {
+            resource,
+            owner: &owner,
+            access,
+            collection: &collection,
+        };
         let report = (body.ns.as_str(), body.name.as_str(), *kind);
         match report {
             (CALDAV, "calendar-query", DavKind::Calendar) => {
-                self.calendar_query(caller, resource, &owner, access, &collection, &body)
-                    .await
+                self.calendar_query(caller, &t, &body).await
             }
             (CALDAV, "calendar-multiget", DavKind::Calendar)
             | (CARDDAV, "addressbook-multiget", DavKind::AddressBook) => {
-                self.multiget(caller, resource, &owner, access, &collection, &body)
-                    .await
+                self.multiget(caller, &t, &body).await
             }
             (CARDDAV, "addressbook-query", DavKind::AddressBook) => {
-                self.addressbook_query(caller, resource, &owner, access, &collection, &body)
-                    .await
+                self.addressbook_query(caller, &t, &body).await
             }
             (CALDAV, "free-busy-query", DavKind::Calendar) => {
-                self.free_busy(caller, resource, &owner, access, &collection, &body)
-                    .await
+                self.free_busy(caller, &t, &body).await
             }
-            (DAV, "sync-collection", _) => {
-                self.sync_collection(caller, resource, &owner, access, &collection, &body)
-                    .await
-            }
+            (DAV, "sync-collection", _) => self.sync_collection(caller, &t, &body).await,
             _ => Ok(DavResponse::precondition(
                 403,
                 DAV,
@@ -210,12 +237,15 @@ impl Dav {
     async fn calendar_query(
         &self,
         caller: &Caller<'_>,
-        resource: &Resource,
-        owner: &Principal,
-        access: Access,
-        collection: &DavCollection,
+        t: &Target<'_>,
         body: &Element,
     ) -> Result<DavResponse, StoreError> {
+        let Target {
+            resource,
+            owner,
+            access,
+            collection,
+        } = *t;
         let filter = calendar_filter(body);
         let request = PropRequest::from_parent(Some(body));
         let id = collection.id;
@@ -241,15 +271,8 @@ impl Dav {
             })
             .filter(|o| filter.props.iter().all(|p| p.matches(&o.data)))
             .collect();
-        self.audit_read(
-            caller,
-            owner,
-            access,
-            "dav.calendar.query",
-            resource.href(),
-            objects.len() as u64,
-        )
-        .await?;
+        self.audit_report(caller, t, "dav.calendar.query", objects.len())
+            .await?;
         Ok(Self::objects_answer(
             caller, resource, collection, access, &objects, &request, "",
         ))
@@ -258,24 +281,20 @@ impl Dav {
     async fn multiget(
         &self,
         caller: &Caller<'_>,
-        resource: &Resource,
-        owner: &Principal,
-        access: Access,
-        collection: &DavCollection,
+        t: &Target<'_>,
         body: &Element,
     ) -> Result<DavResponse, StoreError> {
+        let Target {
+            resource,
+            owner,
+            access,
+            collection,
+        } = *t;
         let request = PropRequest::from_parent(Some(body));
         let (names, strangers) = multiget_names(body, resource);
         let objects = self.objects_named(collection, owner, names.clone()).await?;
-        self.audit_read(
-            caller,
-            owner,
-            access,
-            "dav.multiget",
-            resource.href(),
-            objects.len() as u64,
-        )
-        .await?;
+        self.audit_report(caller, t, "dav.multiget", objects.len())
+            .await?;
         let mut missing = String::new();
         for name in names
             .iter()
@@ -297,12 +316,15 @@ impl Dav {
     async fn addressbook_query(
         &self,
         caller: &Caller<'_>,
-        resource: &Resource,
-        owner: &Principal,
-        access: Access,
-        collection: &DavCollection,
+        t: &Target<'_>,
         body: &Element,
     ) -> Result<DavResponse, StoreError> {
+        let Target {
+            resource,
+            owner,
+            access,
+            collection,
+        } = *t;
         let request = PropRequest::from_parent(Some(body));
         let filter = body.child(CARDDAV, "filter");
         let all_of = filter.and_then(|f| f.attr("test")) == Some("allof");
@@ -332,15 +354,8 @@ impl Dav {
             })
             .take(limit)
             .collect();
-        self.audit_read(
-            caller,
-            owner,
-            access,
-            "dav.addressbook.query",
-            resource.href(),
-            objects.len() as u64,
-        )
-        .await?;
+        self.audit_report(caller, t, "dav.addressbook.query", objects.len())
+            .await?;
         Ok(Self::objects_answer(
             caller, resource, collection, access, &objects, &request, "",
         ))
@@ -349,12 +364,12 @@ impl Dav {
     async fn free_busy(
         &self,
         caller: &Caller<'_>,
-        resource: &Resource,
-        owner: &Principal,
-        access: Access,
-        collection: &DavCollection,
+        t: &Target<'_>,
         body: &Element,
     ) -> Result<DavResponse, StoreError> {
+        let Target {
+            owner, collection, ..
+        } = *t;
         let Some((start, end)) = time_range(body) else {
             return Ok(DavResponse::text(400, "free-busy-query needs a time-range"));
         };
@@ -363,15 +378,8 @@ impl Dav {
             .store()
             .run(move |b| b.dav_objects_in_range(id, start, end))
             .await?;
-        self.audit_read(
-            caller,
-            owner,
-            access,
-            "dav.freebusy",
-            resource.href(),
-            objects.len() as u64,
-        )
-        .await?;
+        self.audit_report(caller, t, "dav.freebusy", objects.len())
+            .await?;
         let busy = crate::ical::busy_periods(objects.iter().map(|o| o.data.as_str()), start, end);
         Ok(DavResponse::new(
             200,
@@ -383,12 +391,15 @@ impl Dav {
     async fn sync_collection(
         &self,
         caller: &Caller<'_>,
-        resource: &Resource,
-        owner: &Principal,
-        access: Access,
-        collection: &DavCollection,
+        t: &Target<'_>,
         body: &Element,
     ) -> Result<DavResponse, StoreError> {
+        let Target {
+            resource,
+            access,
+            collection,
+            ..
+        } = *t;
         let token = body
             .child(DAV, "sync-token")
             .map(|t| t.text.trim().to_string())
@@ -427,9 +438,7 @@ impl Dav {
             .clamp(1, MAX_SYNC_RESULTS);
         let request = PropRequest::from_parent(Some(body));
         if crate::gal::is_gal(collection) {
-            return self
-                .sync_generated(caller, resource, owner, access, collection, since, &request)
-                .await;
+            return self.sync_generated(caller, t, since, &request).await;
         }
         let wants_data =
             request.wants(CALDAV, "calendar-data") || request.wants(CARDDAV, "address-data");
@@ -453,15 +462,8 @@ impl Dav {
                 Ok((changes, data))
             })
             .await?;
-        self.audit_read(
-            caller,
-            owner,
-            access,
-            "dav.sync",
-            resource.href(),
-            changes.objects.len() as u64,
-        )
-        .await?;
+        self.audit_report(caller, t, "dav.sync", changes.objects.len())
+            .await?;
         let mut out = xml::root_start("multistatus");
         for meta in &changes.objects {
             let href = Self::object_href(resource, &meta.name);
@@ -495,17 +497,19 @@ impl Dav {
     /// sync-collection on a generated collection: it keeps no history, so
     /// an old token is refused (the client starts over) and a fresh sync
     /// lists everything.
-    #[allow(clippy::too_many_arguments)]
     async fn sync_generated(
         &self,
         caller: &Caller<'_>,
-        resource: &Resource,
-        owner: &Principal,
-        access: Access,
-        collection: &DavCollection,
+        t: &Target<'_>,
         since: Option<ModSeq>,
         request: &PropRequest,
     ) -> Result<DavResponse, StoreError> {
+        let Target {
+            resource,
+            owner,
+            access,
+            collection,
+        } = *t;
         let objects = match since {
             Some(m) if m == collection.modseq => Vec::new(),
             Some(_) => {
@@ -518,15 +522,8 @@ impl Dav {
             }
             None => self.objects_all(collection, owner).await?,
         };
-        self.audit_read(
-            caller,
-            owner,
-            access,
-            "dav.sync",
-            resource.href(),
-            objects.len() as u64,
-        )
-        .await?;
+        self.audit_report(caller, t, "dav.sync", objects.len())
+            .await?;
         let token = format!(
             "<D:sync-token>{}</D:sync-token>",
             escape(&sync_token(collection, collection.modseq))

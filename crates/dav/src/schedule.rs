@@ -131,7 +131,8 @@ impl Dav {
             .await
     }
 
-    /// Every address of `who`, lower case.
+    /// Every address of `who`, lower case (what ORGANIZER and ATTENDEE
+    /// values are compared with).
     pub(crate) async fn addresses(&self, who: &Principal) -> Result<Vec<String>, StoreError> {
         let id = who.id;
         let mut out: Vec<String> = self
@@ -184,11 +185,8 @@ impl Dav {
         data: String,
         what: Stored,
     ) -> Result<(), StoreError> {
-        if crate::xml::has_forbidden_chars(&data) {
-            return Err(StoreError::Invalid(
-                "control characters in calendar data".into(),
-            ));
-        }
+        // Inbox messages are renderings of objects `check_calendar`
+        // accepted, so only objects are checked again.
         let (object, precondition) = match what {
             Stored::Object(precondition) => {
                 let checked = ical::check_calendar(&data, "")
@@ -317,13 +315,12 @@ impl Dav {
     pub(crate) async fn schedule_as_organizer(
         &self,
         caller: &Caller<'_>,
-        owner: &Principal,
+        mine: &[String],
         data: &str,
         previous: Option<&str>,
         spans: &[(i64, i64)],
     ) -> Result<Option<String>, StoreError> {
         let mut doc = Itip::parse(data);
-        let mine = self.addresses(owner).await?;
         let Some(organizer) = doc.organizer().filter(|o| mine.contains(o)) else {
             return Ok(None);
         };
@@ -569,11 +566,10 @@ impl Dav {
     pub(crate) async fn cancel_as_organizer(
         &self,
         caller: &Caller<'_>,
-        owner: &Principal,
+        mine: &[String],
         data: &str,
     ) -> Result<(), StoreError> {
         let doc = Itip::parse(data);
-        let mine = self.addresses(owner).await?;
         let (Some(organizer), Some(uid)) =
             (doc.organizer().filter(|o| mine.contains(o)), doc.uid())
         else {
@@ -593,7 +589,7 @@ impl Dav {
     pub(crate) async fn reply_as_attendee(
         &self,
         caller: &Caller<'_>,
-        owner: &Principal,
+        mine: &[String],
         data: Option<&str>,
         previous: Option<&str>,
     ) -> Result<(), StoreError> {
@@ -601,7 +597,6 @@ impl Dav {
             return Ok(());
         };
         let doc = Itip::parse(basis);
-        let mine = self.addresses(owner).await?;
         let (Some(organizer), Some(uid)) = (doc.organizer(), doc.uid()) else {
             return Ok(());
         };

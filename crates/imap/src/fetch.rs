@@ -764,7 +764,8 @@ mod tests {
         }
     }
 
-    fn fetch(items: &str, uid: bool) -> String {
+    /// The plan of `a FETCH 1 {items}`.
+    fn plan_of(items: &str, uid: bool) -> Plan {
         let line = format!("a FETCH 1 {items}\r\n");
         let (_, cmd) = CommandCodec::default()
             .decode(line.as_bytes())
@@ -776,7 +777,11 @@ mod tests {
         else {
             panic!("not a fetch")
         };
-        let plan = plan(&macro_or_item_names, uid).expect("plan");
+        plan(&macro_or_item_names, uid).expect("plan")
+    }
+
+    fn fetch(items: &str, uid: bool) -> String {
+        let plan = plan_of(items, uid);
         String::from_utf8(render(1, &entry(), &plan, false, Some(MSG), None)).expect("utf-8")
     }
 
@@ -887,18 +892,7 @@ NIL NIL NIL \"<m1@example.com>\"))\r\n"
     }
 
     fn fetch_raw(items: &str, raw: &[u8]) -> (String, Plan) {
-        let line = format!("a FETCH 1 {items}\r\n");
-        let (_, cmd) = CommandCodec::default()
-            .decode(line.as_bytes())
-            .expect("parses");
-        let CommandBody::Fetch {
-            macro_or_item_names,
-            ..
-        } = cmd.body
-        else {
-            panic!("not a fetch")
-        };
-        let plan = plan(&macro_or_item_names, false).expect("plan");
+        let plan = plan_of(items, false);
         let out = String::from_utf8_lossy(&render(1, &entry(), &plan, false, Some(raw), None))
             .into_owned();
         (out, plan)

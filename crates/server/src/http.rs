@@ -40,36 +40,7 @@ where
     F: Fn(Request<Incoming>, IpAddr) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Reply> + Send + 'static,
 {
-    let ip = conn.info.peer.ip();
-    let protocol = conn.info.protocol.name();
-    let Connection {
-        stream,
-        mut shutdown,
-        ..
-    } = conn;
-    let respond = Arc::new(respond);
-    let service = hyper::service::service_fn(move |req| {
-        let respond = Arc::clone(&respond);
-        async move { Ok::<_, Infallible>(respond(req, ip).await) }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.read_timeout)
-        .max_buf_size(limits.max_bytes)
-        .max_headers(limits.max_headers);
-    let http = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(http);
-    let result = tokio::select! {
-        result = http.as_mut() => result,
-        () = shutdown.wait() => {
-            http.as_mut().graceful_shutdown();
-            http.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, protocol, "HTTP connection ended with an error");
-    }
+    serve(conn, limits, respond, false).await;
 }
 
 /// Concurrent requests on one HTTP/2 connection.
@@ -88,9 +59,14 @@ where
         .tls_connection()
         .and_then(|tls| tls.alpn_protocol())
         == Some(b"h2".as_slice());
-    if !h2 {
-        return serve_http1(conn, limits, respond).await;
-    }
+    serve(conn, limits, respond, h2).await;
+}
+
+async fn serve<F, Fut>(conn: Connection, limits: HeadLimits, respond: F, h2: bool)
+where
+    F: Fn(Request<Incoming>, IpAddr) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Reply> + Send + 'static,
+{
     let ip = conn.info.peer.ip();
     let protocol = conn.info.protocol.name();
     let Connection {
@@ -103,23 +79,41 @@ where
         let respond = Arc::clone(&respond);
         async move { Ok::<_, Infallible>(respond(req, ip).await) }
     });
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        .max_header_list_size(limits.max_bytes as u32)
-        .keep_alive_interval(Some(Duration::from_secs(60)));
-    let http = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(http);
-    let result = tokio::select! {
-        result = http.as_mut() => result,
-        () = shutdown.wait() => {
-            http.as_mut().graceful_shutdown();
-            http.await
-        }
+    let io = TokioIo::new(stream);
+    // Both kinds of connection stop alike: on shutdown, what is in
+    // progress is finished first.
+    macro_rules! drive {
+        ($http:expr) => {{
+            let http = $http;
+            tokio::pin!(http);
+            tokio::select! {
+                result = http.as_mut() => result,
+                () = shutdown.wait() => {
+                    http.as_mut().graceful_shutdown();
+                    http.await
+                }
+            }
+        }};
+    }
+    let result = if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_header_list_size(limits.max_bytes as u32)
+            .keep_alive_interval(Some(Duration::from_secs(60)));
+        drive!(builder.serve_connection(io, service))
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.read_timeout)
+            .max_buf_size(limits.max_bytes)
+            .max_headers(limits.max_headers);
+        drive!(builder.serve_connection(io, service))
     };
     if let Err(e) = result {
-        tracing::debug!(error = %e, protocol, "HTTP/2 connection ended with an error");
+        tracing::debug!(error = %e, protocol, h2, "HTTP connection ended with an error");
     }
 }
 
