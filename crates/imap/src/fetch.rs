@@ -6,7 +6,6 @@
 use std::fmt::Write as _;
 
 use bulwark_core::ThreadId;
-use bulwark_store::MessageEntry;
 use imap_codec::imap_types::fetch::{
     MacroOrMessageDataItemNames, MessageDataItemName, Part, Section,
 };
@@ -15,6 +14,7 @@ use mail_parser::decoders::quoted_printable::quoted_printable_decode;
 use mail_parser::{Address, MessageParser};
 
 use crate::flags;
+use crate::listing::Entry;
 use crate::mime::{self, Entity, Kind};
 use crate::objectid::{self, Extras};
 use crate::out::{self, Wrap};
@@ -223,7 +223,7 @@ pub(crate) fn plan(
 /// [`Plan::needs_body`], `thread` when [`Plan::asks_thread`].
 pub(crate) fn render(
     msn: u32,
-    entry: &MessageEntry,
+    entry: &Entry,
     plan: &Plan,
     with_flags: bool,
     raw: Option<&[u8]>,
@@ -752,12 +752,12 @@ mod tests {
 
     const MSG: &[u8] = b"Date: Tue, 1 Jul 2025 10:00:00 +0000\r\nFrom: =?utf-8?q?Ren=C3=A9?= <rene@example.com>\r\nTo: bob@example.com, Team: a@x.org, b@x.org;\r\nSubject: Hello \"world\"\r\nMessage-ID: <m1@example.com>\r\n\r\nBody line\r\n";
 
-    fn entry() -> MessageEntry {
-        MessageEntry {
+    fn entry() -> Entry {
+        Entry {
             uid: 7,
             email: EmailId(1),
             modseq: ModSeq(1),
-            keywords: vec!["$seen".into()],
+            keywords: vec!["$seen".to_string()].into(),
             size: MSG.len() as u64,
             received_at: 1_751_364_000_000,
             blob: BlobId([0; 32]),

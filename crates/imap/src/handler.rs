@@ -50,6 +50,7 @@ use crate::fetch;
 use crate::flags;
 use crate::limits::Limits;
 use crate::listext::{AppendItem, ExtendedList, ListOptions, SearchReturn};
+use crate::listing::{Entry, Listings};
 use crate::names::{self, NameError};
 use crate::objectid;
 use crate::out;
@@ -71,6 +72,8 @@ struct Shared {
     store: Store,
     limits: Limits,
     sessions: Arc<std::sync::Mutex<HashMap<PrincipalId, usize>>>,
+    /// The newest listing of each selected mailbox, shared by its sessions.
+    listings: Listings,
 }
 
 /// One logged-in session counted against its account's limit; released
@@ -126,6 +129,7 @@ impl ImapHandler {
                 store,
                 limits,
                 sessions: Arc::default(),
+                listings: Listings::default(),
             }),
         }
     }
@@ -151,9 +155,6 @@ struct User {
 /// The selected mailbox.
 struct Selected {
     mailbox: Mailbox,
-    /// The view is in step with the mailbox up to this modification
-    /// sequence; a refresh asks only for what changed after it.
-    synced: ModSeq,
     read_only: bool,
     /// The user's rights on it.
     rights: Rights,
@@ -333,7 +334,7 @@ impl From<NameError> for Refusal {
 type CmdResult = Result<(Vec<u8>, String), Refusal>;
 
 /// The account, `(sequence number, entry)` pairs and scope a search runs over.
-type Candidates = (PrincipalId, Vec<(u32, MessageEntry)>, search::Scope);
+type Candidates = (PrincipalId, Vec<(u32, Entry)>, search::Scope);
 
 async fn send(conn: &mut Connection, bytes: &[u8]) -> bool {
     if bytes.is_empty() {
@@ -557,7 +558,7 @@ fn reach_blocking(
 
 /// UIDs removed from `mailbox` after `since`, ascending, from the account
 /// change log (RFC 7162 section 3.2.5.1 and 3.2.6: VANISHED (EARLIER)).
-fn destroyed_since(
+pub(crate) fn destroyed_since(
     b: &dyn bulwark_store::Backend,
     account: PrincipalId,
     mailbox: MailboxId,
@@ -764,27 +765,16 @@ impl Conn {
         if !self.dirty {
             return Ok(Vec::new());
         }
-        let (account, mailbox, since) = (
-            selected.mailbox.account,
-            selected.mailbox.id,
-            selected.synced,
-        );
-        // Only what changed since the view was last in step: the listing
-        // of a large mailbox is never re-read for one new message or flag.
-        let delta = self
+        let (account, mailbox) = (selected.mailbox.account, selected.mailbox.id);
+        // The shared listing is brought up to date with only what changed
+        // since; the view compares itself with it chunk by chunk.
+        let latest = match self
             .shared
-            .store
-            .run(move |b| {
-                let (changed, mark) = b.messages_changed_since(account, mailbox, since)?;
-                let removed = destroyed_since(b, account, mailbox, since.0)?;
-                Ok((changed, removed, mark))
-            })
-            .await;
-        let (changed, removed) = match delta {
-            Ok((changed, removed, mark)) => {
-                selected.synced = mark;
-                (changed, removed)
-            }
+            .listings
+            .latest(&self.shared.store, account, mailbox)
+            .await
+        {
+            Ok(latest) => latest,
             Err(StoreError::NotFound { .. }) => {
                 return Err(session::bye("The selected mailbox was deleted"));
             }
@@ -794,9 +784,7 @@ impl Conn {
             }
         };
         let mut out = Vec::new();
-        let updates = selected
-            .view
-            .apply_changes(changed, &removed, allow_expunge);
+        let updates = selected.view.catch_up(latest, allow_expunge);
         if ext.qresync {
             // RFC 7162 section 3.2.10: one VANISHED for all the expunges.
             let mut gone: Vec<u32> = updates
@@ -819,7 +807,7 @@ impl Conn {
             }
             out.extend_from_slice(u.render(uid, ext).as_bytes());
         }
-        self.dirty = selected.view.messages().iter().any(|m| m.gone);
+        self.dirty = selected.view.has_ghosts();
         Ok(out)
     }
 
@@ -1382,23 +1370,12 @@ impl Conn {
         let id = mailbox.id;
         let listing = self
             .shared
-            .store
-            .run(move |b| b.messages(account, id))
+            .listings
+            .latest(&self.shared.store, account, id)
             .await?;
-        let mut keywords: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
-        let mut first_unseen = None;
-        for (i, m) in listing.iter().enumerate() {
-            for k in &m.keywords {
-                if !flags::is_system(k) && keywords.len() < 100 {
-                    keywords.insert(k);
-                }
-            }
-            if first_unseen.is_none() && !m.keywords.iter().any(|k| k == flags::SEEN) {
-                first_unseen = Some(i + 1);
-            }
-        }
+        let first_unseen = listing.first_unseen().map(|i| i + 1);
         let mut flag_list = flags::SYSTEM_FLAGS.to_string();
-        for k in &keywords {
+        for k in listing.keywords() {
             flag_list.push(' ');
             flag_list.push_str(flags::to_imap(k));
         }
@@ -1448,7 +1425,7 @@ impl Conn {
                     .as_ref()
                     .is_none_or(|set| search::in_set(set, u, last))
             };
-            let present = |u: u32| listing.binary_search_by_key(&u, |m| m.uid).is_ok();
+            let present = |u: u32| listing.position(u).is_ok();
             let mailbox_id = mailbox.id;
             let vanished: Vec<u32> = self
                 .shared
@@ -1479,9 +1456,6 @@ impl Conn {
             }
         }
         self.selected = Some(Selected {
-            // Read before the listing: changes in between come again in
-            // the first refresh, which takes them in without harm.
-            synced: mailbox.highest_modseq,
             mailbox,
             read_only,
             rights,
@@ -2087,21 +2061,13 @@ impl Conn {
             // RFC 9051 section 6.4.1: silently expunge.
             let (account, id) = (selected.mailbox.account, selected.mailbox.id);
             let actor = self.actor()?;
-            self.shared
-                .store
-                .run(move |b| {
-                    let deleted: Vec<u32> = b
-                        .messages(account, id)?
-                        .into_iter()
-                        .filter(|m| m.keywords.iter().any(|k| k == flags::DELETED))
-                        .map(|m| m.uid)
-                        .collect();
-                    if !deleted.is_empty() {
-                        b.expunge(&actor, account, id, &deleted)?;
-                    }
-                    Ok(())
-                })
-                .await?;
+            let deleted = self.deleted_now(account, id, None).await?;
+            if !deleted.is_empty() {
+                self.shared
+                    .store
+                    .run(move |b| b.expunge(&actor, account, id, &deleted))
+                    .await?;
+            }
         }
         self.drain_notices();
         self.dirty = false;
@@ -2142,14 +2108,13 @@ impl Conn {
         let entries = selected
             .view
             .messages()
-            .iter()
             .enumerate()
             .filter(|(_, m)| need == search::Need::Listing || !m.gone)
             .map(|(i, m)| (i as u32 + 1, m.entry.clone()))
             .collect();
         let scope = search::Scope {
             exists: selected.view.exists(),
-            last_uid: selected.view.messages().last().map_or(0, |m| m.entry.uid),
+            last_uid: selected.view.last_uid(),
         };
         Ok((selected.mailbox.account, entries, scope))
     }
@@ -2165,6 +2130,27 @@ impl Conn {
             })
     }
 
+    /// UIDs of the mailbox's messages flagged `\Deleted` now (within
+    /// `only`), from the shared listing brought up to date.
+    async fn deleted_now(
+        &self,
+        account: PrincipalId,
+        mailbox: MailboxId,
+        only: Option<&SequenceSet>,
+    ) -> Result<Vec<u32>, Refusal> {
+        let listing = self
+            .shared
+            .listings
+            .latest(&self.shared.store, account, mailbox)
+            .await?;
+        Ok(listing
+            .iter()
+            .filter(|m| m.has(flags::DELETED))
+            .filter(|m| only.is_none_or(|set| search::in_set(set, m.uid, u32::MAX)))
+            .map(|m| m.uid)
+            .collect())
+    }
+
     async fn expunge(&mut self, only: Option<SequenceSet>) -> CmdResult {
         let selected = self.writable()?;
         if !selected.rights.has(b'e') {
@@ -2175,38 +2161,13 @@ impl Conn {
         }
         let (account, id) = (selected.mailbox.account, selected.mailbox.id);
         let actor = self.actor()?;
-        self.shared
-            .store
-            .run(move |b| {
-                let deleted: Vec<u32> = b
-                    .messages(account, id)?
-                    .into_iter()
-                    .filter(|m| m.keywords.iter().any(|k| k == flags::DELETED))
-                    .filter(|m| {
-                        only.as_ref().is_none_or(|set| {
-                            search::matches(
-                                &SearchKey::Uid(set.clone()),
-                                &search::Candidate {
-                                    msn: 0,
-                                    entry: m,
-                                    meta: None,
-                                    raw: None,
-                                },
-                                &search::Scope {
-                                    exists: 0,
-                                    last_uid: u32::MAX,
-                                },
-                            )
-                        })
-                    })
-                    .map(|m| m.uid)
-                    .collect();
-                if !deleted.is_empty() {
-                    b.expunge(&actor, account, id, &deleted)?;
-                }
-                Ok(())
-            })
-            .await?;
+        let deleted = self.deleted_now(account, id, only.as_ref()).await?;
+        if !deleted.is_empty() {
+            self.shared
+                .store
+                .run(move |b| b.expunge(&actor, account, id, &deleted))
+                .await?;
+        }
         // The notice marks the view dirty; the refresh in `finish` sends
         // the EXPUNGE responses (RFC 9051 section 6.4.3).
         self.dirty = true;
@@ -2582,16 +2543,8 @@ impl Conn {
                 .mailbox
                 .uid_next
                 .saturating_sub(1)
-                .max(selected.view.messages().last().map_or(0, |m| m.entry.uid));
+                .max(selected.view.last_uid());
             let set = set.clone();
-            // Messages still in the view (not yet announced as gone) are
-            // left to the live VANISHED that follows.
-            let in_view: Vec<u32> = selected
-                .view
-                .messages()
-                .iter()
-                .map(|m| m.entry.uid)
-                .collect();
             let vanished = self
                 .shared
                 .store
@@ -2600,7 +2553,10 @@ impl Conn {
                 .map(|uids| {
                     uids.into_iter()
                         .filter(|&u| {
-                            search::in_set(&set, u, last) && in_view.binary_search(&u).is_err()
+                            // Messages still in the view (not yet announced
+                            // as gone) are left to the live VANISHED that
+                            // follows.
+                            search::in_set(&set, u, last) && selected.view.position(u).is_none()
                         })
                         .collect::<Vec<u32>>()
                 });
@@ -2651,20 +2607,22 @@ impl Conn {
                 match stored {
                     Ok(changed) => {
                         if let Some(selected) = self.selected.as_mut() {
+                            let mut stored = Vec::with_capacity(changed.len());
                             for (u, modseq) in changed {
-                                let mut keywords = selected
+                                let mut keywords: Vec<String> = selected
                                     .view
-                                    .messages()
-                                    .iter()
-                                    .find(|m| m.entry.uid == u)
-                                    .map(|m| m.entry.keywords.clone())
+                                    .position(u)
+                                    .and_then(|i| selected.view.get(i))
+                                    .map(|m| m.entry.keywords.to_vec())
                                     .unwrap_or_default();
                                 keywords.push(flags::SEEN.into());
                                 keywords.sort();
                                 keywords.dedup();
-                                selected.view.set_keywords(u, keywords, Some(modseq.0));
+                                stored.push((u, keywords.into(), Some(modseq.0)));
                                 flagged_now.push(u);
                             }
+                            selected.view.set_keywords(stored);
+                            flagged_now.sort_unstable();
                         }
                     }
                     Err(e) => return self.finish(conn, tag, Err(e.into()), uid, uid).await,
@@ -2682,14 +2640,14 @@ impl Conn {
                 )
                 .await;
         };
-        let jobs: Vec<(u32, MessageEntry, bool, bool)> = indices
+        let jobs: Vec<(u32, Entry, bool, bool)> = indices
             .iter()
             .filter_map(|&i| {
                 selected.view.get(i).map(|m| {
                     (
                         i as u32 + 1,
                         m.entry.clone(),
-                        flagged_now.contains(&m.entry.uid),
+                        flagged_now.binary_search(&m.entry.uid).is_ok(),
                         m.gone,
                     )
                 })
@@ -2851,7 +2809,7 @@ impl Conn {
             StoreType::Add => KeywordUpdate::Add(keywords),
             StoreType::Remove => KeywordUpdate::Remove(keywords),
         };
-        let (listing, updated, modified) = self
+        let (updated, modified) = self
             .shared
             .store
             .run(move |b| {
@@ -2876,12 +2834,20 @@ impl Conn {
                         Vec::new(),
                     ),
                 };
-                Ok((b.messages(account, id)?, updated, modified))
+                Ok((updated, modified))
             })
+            .await?;
+        // The flags as they are now, through the shared listing (only the
+        // change is read from the store).
+        let listing = self
+            .shared
+            .listings
+            .latest(&self.shared.store, account, id)
             .await?;
         let mut failed = Vec::new();
         let mut data = Vec::new();
         if let Some(selected) = self.selected.as_mut() {
+            let mut stored = Vec::new();
             for &i in &indices {
                 let Some(m) = selected.view.get(i) else {
                     continue;
@@ -2890,20 +2856,18 @@ impl Conn {
                     continue;
                 }
                 let current = m.entry.uid;
-                let Ok(pos) = listing.binary_search_by_key(&current, |e| e.uid) else {
+                let Some(now) = listing.position(current).ok().and_then(|p| listing.get(p)) else {
                     continue;
                 };
-                let fresh = listing[pos].keywords.clone();
-                let modseq = listing[pos].modseq.0;
+                let fresh = now.keywords.clone();
+                let modseq = now.modseq.0;
                 if modified.contains(&current) {
                     // Left for the refresh to announce as someone else's
                     // change.
                     failed.push(if uid { current } else { i as u32 + 1 });
                     continue;
                 }
-                selected
-                    .view
-                    .set_keywords(current, fresh.clone(), Some(modseq));
+                stored.push((current, fresh.clone(), Some(modseq)));
                 if response == StoreResponse::Answer {
                     let line = crate::view::Unsolicited::Flags {
                         msn: i as u32 + 1,
@@ -2926,6 +2890,7 @@ impl Conn {
                     );
                 }
             }
+            selected.view.set_keywords(stored);
         }
         if !failed.is_empty() {
             failed.sort_unstable();
@@ -3038,7 +3003,7 @@ impl Conn {
                             &[Delivery {
                                 account: target_account,
                                 mailbox: target_id,
-                                keywords: entry.keywords.clone(),
+                                keywords: entry.keywords.to_vec(),
                             }],
                         )?;
                         if let Some(d) = delivered.first() {

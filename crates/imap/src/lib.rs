@@ -103,6 +103,7 @@ mod framing;
 mod handler;
 mod limits;
 mod listext;
+mod listing;
 mod mime;
 mod names;
 mod objectid;

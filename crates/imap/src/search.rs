@@ -2,13 +2,14 @@
 //! 6.4.4). Sans-I/O: the caller loads the cached header facts or the
 //! message bytes when [`needs`] says the criteria use them.
 
-use bulwark_store::{EmailMeta, MessageEntry};
+use bulwark_store::EmailMeta;
 use imap_codec::imap_types::datetime::NaiveDate;
 use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use mail_parser::MessageParser;
 
 use crate::flags;
+use crate::listing::Entry;
 use crate::mime;
 use crate::out;
 
@@ -54,7 +55,7 @@ pub(crate) struct Candidate<'a> {
     /// Its sequence number.
     pub msn: u32,
     /// Its listing entry.
-    pub entry: &'a MessageEntry,
+    pub entry: &'a Entry,
     /// Cached header facts, when loaded.
     pub meta: Option<&'a EmailMeta>,
     /// Message bytes, when loaded.
@@ -271,11 +272,11 @@ mod tests {
 
     #[test]
     fn flags_sets_and_text() {
-        let entry = MessageEntry {
+        let entry = Entry {
             uid: 10,
             email: EmailId(1),
             modseq: ModSeq(1),
-            keywords: vec!["$flagged".into()],
+            keywords: vec!["$flagged".to_string()].into(),
             size: 100,
             received_at: 1_751_364_000_000,
             blob: BlobId([0; 32]),
@@ -325,11 +326,11 @@ mod tests {
     #[test]
     fn modseq_criterion() {
         // RFC 7162 section 3.1.5: MODSEQ matches entries at or above it.
-        let entry = MessageEntry {
+        let entry = Entry {
             uid: 4,
             email: EmailId(1),
             modseq: ModSeq(620162338),
-            keywords: Vec::new(),
+            keywords: Vec::new().into(),
             size: 10,
             received_at: 0,
             blob: BlobId([0; 32]),

@@ -753,11 +753,11 @@ mod robustness {
             for _ in 0..(next() % 30) {
                 raw.extend_from_slice(pieces[(next() % pieces.len() as u64) as usize]);
             }
-            let entry = bulwark_store::MessageEntry {
+            let entry = crate::listing::Entry {
                 uid: 1,
                 email: EmailId(1),
                 modseq: ModSeq(1),
-                keywords: Vec::new(),
+                keywords: Vec::new().into(),
                 size: raw.len() as u64,
                 received_at: 0,
                 blob: BlobId([0; 32]),

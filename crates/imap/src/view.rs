@@ -11,19 +11,12 @@
 //! * EXISTS may be sent at any time; new messages are appended in UID order.
 //! * Flag changes by others are announced as `FETCH (FLAGS ...)`.
 
-use bulwark_store::MessageEntry;
+use std::sync::Arc;
+
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 
 use crate::flags;
-
-/// One message in the view.
-#[derive(Debug, Clone)]
-pub(crate) struct ViewMessage {
-    /// The store's entry as last seen.
-    pub entry: MessageEntry,
-    /// Gone from the store, not yet announced with EXPUNGE.
-    pub gone: bool,
-}
+use crate::listing::{Entry, Keywords, Listing};
 
 /// An untagged response the view wants sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +35,7 @@ pub(crate) enum Unsolicited {
         /// UID.
         uid: u32,
         /// The new keywords.
-        keywords: Vec<String>,
+        keywords: Keywords,
         /// The entry's modification sequence.
         modseq: u64,
     },
@@ -99,46 +92,91 @@ pub(crate) enum ResolveError {
     TooMany,
 }
 
-/// The session's view of its selected mailbox.
+/// One message in the view.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ViewMessage<'a> {
+    /// The message as the client last learnt of it.
+    pub entry: &'a Entry,
+    /// Gone from the store, not yet announced with EXPUNGE.
+    pub gone: bool,
+}
+
+/// The session's view of its selected mailbox: a shared [`Listing`] (the
+/// mailbox as this client knows it, so sequence numbers are positions in
+/// it) and the UIDs in it that are gone but not yet announced. Nothing
+/// per message is kept per session beyond those ghosts and, until the
+/// next refresh, the chunks holding flags the session stored itself.
 #[derive(Debug)]
 pub(crate) struct View {
-    messages: Vec<ViewMessage>,
+    known: Arc<Listing>,
+    /// Sorted.
+    ghosts: Vec<u32>,
 }
 
 impl View {
     /// A view of a freshly selected mailbox.
-    pub(crate) fn new(entries: Vec<MessageEntry>) -> View {
+    pub(crate) fn new(listing: Arc<Listing>) -> View {
         View {
-            messages: entries
-                .into_iter()
-                .map(|entry| ViewMessage { entry, gone: false })
-                .collect(),
+            known: listing,
+            ghosts: Vec::new(),
         }
     }
 
     /// EXISTS as the client knows it (ghosts included).
     pub(crate) fn exists(&self) -> u32 {
-        u32::try_from(self.messages.len()).unwrap_or(u32::MAX)
+        u32::try_from(self.known.len()).unwrap_or(u32::MAX)
+    }
+
+    /// The highest UID the client knows, 0 when empty.
+    pub(crate) fn last_uid(&self) -> u32 {
+        self.known.last_uid()
+    }
+
+    /// Whether expunges wait to be announced.
+    pub(crate) fn has_ghosts(&self) -> bool {
+        !self.ghosts.is_empty()
+    }
+
+    fn message<'a>(&self, entry: &'a Entry) -> ViewMessage<'a> {
+        ViewMessage {
+            entry,
+            gone: !self.ghosts.is_empty() && self.ghosts.binary_search(&entry.uid).is_ok(),
+        }
     }
 
     /// The message at index `i` (sequence number `i + 1`).
-    pub(crate) fn get(&self, i: usize) -> Option<&ViewMessage> {
-        self.messages.get(i)
+    pub(crate) fn get(&self, i: usize) -> Option<ViewMessage<'_>> {
+        self.known.get(i).map(|e| self.message(e))
     }
 
     /// Every message, in sequence order.
-    pub(crate) fn messages(&self) -> &[ViewMessage] {
-        &self.messages
+    pub(crate) fn messages(&self) -> impl Iterator<Item = ViewMessage<'_>> + '_ {
+        self.known.iter().map(|e| self.message(e))
+    }
+
+    /// Index of `uid` in the view.
+    pub(crate) fn position(&self, uid: u32) -> Option<usize> {
+        self.known.position(uid).ok()
     }
 
     /// Sets the keywords the session itself just stored, so they are not
-    /// announced again as someone else's change.
-    pub(crate) fn set_keywords(&mut self, uid: u32, keywords: Vec<String>, modseq: Option<u64>) {
-        if let Ok(i) = self.messages.binary_search_by_key(&uid, |m| m.entry.uid) {
-            self.messages[i].entry.keywords = keywords;
-            if let Some(modseq) = modseq {
-                self.messages[i].entry.modseq = bulwark_core::ModSeq(modseq);
-            }
+    /// announced again as someone else's change: (UID, keywords, new
+    /// modification sequence).
+    pub(crate) fn set_keywords(&mut self, stored: Vec<(u32, Keywords, Option<u64>)>) {
+        let updated: Vec<Entry> = stored
+            .into_iter()
+            .filter_map(|(uid, keywords, modseq)| {
+                let i = self.known.position(uid).ok()?;
+                let mut entry = self.known.get(i)?.clone();
+                entry.keywords = keywords;
+                if let Some(modseq) = modseq {
+                    entry.modseq = bulwark_core::ModSeq(modseq);
+                }
+                Some(entry)
+            })
+            .collect();
+        if !updated.is_empty() {
+            self.known = Arc::new(self.known.with_changes(updated, &[]));
         }
     }
 
@@ -155,26 +193,30 @@ impl View {
         if items.len() > max_items {
             return Err(ResolveError::TooMany);
         }
-        let count = self.messages.len();
-        let mut marks = vec![false; count];
+        let count = self.known.len();
+        let mut ranges: Vec<(usize, usize)> = Vec::with_capacity(items.len());
         for item in items {
             let (a, b) = match item {
                 Sequence::Single(x) => (*x, *x),
                 Sequence::Range(a, b) => (*a, *b),
             };
             if uid {
-                let Some(last) = self.messages.last().map(|m| m.entry.uid) else {
+                if count == 0 {
                     continue;
-                };
+                }
+                let last = self.known.last_uid();
                 let value = |x: SeqOrUid| match x {
                     SeqOrUid::Value(v) => v.get(),
                     SeqOrUid::Asterisk => last,
                 };
                 let (lo, hi) = order(value(a), value(b));
-                let start = self.messages.partition_point(|m| m.entry.uid < lo);
-                let end = self.messages.partition_point(|m| m.entry.uid <= hi);
-                for mark in marks.iter_mut().take(end).skip(start) {
-                    *mark = true;
+                let start = self.known.position(lo).unwrap_or_else(|i| i);
+                let end = match self.known.position(hi) {
+                    Ok(i) => i + 1,
+                    Err(i) => i,
+                };
+                if start < end {
+                    ranges.push((start, end));
                 }
             } else {
                 let value = |x: SeqOrUid| match x {
@@ -185,134 +227,61 @@ impl View {
                 if lo == 0 || hi > count {
                     return Err(ResolveError::NoSuchMessage);
                 }
-                for mark in marks.iter_mut().take(hi).skip(lo - 1) {
-                    *mark = true;
-                }
+                ranges.push((lo - 1, hi));
             }
         }
-        Ok(marks
-            .iter()
-            .enumerate()
-            .filter_map(|(i, &m)| m.then_some(i))
-            .collect())
+        ranges.sort_unstable();
+        let mut out = Vec::new();
+        let mut next = 0;
+        for (start, end) in ranges {
+            out.extend(start.max(next)..end);
+            next = next.max(end);
+        }
+        Ok(out)
     }
 
-    /// Brings the view up to `fresh` (the mailbox's current listing, in UID
-    /// order). Expunges are announced only when `allow_expunge`; otherwise
-    /// the messages stay as ghosts until a later call allows it. The
-    /// executor uses [`View::apply_changes`]; this full-listing form is the
-    /// reference the tests compare it with.
-    #[cfg(test)]
-    pub(crate) fn apply(
+    /// Brings the view up to `latest` (the mailbox's newest listing).
+    /// Expunges are announced only when `allow_expunge`; otherwise the
+    /// messages stay as ghosts until a later call allows it.
+    pub(crate) fn catch_up(
         &mut self,
-        fresh: Vec<MessageEntry>,
+        latest: Arc<Listing>,
         allow_expunge: bool,
     ) -> Vec<Unsolicited> {
-        let out = Vec::new();
-        let known_last = self.messages.last().map_or(0, |m| m.entry.uid);
-        let mut fresh = fresh.into_iter().peekable();
-        let mut changed: Vec<usize> = Vec::new();
-        for (i, message) in self.messages.iter_mut().enumerate() {
-            // Skip fresh entries the view never had (cannot happen with
-            // increasing UIDs; ignored defensively).
-            while fresh.peek().is_some_and(|f| f.uid < message.entry.uid) {
-                fresh.next();
-            }
-            match fresh.peek() {
-                Some(f) if f.uid == message.entry.uid => {
-                    let Some(f) = fresh.next() else { break };
-                    if !message.gone && f.keywords != message.entry.keywords {
-                        changed.push(i);
-                    }
-                    message.entry = f;
-                }
-                _ => message.gone = true,
-            }
-        }
-        let new: Vec<MessageEntry> = fresh.filter(|f| f.uid > known_last).collect();
-        self.announce(changed, new, allow_expunge, out)
-    }
-
-    /// Brings the view up to date from what changed after the point it
-    /// was last in step with: `changed` (entries added or with new flags,
-    /// in UID order) and `removed` (UIDs expunged). Same rules as
-    /// [`View::apply`], without listing the whole mailbox.
-    pub(crate) fn apply_changes(
-        &mut self,
-        changed: Vec<MessageEntry>,
-        removed: &[u32],
-        allow_expunge: bool,
-    ) -> Vec<Unsolicited> {
-        for uid in removed {
-            if let Ok(i) = self.messages.binary_search_by_key(uid, |m| m.entry.uid) {
-                self.messages[i].gone = true;
-            }
-        }
-        let known_last = self.messages.last().map_or(0, |m| m.entry.uid);
-        let mut flagged: Vec<usize> = Vec::new();
-        let mut new = Vec::new();
-        for entry in changed {
-            if removed.contains(&entry.uid) {
-                continue;
-            }
-            match self
-                .messages
-                .binary_search_by_key(&entry.uid, |m| m.entry.uid)
-            {
-                Ok(i) => {
-                    let message = &mut self.messages[i];
-                    if !message.gone && entry.keywords != message.entry.keywords {
-                        flagged.push(i);
-                    }
-                    message.entry = entry;
-                }
-                Err(_) if entry.uid > known_last => new.push(entry),
-                // Below the last known UID and not in the view: it was
-                // expunged and announced already.
-                Err(_) => {}
-            }
-        }
-        self.announce(flagged, new, allow_expunge, Vec::new())
-    }
-
-    /// The shared end of both updates: expunges (when allowed), flag
-    /// changes, then new messages.
-    fn announce(
-        &mut self,
-        mut changed: Vec<usize>,
-        new: Vec<MessageEntry>,
-        allow_expunge: bool,
-        mut out: Vec<Unsolicited>,
-    ) -> Vec<Unsolicited> {
-        if allow_expunge {
+        let diff = Listing::diff(&self.known, &latest);
+        let mut out = Vec::new();
+        if diff.removed.is_empty() || allow_expunge {
             // Highest first, so every number is right when it is sent.
-            for i in (0..self.messages.len()).rev() {
-                if self.messages[i].gone {
-                    let gone = self.messages.remove(i);
-                    out.push(Unsolicited::Expunge {
-                        msn: i as u32 + 1,
-                        uid: gone.entry.uid,
-                    });
-                    for c in changed.iter_mut().filter(|c| **c > i) {
-                        *c -= 1;
-                    }
-                }
+            for &(i, uid) in diff.removed.iter().rev() {
+                out.push(Unsolicited::Expunge {
+                    msn: i as u32 + 1,
+                    uid,
+                });
+            }
+            self.known = latest;
+            self.ghosts.clear();
+        } else {
+            let ghosts: Vec<Entry> = diff
+                .removed
+                .iter()
+                .filter_map(|&(i, _)| self.known.get(i).cloned())
+                .collect();
+            self.ghosts = diff.removed.iter().map(|&(_, uid)| uid).collect();
+            self.known = Arc::new(latest.with_changes(ghosts, &[]));
+        }
+        for uid in diff.flagged {
+            if let Ok(i) = self.known.position(uid)
+                && let Some(m) = self.known.get(i)
+            {
+                out.push(Unsolicited::Flags {
+                    msn: i as u32 + 1,
+                    uid,
+                    keywords: m.keywords.clone(),
+                    modseq: m.modseq.0,
+                });
             }
         }
-        for i in changed {
-            let m = &self.messages[i].entry;
-            out.push(Unsolicited::Flags {
-                msn: i as u32 + 1,
-                uid: m.uid,
-                keywords: m.keywords.clone(),
-                modseq: m.modseq.0,
-            });
-        }
-        if !new.is_empty() {
-            self.messages.extend(
-                new.into_iter()
-                    .map(|entry| ViewMessage { entry, gone: false }),
-            );
+        if diff.added > 0 {
             out.push(Unsolicited::Exists(self.exists()));
         }
         out
@@ -326,29 +295,31 @@ fn order<T: Ord>(a: T, b: T) -> (T, T) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bulwark_core::{BlobId, EmailId, ModSeq};
-
-    fn entry(uid: u32, keywords: &[&str]) -> MessageEntry {
-        MessageEntry {
-            uid,
-            email: EmailId(i64::from(uid)),
-            modseq: ModSeq(1),
-            keywords: keywords.iter().map(|k| k.to_string()).collect(),
-            size: 10,
-            received_at: 0,
-            blob: BlobId([0; 32]),
-        }
-    }
+    use crate::listing::tests::entry;
+    use bulwark_core::ModSeq;
 
     fn set(s: &str) -> SequenceSet {
         s.parse().expect("sequence set")
     }
 
+    fn view(entries: Vec<Entry>) -> View {
+        View::new(Arc::new(Listing::new(entries)))
+    }
+
+    fn latest(entries: Vec<Entry>) -> Arc<Listing> {
+        Arc::new(Listing::new(entries))
+    }
+
+    fn kw(list: &[&str]) -> Keywords {
+        list.iter().map(|k| k.to_string()).collect()
+    }
+
     #[test]
     fn resolve_msn_and_uid() {
-        let view = View::new(vec![entry(3, &[]), entry(7, &[]), entry(9, &[])]);
+        let view = view(vec![entry(3, &[]), entry(7, &[]), entry(9, &[])]);
         assert_eq!(view.resolve(&set("1:*"), false, 10), Ok(vec![0, 1, 2]));
         assert_eq!(view.resolve(&set("3,1"), false, 10), Ok(vec![0, 2]));
+        assert_eq!(view.resolve(&set("1:2,2:3"), false, 10), Ok(vec![0, 1, 2]));
         assert_eq!(
             view.resolve(&set("4"), false, 10),
             Err(ResolveError::NoSuchMessage)
@@ -356,11 +327,13 @@ mod tests {
         assert_eq!(view.resolve(&set("4:8"), true, 10), Ok(vec![1]));
         assert_eq!(view.resolve(&set("10:*"), true, 10), Ok(vec![2]));
         assert_eq!(view.resolve(&set("100"), true, 10), Ok(vec![]));
+        assert_eq!(view.resolve(&set("5:6"), true, 10), Ok(vec![]));
+        assert_eq!(view.resolve(&set("9,3,7:9"), true, 10), Ok(vec![0, 1, 2]));
         assert_eq!(
             view.resolve(&set("1,2,3"), true, 2),
             Err(ResolveError::TooMany)
         );
-        let empty = View::new(vec![]);
+        let empty = View::new(Arc::default());
         assert_eq!(empty.resolve(&set("1:*"), true, 10), Ok(vec![]));
         assert_eq!(
             empty.resolve(&set("*"), false, 10),
@@ -370,31 +343,33 @@ mod tests {
 
     #[test]
     fn expunges_wait_for_an_allowed_moment() {
-        let mut view = View::new(vec![entry(1, &[]), entry(2, &[]), entry(3, &[])]);
+        let mut view = view(vec![entry(1, &[]), entry(2, &[]), entry(3, &[])]);
         // Another session expunged UID 2 and flagged UID 3.
-        let fresh = vec![entry(1, &[]), entry(3, &["$seen"])];
-        let during_fetch = view.apply(fresh.clone(), false);
+        let fresh = latest(vec![entry(1, &[]), entry(3, &["$seen"])]);
+        let during_fetch = view.catch_up(fresh.clone(), false);
         assert_eq!(
             during_fetch,
             vec![Unsolicited::Flags {
                 msn: 3,
                 uid: 3,
-                keywords: vec!["$seen".into()],
+                keywords: kw(&["$seen"]),
                 modseq: 1,
             }]
         );
         assert_eq!(view.exists(), 3, "the ghost keeps its number");
-        let at_noop = view.apply(fresh, true);
+        assert!(view.get(1).is_some_and(|m| m.gone));
+        let at_noop = view.catch_up(fresh, true);
         assert_eq!(at_noop, vec![Unsolicited::Expunge { msn: 2, uid: 2 }]);
         assert_eq!(view.exists(), 2);
         assert_eq!(view.get(1).map(|m| m.entry.uid), Some(3));
+        assert!(!view.has_ghosts());
     }
 
     #[test]
     fn expunge_numbers_are_right_when_sent() {
-        let mut view = View::new((1..=5).map(|u| entry(u, &[])).collect());
-        let fresh = vec![entry(1, &[]), entry(4, &["$flagged"]), entry(6, &[])];
-        let out = view.apply(fresh, true);
+        let mut view = view((1..=5).map(|u| entry(u, &[])).collect());
+        let fresh = latest(vec![entry(1, &[]), entry(4, &["$flagged"]), entry(6, &[])]);
+        let out = view.catch_up(fresh, true);
         assert_eq!(
             out,
             vec![
@@ -404,7 +379,7 @@ mod tests {
                 Unsolicited::Flags {
                     msn: 2,
                     uid: 4,
-                    keywords: vec!["$flagged".into()],
+                    keywords: kw(&["$flagged"]),
                     modseq: 1,
                 },
                 Unsolicited::Exists(3),
@@ -414,12 +389,21 @@ mod tests {
 
     #[test]
     fn new_messages_while_ghosts_remain() {
-        let mut view = View::new(vec![entry(1, &[]), entry(2, &[])]);
-        let out = view.apply(vec![entry(2, &[]), entry(3, &[])], false);
+        let mut view = view(vec![entry(1, &[]), entry(2, &[])]);
+        let fresh = latest(vec![entry(2, &[]), entry(3, &[])]);
+        let out = view.catch_up(fresh.clone(), false);
         assert_eq!(out, vec![Unsolicited::Exists(3)]);
-        let out = view.apply(vec![entry(2, &[]), entry(3, &[])], true);
+        let out = view.catch_up(fresh, true);
         assert_eq!(out, vec![Unsolicited::Expunge { msn: 1, uid: 1 }]);
         assert_eq!(view.exists(), 2);
+    }
+
+    #[test]
+    fn own_stores_are_not_announced_again() {
+        let mut view = view(vec![entry(1, &[]), entry(2, &[])]);
+        view.set_keywords(vec![(2, kw(&["$seen"]), Some(5))]);
+        let out = view.catch_up(latest(vec![entry(1, &[]), entry(2, &["$seen"])]), true);
+        assert_eq!(out, vec![]);
     }
 
     #[test]
@@ -427,7 +411,7 @@ mod tests {
         let flags = Unsolicited::Flags {
             msn: 4,
             uid: 8,
-            keywords: vec!["$seen".into()],
+            keywords: kw(&["$seen"]),
             modseq: 12121231000,
         };
         let plain = Ext::default();
@@ -454,10 +438,68 @@ mod tests {
         assert_eq!(gone.render(false, qresync), "* VANISHED 7\r\n");
     }
 
-    /// The delta form says exactly what the full-listing form says, over
-    /// random sequences of deliveries, flag changes and expunges.
+    /// The rules written out plainly over a vector of (entry, gone), to
+    /// hold the shared-listing view to.
+    struct Model {
+        messages: Vec<(Entry, bool)>,
+    }
+
+    impl Model {
+        fn apply(&mut self, fresh: &[Entry], allow_expunge: bool) -> Vec<Unsolicited> {
+            let mut changed = Vec::new();
+            for (m, gone) in self.messages.iter_mut() {
+                match fresh.iter().find(|f| f.uid == m.uid) {
+                    Some(f) => {
+                        if !*gone && f.keywords != m.keywords {
+                            changed.push(m.uid);
+                        }
+                        *m = f.clone();
+                    }
+                    None => *gone = true,
+                }
+            }
+            let known_last = self.messages.last().map_or(0, |(m, _)| m.uid);
+            let mut out = Vec::new();
+            if allow_expunge {
+                for i in (0..self.messages.len()).rev() {
+                    if self.messages[i].1 {
+                        let (m, _) = self.messages.remove(i);
+                        out.push(Unsolicited::Expunge {
+                            msn: i as u32 + 1,
+                            uid: m.uid,
+                        });
+                    }
+                }
+            }
+            for uid in changed {
+                let i = self
+                    .messages
+                    .iter()
+                    .position(|(m, _)| m.uid == uid)
+                    .expect("a changed message is in the model");
+                let m = &self.messages[i].0;
+                out.push(Unsolicited::Flags {
+                    msn: i as u32 + 1,
+                    uid,
+                    keywords: m.keywords.clone(),
+                    modseq: m.modseq.0,
+                });
+            }
+            let new: Vec<&Entry> = fresh.iter().filter(|f| f.uid > known_last).collect();
+            if !new.is_empty() {
+                self.messages
+                    .extend(new.into_iter().map(|e| (e.clone(), false)));
+                out.push(Unsolicited::Exists(self.messages.len() as u32));
+            }
+            out
+        }
+    }
+
+    /// Over random deliveries, flag changes, expunges and the session's
+    /// own stores, the view says exactly what the plain model says, and
+    /// both agree on every sequence number and ghost.
     #[test]
-    fn changes_and_listings_agree() {
+    fn view_follows_the_plain_rules() {
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut next = move |n: u64| {
             seed ^= seed << 13;
@@ -466,56 +508,69 @@ mod tests {
             seed % n
         };
         for _ in 0..200 {
-            // The store: UID -> (keywords, modseq).
-            let mut store: Vec<MessageEntry> = (1..=5).map(|u| entry(u, &[])).collect();
+            let start = 1 + next(1200) as u32;
+            let mut store: Vec<Entry> = (1..=start).map(|u| entry(u, &[])).collect();
+            let mut shared = latest(store.clone());
+            let mut model = Model {
+                messages: store.iter().map(|e| (e.clone(), false)).collect(),
+            };
+            let mut view = View::new(shared.clone());
             let mut modseq = 1u64;
-            let mut by_listing = View::new(store.clone());
-            let mut by_changes = View::new(store.clone());
-            let mut synced = modseq;
-            let mut removed_log: Vec<(u64, u32)> = Vec::new();
-            let mut next_uid = 6;
-            for _ in 0..12 {
-                modseq += 1;
-                match next(3) {
-                    0 => {
-                        let mut e = entry(next_uid, &[]);
-                        e.modseq = ModSeq(modseq);
-                        store.push(e);
-                        next_uid += 1;
+            let mut next_uid = start + 1;
+            for _ in 0..16 {
+                let mut upserts = Vec::new();
+                let mut removed = Vec::new();
+                for _ in 0..1 + next(4) {
+                    modseq += 1;
+                    match next(4) {
+                        0 => {
+                            let mut e = entry(next_uid, &[]);
+                            e.modseq = ModSeq(modseq);
+                            upserts.push(e.clone());
+                            store.push(e);
+                            next_uid += 1;
+                        }
+                        1 | 2 if !store.is_empty() => {
+                            let i = next(store.len() as u64) as usize;
+                            store[i].keywords = kw(&[&format!("k{modseq}")]);
+                            store[i].modseq = ModSeq(modseq);
+                            upserts.push(store[i].clone());
+                        }
+                        _ if !store.is_empty() => {
+                            let i = next(store.len() as u64) as usize;
+                            removed.push(store.remove(i).uid);
+                        }
+                        _ => {}
                     }
-                    1 if !store.is_empty() => {
-                        let i = next(store.len() as u64) as usize;
-                        store[i].keywords = vec![format!("k{modseq}")];
-                        store[i].modseq = ModSeq(modseq);
-                    }
-                    _ if !store.is_empty() => {
-                        let i = next(store.len() as u64) as usize;
-                        removed_log.push((modseq, store.remove(i).uid));
-                    }
-                    _ => {}
                 }
+                upserts.retain(|e| !removed.contains(&e.uid));
+                shared = Arc::new(shared.with_changes(upserts, &removed));
                 let allow = next(2) == 0;
-                let a = by_listing.apply(store.clone(), allow);
-                let changed: Vec<MessageEntry> = store
-                    .iter()
-                    .filter(|e| e.modseq.0 > synced)
-                    .cloned()
-                    .collect();
-                let removed: Vec<u32> = removed_log
-                    .iter()
-                    .filter(|(m, _)| *m > synced)
-                    .map(|(_, u)| *u)
-                    .collect();
-                let b = by_changes.apply_changes(changed, &removed, allow);
-                synced = modseq;
+                let a = model.apply(&store, allow);
+                let b = view.catch_up(shared.clone(), allow);
                 assert_eq!(a, b);
-                let uids = |v: &View| {
-                    v.messages()
-                        .iter()
-                        .map(|m| (m.entry.uid, m.gone))
-                        .collect::<Vec<_>>()
-                };
-                assert_eq!(uids(&by_listing), uids(&by_changes));
+                let seen_by_view: Vec<(u32, bool)> =
+                    view.messages().map(|m| (m.entry.uid, m.gone)).collect();
+                let seen_by_model: Vec<(u32, bool)> =
+                    model.messages.iter().map(|(m, g)| (m.uid, *g)).collect();
+                assert_eq!(seen_by_view, seen_by_model);
+                // Sometimes the session stores a flag itself.
+                if next(3) == 0
+                    && let Some(i) = (0..model.messages.len()).find(|&i| !model.messages[i].1)
+                {
+                    modseq += 1;
+                    let uid = model.messages[i].0.uid;
+                    let keywords = kw(&[&format!("own{modseq}")]);
+                    let s = store
+                        .iter_mut()
+                        .find(|e| e.uid == uid)
+                        .expect("a message not gone is in the store");
+                    s.keywords = keywords.clone();
+                    s.modseq = ModSeq(modseq);
+                    model.messages[i].0 = s.clone();
+                    shared = Arc::new(shared.with_changes(vec![s.clone()], &[]));
+                    view.set_keywords(vec![(uid, keywords, Some(modseq))]);
+                }
             }
         }
     }
