@@ -60,8 +60,11 @@ enum Item {
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
     items: Vec<Item>,
-    /// Whether the message bytes are needed.
+    /// Whether the message bytes are needed (ENVELOPE included).
     pub needs_body: bool,
+    /// Whether an item other than ENVELOPE needs the message's MIME
+    /// structure or bytes.
+    needs_tree: bool,
     /// Whether fetching sets `\Seen` (BODY[...] without PEEK, RFC822,
     /// RFC822.TEXT).
     pub sets_seen: bool,
@@ -79,6 +82,17 @@ impl Plan {
     /// Whether MODSEQ is among the items (a CONDSTORE enabling use).
     pub(crate) fn asks_modseq(&self) -> bool {
         self.items.iter().any(|i| matches!(i, Item::ModSeq))
+    }
+
+    /// Whether ENVELOPE is among the items.
+    pub(crate) fn asks_envelope(&self) -> bool {
+        self.items.iter().any(|i| matches!(i, Item::Envelope))
+    }
+
+    /// Whether a known ENVELOPE is all this plan needs of the message
+    /// bytes, so they need not be read.
+    pub(crate) fn envelope_suffices(&self) -> bool {
+        !self.needs_tree
     }
 
     /// Whether FLAGS is among the items.
@@ -199,8 +213,8 @@ pub(crate) fn plan(
             items.push(item);
         }
     }
-    let needs_body = items.iter().any(|i| {
-        !matches!(
+    let from_listing = |i: &Item| {
+        matches!(
             i,
             Item::Flags
                 | Item::Uid
@@ -210,28 +224,53 @@ pub(crate) fn plan(
                 | Item::EmailId
                 | Item::ThreadId
         )
-    });
+    };
+    let needs_body = items.iter().any(|i| !from_listing(i));
+    let needs_tree = items
+        .iter()
+        .any(|i| !from_listing(i) && !matches!(i, Item::Envelope));
     Ok(Plan {
         items,
         needs_body,
+        needs_tree,
         sets_seen,
     })
 }
 
+/// What [`render`] draws on besides the listing entry.
+#[derive(Default)]
+pub(crate) struct Source<'a> {
+    /// The message bytes; needed when [`Plan::needs_body`], unless only
+    /// the ENVELOPE needs them and it is given.
+    pub raw: Option<&'a [u8]>,
+    /// The ENVELOPE as [`envelope_of`] renders it, when known.
+    pub envelope: Option<&'a [u8]>,
+    /// The thread, when [`Plan::asks_thread`].
+    pub thread: Option<ThreadId>,
+}
+
+/// The ENVELOPE of a message (RFC 9051 section 7.5.2), from its header
+/// alone; it depends on nothing but the bytes, so it can be kept.
+pub(crate) fn envelope_of(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    envelope(&mut out, &raw[..mime::header_end(raw, 0, raw.len())]);
+    out
+}
+
 /// Renders `* msn FETCH (...)\r\n`. `with_flags` adds FLAGS even when not
-/// asked for (after an implicit `\Seen`). `raw` must be given when
-/// [`Plan::needs_body`], `thread` when [`Plan::asks_thread`].
+/// asked for (after an implicit `\Seen`).
 pub(crate) fn render(
     msn: u32,
     entry: &Entry,
     plan: &Plan,
     with_flags: bool,
-    raw: Option<&[u8]>,
-    thread: Option<ThreadId>,
+    source: &Source<'_>,
 ) -> Vec<u8> {
+    let raw = source.raw;
+    let thread = source.thread;
     let mut out = Vec::with_capacity(128 + raw.map_or(0, <[u8]>::len));
     let _ = write!(Wrap(&mut out), "* {msn} FETCH (");
-    let tree = if plan.needs_body {
+    let tree = if plan.needs_tree {
         raw.map(mime::parse)
     } else {
         None
@@ -275,10 +314,12 @@ pub(crate) fn render(
             }
             Item::Envelope => {
                 out.extend_from_slice(b"ENVELOPE ");
-                if let Some(tree) = &tree {
-                    envelope(&mut out, raw, tree);
-                } else {
-                    out.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)");
+                match (source.envelope, source.raw) {
+                    (Some(known), _) => out.extend_from_slice(known),
+                    (None, Some(raw)) => out.extend_from_slice(&envelope_of(raw)),
+                    (None, None) => {
+                        out.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)")
+                    }
                 }
             }
             Item::Structure { extended } => {
@@ -602,8 +643,7 @@ fn address_list(out: &mut Vec<u8>, address: Option<&Address<'_>>) {
 /// 7.5.2): date, subject, from, sender, reply-to, to, cc, bcc, in-reply-to,
 /// message-id. Strings are the header values as sent; addresses are
 /// parsed, with non-ASCII names re-encoded as RFC 2047 words.
-fn envelope(out: &mut Vec<u8>, raw: &[u8], entity: &Entity) {
-    let block = &raw[entity.header.clone()];
+fn envelope(out: &mut Vec<u8>, block: &[u8]) {
     let fields = mime::fields(block);
     let parsed = MessageParser::default().parse_headers(block);
     let from = parsed.as_ref().and_then(|m| m.from());
@@ -720,7 +760,7 @@ fn structure(out: &mut Vec<u8>, raw: &[u8], entity: &Entity, extended: bool) {
             let _ = write!(Wrap(out), " {}", body.len());
             if let Kind::Message(inner) = kind {
                 out.push(b' ');
-                envelope(out, raw, inner);
+                envelope(out, &raw[inner.header.clone()]);
                 out.push(b' ');
                 structure(out, raw, inner, extended);
                 let _ = write!(Wrap(out), " {}", count_lines(body));
@@ -782,7 +822,17 @@ mod tests {
 
     fn fetch(items: &str, uid: bool) -> String {
         let plan = plan_of(items, uid);
-        String::from_utf8(render(1, &entry(), &plan, false, Some(MSG), None)).expect("utf-8")
+        String::from_utf8(render(
+            1,
+            &entry(),
+            &plan,
+            false,
+            &Source {
+                raw: Some(MSG),
+                ..Default::default()
+            },
+        ))
+        .expect("utf-8")
     }
 
     #[test]
@@ -809,6 +859,35 @@ mod tests {
 ((NIL NIL \"bob\" \"example.com\")(NIL NIL \"Team\" NIL)(NIL NIL \"a\" \"x.org\")(NIL NIL \"b\" \"x.org\")(NIL NIL NIL NIL)) \
 NIL NIL NIL \"<m1@example.com>\"))\r\n"
         );
+    }
+
+    #[test]
+    fn a_known_envelope_reads_like_a_parsed_one() {
+        let plan = plan_of("(ENVELOPE FLAGS)", false);
+        assert!(plan.envelope_suffices());
+        assert!(!plan_of("(ENVELOPE BODY.PEEK[])", false).envelope_suffices());
+        let known = envelope_of(MSG);
+        let parsed = render(
+            1,
+            &entry(),
+            &plan,
+            false,
+            &Source {
+                raw: Some(MSG),
+                ..Default::default()
+            },
+        );
+        let cached = render(
+            1,
+            &entry(),
+            &plan,
+            false,
+            &Source {
+                envelope: Some(&known),
+                ..Default::default()
+            },
+        );
+        assert_eq!(parsed, cached);
     }
 
     #[test]
@@ -848,8 +927,17 @@ NIL NIL NIL \"<m1@example.com>\"))\r\n"
         };
         let plan = plan(&macro_or_item_names, false).expect("plan");
         let raw = crate::mime::tests_support::NESTED;
-        let got = String::from_utf8_lossy(&render(1, &entry(), &plan, false, Some(raw), None))
-            .into_owned();
+        let got = String::from_utf8_lossy(&render(
+            1,
+            &entry(),
+            &plan,
+            false,
+            &Source {
+                raw: Some(raw),
+                ..Default::default()
+            },
+        ))
+        .into_owned();
         assert!(got.contains("\"mixed\" (\"boundary\" \"XX\")"), "{got}");
         assert!(got.contains("\"alternative\""), "{got}");
         assert!(got.contains("BODY[2.2] {9}\r\n<p>hi</p>"), "{got}");
@@ -886,15 +974,24 @@ NIL NIL NIL \"<m1@example.com>\"))\r\n"
         p.add_modseq();
         assert!(!p.needs_body);
         assert_eq!(
-            String::from_utf8(render(1, &entry(), &p, false, None, None)).expect("utf-8"),
+            String::from_utf8(render(1, &entry(), &p, false, &Source::default())).expect("utf-8"),
             "* 1 FETCH (FLAGS (\\Seen) MODSEQ (1))\r\n"
         );
     }
 
     fn fetch_raw(items: &str, raw: &[u8]) -> (String, Plan) {
         let plan = plan_of(items, false);
-        let out = String::from_utf8_lossy(&render(1, &entry(), &plan, false, Some(raw), None))
-            .into_owned();
+        let out = String::from_utf8_lossy(&render(
+            1,
+            &entry(),
+            &plan,
+            false,
+            &Source {
+                raw: Some(raw),
+                ..Default::default()
+            },
+        ))
+        .into_owned();
         (out, plan)
     }
 
@@ -945,15 +1042,26 @@ NIL NIL NIL \"<m1@example.com>\"))\r\n"
         let mut p = plan(&macro_or_item_names, false).expect("plan");
         p.add_object_ids(extras, false);
         assert!(p.asks_thread() && !p.needs_body);
-        let got = String::from_utf8(render(1, &entry(), &p, false, None, Some(ThreadId(9))))
-            .expect("utf-8");
+        let got = String::from_utf8(render(
+            1,
+            &entry(),
+            &p,
+            false,
+            &Source {
+                thread: Some(ThreadId(9)),
+                ..Default::default()
+            },
+        ))
+        .expect("utf-8");
         // RFC 8474 section 5: the placeholder UID is gone.
         assert_eq!(got, "* 1 FETCH (EMAILID (E1) THREADID (T9))\r\n");
-        let got = String::from_utf8(render(1, &entry(), &p, false, None, None)).expect("utf-8");
+        let got =
+            String::from_utf8(render(1, &entry(), &p, false, &Source::default())).expect("utf-8");
         assert_eq!(got, "* 1 FETCH (EMAILID (E1) THREADID NIL)\r\n");
         let mut p = plan(&macro_or_item_names, true).expect("plan");
         p.add_object_ids(extras, true);
-        let got = String::from_utf8(render(1, &entry(), &p, false, None, None)).expect("utf-8");
+        let got =
+            String::from_utf8(render(1, &entry(), &p, false, &Source::default())).expect("utf-8");
         assert_eq!(got, "* 1 FETCH (UID 7 EMAILID (E1) THREADID NIL)\r\n");
     }
 }

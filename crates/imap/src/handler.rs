@@ -46,6 +46,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
 
 use crate::acl::{self, Rights};
+use crate::envelopes::Envelopes;
 use crate::fetch;
 use crate::flags;
 use crate::limits::Limits;
@@ -74,6 +75,8 @@ struct Shared {
     sessions: Arc<std::sync::Mutex<HashMap<PrincipalId, usize>>>,
     /// The newest listing of each selected mailbox, shared by its sessions.
     listings: Listings,
+    /// ENVELOPEs already rendered, by message content.
+    envelopes: Arc<Envelopes>,
 }
 
 /// One logged-in session counted against its account's limit; released
@@ -130,6 +133,7 @@ impl ImapHandler {
                 limits,
                 sessions: Arc::default(),
                 listings: Listings::default(),
+                envelopes: Arc::default(),
             }),
         }
     }
@@ -2670,6 +2674,7 @@ impl Conn {
             let chunk: Vec<_> = jobs[start..end].to_vec();
             start = end;
             let plan = plan.clone();
+            let envelopes = self.shared.envelopes.clone();
             let rendered = self
                 .shared
                 .store
@@ -2682,7 +2687,13 @@ impl Conn {
                         } else {
                             None
                         };
-                        let raw = if plan.needs_body {
+                        let known_envelope = if plan.asks_envelope() {
+                            envelopes.get(&entry.blob)
+                        } else {
+                            None
+                        };
+                        let skip_bytes = known_envelope.is_some() && plan.envelope_suffices();
+                        let raw = if plan.needs_body && !skip_bytes {
                             match b.read_blob(&entry.blob) {
                                 Ok(raw) => Some(raw),
                                 Err(e) => {
@@ -2702,13 +2713,26 @@ impl Conn {
                             // RFC 3516 section 4.3: the whole command fails.
                             return Ok((bytes, missing, true));
                         }
+                        let envelope = match (known_envelope, &raw) {
+                            (Some(known), _) => Some(known),
+                            (None, Some(raw)) if plan.asks_envelope() => {
+                                let made: Arc<[u8]> = fetch::envelope_of(raw).into();
+                                envelopes.insert(entry.blob, made.clone());
+                                Some(made)
+                            }
+                            _ => None,
+                        };
+                        let source = fetch::Source {
+                            raw: raw.as_deref(),
+                            envelope: envelope.as_deref(),
+                            thread,
+                        };
                         bytes.extend_from_slice(&fetch::render(
                             *msn,
                             entry,
                             &plan,
                             *with_flags,
-                            raw.as_deref(),
-                            thread,
+                            &source,
                         ));
                     }
                     Ok((bytes, missing, false))

@@ -97,6 +97,7 @@
 #![forbid(unsafe_code)]
 
 mod acl;
+mod envelopes;
 mod fetch;
 mod flags;
 mod framing;

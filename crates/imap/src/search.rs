@@ -35,6 +35,9 @@ pub(crate) fn needs(key: &SearchKey<'_>) -> Need {
             .unwrap_or(Need::Listing),
         SearchKey::Not(k) => needs(k),
         SearchKey::Or(a, b) => needs(a).max(needs(b)),
+        SearchKey::Header(name, value) if is_subject_search(name.as_ref(), value.as_ref()) => {
+            Need::Meta
+        }
         SearchKey::Subject(_)
         | SearchKey::From(_)
         | SearchKey::To(_)
@@ -165,6 +168,14 @@ fn body_text(raw: &[u8]) -> String {
     text
 }
 
+/// `HEADER SUBJECT text` asks what `SUBJECT text` asks (RFC 9051 section
+/// 6.4.4), so it is answered from the cached, decoded subject instead of
+/// the message bytes. An empty text asks whether the field exists at all,
+/// which only the bytes tell.
+fn is_subject_search(name: &[u8], value: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"subject") && !value.is_empty()
+}
+
 /// Whether the message matches `key`.
 pub(crate) fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, scope: &Scope) -> bool {
     let has = |k: &str| c.entry.keywords.iter().any(|x| x == k);
@@ -216,6 +227,9 @@ pub(crate) fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, scope: &Scope) -> 
         SearchKey::To(s) => contains(&meta_text(|m| m.to.as_ref()), s.as_ref()),
         SearchKey::Cc(s) => contains(&header_text(raw, "Cc"), s.as_ref()),
         SearchKey::Bcc(s) => contains(&header_text(raw, "Bcc"), s.as_ref()),
+        SearchKey::Header(name, value) if is_subject_search(name.as_ref(), value.as_ref()) => {
+            contains(&meta_text(|m| m.subject.as_ref()), value.as_ref())
+        }
         SearchKey::Header(name, value) => {
             let name = String::from_utf8_lossy(name.as_ref()).into_owned();
             let fields = mime::fields(&raw[..mime::header_end(raw, 0, raw.len())]);
@@ -314,6 +328,10 @@ mod tests {
         assert!(yes("CC carol"));
         assert!(yes("BODY \"body text\""));
         assert!(yes("HEADER CC example"));
+        assert!(yes("HEADER SUBJECT quarterly"));
+        assert!(!yes("HEADER SUBJECT annual"));
+        assert_eq!(needs(&criteria("HEADER SUBJECT x")), Need::Meta);
+        assert_eq!(needs(&criteria("HEADER SUBJECT \"\"")), Need::Raw);
         assert!(!yes("HEADER X-Missing \"\""));
         assert!(yes("LARGER 99 SMALLER 101"));
         assert!(yes("ON 1-Jul-2025"));

@@ -762,7 +762,16 @@ mod robustness {
                 received_at: 0,
                 blob: BlobId([0; 32]),
             };
-            let out = fetch::render(1, &entry, &plan, false, Some(&raw), None);
+            let out = fetch::render(
+                1,
+                &entry,
+                &plan,
+                false,
+                &fetch::Source {
+                    raw: Some(&raw),
+                    ..Default::default()
+                },
+            );
             assert!(out.ends_with(b")\r\n"));
         }
     }

@@ -417,6 +417,22 @@ async fn fetch_store_search_copy_move_append() {
         text.contains("FLAGS (\\Seen)"),
         "BODY[1] sets \\Seen: {text}"
     );
+    // The first ENVELOPE was rendered from the message; a second one
+    // (alone, and with other items) comes from the shared cache and must
+    // read the same.
+    let envelope_of = |text: &str| {
+        let start = text.find("ENVELOPE (").expect("an ENVELOPE");
+        let rest = &text[start..];
+        rest[..rest.find(" BODYSTRUCTURE").unwrap_or(rest.len())].to_string()
+    };
+    let first = envelope_of(&text);
+    let again = joined(&c.run("FETCH 1 (ENVELOPE BODYSTRUCTURE)").await);
+    assert_eq!(envelope_of(&again), first);
+    let alone = joined(&c.run("FETCH 1 ENVELOPE").await);
+    assert!(
+        alone.contains(&format!("{first})\r\n")),
+        "{alone} vs {first}"
+    );
     let r = c.run("SEARCH UNSEEN").await;
     assert!(joined(&r).contains("* SEARCH\r\n"), "{r:?}");
     let r = c.run("SEARCH SUBJECT quarterly FROM carol").await;
