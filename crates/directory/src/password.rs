@@ -1,18 +1,20 @@
 //! Password and app-password hashing.
 //!
-//! Argon2 runs on a small pool of dedicated threads ([`HASH_THREADS`]).
-//! Each hash needs 19 MiB of working memory, and the C allocator keeps
-//! what a thread once used for that thread's later allocations: spread
-//! over the blocking pool's many threads, every login left megabytes
-//! behind. A fixed pool bounds that memory (and the CPU a burst of logins
-//! can take) whatever the number of connections; logins beyond the pool
+//! Argon2 runs on a small pool of dedicated threads ([`HASH_THREADS`]),
+//! each with one working memory (19 MiB) allocated on its first hash and
+//! reused by every later one. Allocating that memory per hash made the C
+//! allocator keep freed 19 MiB blocks in its per-thread arenas, fragmented
+//! by other allocations: a server grew by tens of megabytes over its first
+//! few hundred logins. A fixed pool also bounds the CPU a burst of logins
+//! can take, whatever the number of connections; logins beyond the pool
 //! wait their turn.
 
+use std::cell::RefCell;
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -26,6 +28,41 @@ fn argon2() -> Argon2<'static> {
 
 /// Threads that compute Argon2 hashes.
 pub const HASH_THREADS: usize = 2;
+
+/// Working memory a thread keeps between hashes. Stored hashes asking for
+/// more (imported with other parameters) get a buffer of their own.
+const KEPT_MEMORY_BLOCKS: usize = 64 * 1024;
+
+/// Runs `work` with `blocks` blocks of Argon2 working memory, reusing this
+/// thread's buffer when it is large enough to keep.
+fn with_memory<T>(blocks: usize, work: impl FnOnce(&mut [Block]) -> T) -> T {
+    thread_local! {
+        static MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+    }
+    if blocks > KEPT_MEMORY_BLOCKS {
+        return work(&mut vec![Block::default(); blocks]);
+    }
+    MEMORY.with(|memory| {
+        let mut memory = memory.borrow_mut();
+        if memory.len() < blocks {
+            memory.resize(blocks, Block::default());
+        }
+        work(&mut memory[..blocks])
+    })
+}
+
+/// The raw Argon2 output for `password`, with this thread's memory.
+fn derive(
+    argon2: &Argon2<'_>,
+    params: &Params,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> Result<(), argon2::Error> {
+    with_memory(params.block_count(), |memory| {
+        argon2.hash_password_into_with_memory(password, salt, out, memory)
+    })
+}
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -92,11 +129,39 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 fn hash_password_here(password: &str) -> Result<String, String> {
     let mut salt = [0u8; 16];
     getrandom::getrandom(&mut salt).map_err(|e| format!("no randomness: {e}"))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
-    argon2()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+    let salt_string = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    let argon2 = argon2();
+    let params = argon2.params().clone();
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    derive(&argon2, &params, password.as_bytes(), &salt, &mut out).map_err(|e| e.to_string())?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: (&params)
+            .try_into()
+            .map_err(|e: argon2::password_hash::Error| e.to_string())?,
+        salt: Some(salt_string.as_salt()),
+        hash: Some(Output::new(&out).map_err(|e| e.to_string())?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Whether `password` gives `stored`'s Argon2 output (compared in
+/// constant time); `None` when `stored` is not an Argon2 hash this code
+/// can check.
+fn argon2_matches(stored: &PasswordHash<'_>, password: &str) -> Option<bool> {
+    let algorithm = Algorithm::try_from(stored.algorithm).ok()?;
+    let version = stored
+        .version
+        .map_or(Some(Version::V0x13), |v| Version::try_from(v).ok())?;
+    let params = Params::try_from(stored).ok()?;
+    let expected = stored.hash?;
+    let mut salt = [0u8; 64];
+    let salt = stored.salt?.decode_b64(&mut salt).ok()?;
+    let argon2 = Argon2::new(algorithm, version, params.clone());
+    let mut out = vec![0u8; expected.len()];
+    derive(&argon2, &params, password.as_bytes(), salt, &mut out).ok()?;
+    Some(bool::from(out.as_slice().ct_eq(expected.as_bytes())))
 }
 
 /// Checks a password against a PHC string (constant-time inside argon2).
@@ -106,11 +171,12 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
 }
 
 fn verify_password_here(hash: &str, password: &str) -> bool {
-    match PasswordHash::new(hash) {
-        Ok(parsed) => argon2()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
-        Err(_) => {
+    match PasswordHash::new(hash)
+        .ok()
+        .and_then(|parsed| argon2_matches(&parsed, password))
+    {
+        Some(matches) => matches,
+        None => {
             burn_time_here(password);
             false
         }
@@ -129,7 +195,7 @@ fn burn_time_here(password: &str) {
     let hash =
         DUMMY.get_or_init(|| hash_password_here("dummy password for timing").unwrap_or_default());
     if let Ok(parsed) = PasswordHash::new(hash) {
-        let _ = argon2().verify_password(password.as_bytes(), &parsed);
+        let _ = argon2_matches(&parsed, password);
     }
 }
 
@@ -233,6 +299,38 @@ mod tests {
             hash_password("correct horse battery").expect("hash"),
             "salted"
         );
+    }
+
+    /// Hashes made by the argon2 crate's own hasher (as stored by earlier
+    /// versions) verify here, and hashes made here verify there.
+    #[test]
+    fn hashes_agree_with_the_reference_implementation() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let salt = SaltString::encode_b64(b"0123456789abcdef").expect("salt");
+        let theirs = argon2()
+            .hash_password(b"s3cret phrase", &salt)
+            .expect("hash")
+            .to_string();
+        assert!(verify_password(&theirs, "s3cret phrase"));
+        assert!(!verify_password(&theirs, "s3cret phrasE"));
+        // Other Argon2 variants and costs, as an import might carry.
+        let argon2i = Argon2::new(
+            Algorithm::Argon2i,
+            Version::V0x10,
+            Params::new(4096, 3, 1, Some(24)).expect("params"),
+        );
+        let other = argon2i
+            .hash_password(b"pw", &salt)
+            .expect("hash")
+            .to_string();
+        assert!(verify_password(&other, "pw"));
+        assert!(!verify_password(&other, "pW"));
+        let ours = hash_password("s3cret phrase").expect("hash");
+        let parsed = PasswordHash::new(&ours).expect("phc");
+        assert!(argon2().verify_password(b"s3cret phrase", &parsed).is_ok());
+        assert!(argon2().verify_password(b"other", &parsed).is_err());
+        // A hash of another algorithm is refused, not trusted.
+        assert!(!verify_password("$scrypt$ln=16,r=8,p=1$c2FsdA$aGFzaA", "x"));
     }
 
     #[test]
