@@ -92,7 +92,10 @@ impl Plan {
     /// Whether a known ENVELOPE is all this plan needs of the message
     /// bytes, so they need not be read.
     pub(crate) fn envelope_suffices(&self) -> bool {
-        !self.needs_tree
+        !self
+            .items
+            .iter()
+            .any(|i| !from_listing(i) && !matches!(i, Item::Envelope))
     }
 
     /// Whether FLAGS is among the items.
@@ -140,6 +143,21 @@ impl Plan {
             _ => false,
         })
     }
+}
+
+/// Whether the item is answered from the listing entry (and the thread
+/// id), without the message bytes.
+fn from_listing(item: &Item) -> bool {
+    matches!(
+        item,
+        Item::Flags
+            | Item::Uid
+            | Item::InternalDate
+            | Item::Size
+            | Item::ModSeq
+            | Item::EmailId
+            | Item::ThreadId
+    )
 }
 
 /// Builds the plan; `uid` adds UID (RFC 9051 section 6.4.9). Items this
@@ -213,22 +231,21 @@ pub(crate) fn plan(
             items.push(item);
         }
     }
-    let from_listing = |i: &Item| {
+    let needs_body = items.iter().any(|i| !from_listing(i));
+    // The whole message, its header or its text are found without
+    // parsing the MIME structure.
+    let needs_tree = items.iter().any(|i| {
         matches!(
             i,
-            Item::Flags
-                | Item::Uid
-                | Item::InternalDate
-                | Item::Size
-                | Item::ModSeq
-                | Item::EmailId
-                | Item::ThreadId
+            Item::Structure { .. }
+                | Item::Section {
+                    section: Some(_),
+                    ..
+                }
+                | Item::Binary { .. }
+                | Item::BinarySize { .. }
         )
-    };
-    let needs_body = items.iter().any(|i| !from_listing(i));
-    let needs_tree = items
-        .iter()
-        .any(|i| !from_listing(i) && !matches!(i, Item::Envelope));
+    });
     Ok(Plan {
         items,
         needs_body,
@@ -259,6 +276,7 @@ pub(crate) fn envelope_of(raw: &[u8]) -> Vec<u8> {
 
 /// Renders `* msn FETCH (...)\r\n`. `with_flags` adds FLAGS even when not
 /// asked for (after an implicit `\Seen`).
+#[cfg(test)]
 pub(crate) fn render(
     msn: u32,
     entry: &Entry,
@@ -266,10 +284,24 @@ pub(crate) fn render(
     with_flags: bool,
     source: &Source<'_>,
 ) -> Vec<u8> {
+    let mut out = Vec::new();
+    render_into(&mut out, msn, entry, plan, with_flags, source);
+    out
+}
+
+/// [`render`], appending to `out`.
+pub(crate) fn render_into(
+    out: &mut Vec<u8>,
+    msn: u32,
+    entry: &Entry,
+    plan: &Plan,
+    with_flags: bool,
+    source: &Source<'_>,
+) {
     let raw = source.raw;
     let thread = source.thread;
-    let mut out = Vec::with_capacity(128 + raw.map_or(0, <[u8]>::len));
-    let _ = write!(Wrap(&mut out), "* {msn} FETCH (");
+    out.reserve(64 + raw.map_or(0, <[u8]>::len));
+    let _ = write!(Wrap(out), "* {msn} FETCH (");
     let tree = if plan.needs_tree {
         raw.map(mime::parse)
     } else {
@@ -286,31 +318,27 @@ pub(crate) fn render(
     };
     let mut flags_done = false;
     for item in &plan.items {
-        sep(&mut out);
+        sep(out);
         match item {
             Item::Flags => {
                 flags_done = true;
-                let _ = write!(
-                    Wrap(&mut out),
-                    "FLAGS {}",
-                    flags::flag_list(&entry.keywords)
-                );
+                let _ = write!(Wrap(out), "FLAGS {}", flags::flag_list(&entry.keywords));
             }
             Item::Uid => {
-                let _ = write!(Wrap(&mut out), "UID {}", entry.uid);
+                let _ = write!(Wrap(out), "UID {}", entry.uid);
             }
             Item::ModSeq => {
-                let _ = write!(Wrap(&mut out), "MODSEQ ({})", entry.modseq.0);
+                let _ = write!(Wrap(out), "MODSEQ ({})", entry.modseq.0);
             }
             Item::InternalDate => {
                 let _ = write!(
-                    Wrap(&mut out),
+                    Wrap(out),
                     "INTERNALDATE \"{}\"",
                     out::internal_date(entry.received_at)
                 );
             }
             Item::Size => {
-                let _ = write!(Wrap(&mut out), "RFC822.SIZE {}", entry.size);
+                let _ = write!(Wrap(out), "RFC822.SIZE {}", entry.size);
             }
             Item::Envelope => {
                 out.extend_from_slice(b"ENVELOPE ");
@@ -329,7 +357,7 @@ pub(crate) fn render(
                     b"BODY "
                 });
                 match &tree {
-                    Some(tree) => structure(&mut out, raw, tree, *extended),
+                    Some(tree) => structure(out, raw, tree, *extended),
                     None => out.extend_from_slice(
                         b"(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0)",
                     ),
@@ -337,35 +365,36 @@ pub(crate) fn render(
             }
             Item::Section { section, partial } => {
                 out.extend_from_slice(b"BODY[");
-                section_name(&mut out, section.as_ref());
+                section_name(out, section.as_ref());
                 out.push(b']');
-                let data = tree
-                    .as_ref()
-                    .and_then(|t| section_bytes(raw, t, section.as_ref()));
+                // The whole message needs no parsing (and no copy).
+                let data: Option<std::borrow::Cow<'_, [u8]>> = match (section, source.raw) {
+                    (None, Some(whole)) => Some(whole.into()),
+                    _ => tree
+                        .as_ref()
+                        .and_then(|t| section_bytes(raw, t, section.as_ref()))
+                        .map(Into::into),
+                };
                 match (data, partial) {
                     (Some(data), Some((origin, count))) => {
-                        let _ = write!(Wrap(&mut out), "<{origin}> ");
+                        let _ = write!(Wrap(out), "<{origin}> ");
                         let start = (*origin as usize).min(data.len());
                         let end = start.saturating_add(*count as usize).min(data.len());
-                        out::literal(&mut out, &data[start..end]);
+                        out::literal(out, &data[start..end]);
                     }
                     (Some(data), None) => {
                         out.push(b' ');
-                        out::literal(&mut out, &data);
+                        out::literal(out, &data);
                     }
                     (None, _) => out.extend_from_slice(b" NIL"),
                 }
             }
             Item::EmailId => {
-                let _ = write!(
-                    Wrap(&mut out),
-                    "EMAILID ({})",
-                    objectid::email_id(entry.email.0)
-                );
+                let _ = write!(Wrap(out), "EMAILID ({})", objectid::email_id(entry.email.0));
             }
             Item::ThreadId => match thread {
                 Some(t) => {
-                    let _ = write!(Wrap(&mut out), "THREADID ({})", objectid::thread_id(t.0));
+                    let _ = write!(Wrap(out), "THREADID ({})", objectid::thread_id(t.0));
                 }
                 // RFC 8474 section 5.2: NIL when there is no thread id.
                 None => out.extend_from_slice(b"THREADID NIL"),
@@ -377,14 +406,14 @@ pub(crate) fn render(
                 let data = tree.as_ref().and_then(|t| binary_bytes(raw, t, section));
                 match (data, partial) {
                     (Some(Ok(data)), Some((origin, count))) => {
-                        let _ = write!(Wrap(&mut out), "<{origin}> ");
+                        let _ = write!(Wrap(out), "<{origin}> ");
                         let start = (*origin as usize).min(data.len());
                         let end = start.saturating_add(*count as usize).min(data.len());
-                        literal8(&mut out, &data[start..end]);
+                        literal8(out, &data[start..end]);
                     }
                     (Some(Ok(data)), None) => {
                         out.push(b' ');
-                        literal8(&mut out, &data);
+                        literal8(out, &data);
                     }
                     // Unknown encodings are refused before rendering
                     // (`Plan::unknown_cte`); a missing part is NIL.
@@ -400,34 +429,29 @@ pub(crate) fn render(
                     .and_then(|t| binary_bytes(raw, t, section))
                     .and_then(Result::ok)
                     .map_or(0, |d| d.len());
-                let _ = write!(Wrap(&mut out), " {size}");
+                let _ = write!(Wrap(out), " {size}");
             }
             Item::Rfc822 => {
                 out.extend_from_slice(b"RFC822 ");
-                out::literal(&mut out, raw);
+                out::literal(out, raw);
             }
             Item::Rfc822Header => {
                 out.extend_from_slice(b"RFC822.HEADER ");
                 let end = mime::header_end(raw, 0, raw.len());
-                out::literal(&mut out, &raw[..end]);
+                out::literal(out, &raw[..end]);
             }
             Item::Rfc822Text => {
                 out.extend_from_slice(b"RFC822.TEXT ");
                 let end = mime::header_end(raw, 0, raw.len());
-                out::literal(&mut out, &raw[end..]);
+                out::literal(out, &raw[end..]);
             }
         }
     }
     if with_flags && !flags_done {
-        sep(&mut out);
-        let _ = write!(
-            Wrap(&mut out),
-            "FLAGS {}",
-            flags::flag_list(&entry.keywords)
-        );
+        sep(out);
+        let _ = write!(Wrap(out), "FLAGS {}", flags::flag_list(&entry.keywords));
     }
     out.extend_from_slice(b")\r\n");
-    out
 }
 
 /// `1.2.3`.

@@ -1375,7 +1375,12 @@ impl Conn {
         let listing = self
             .shared
             .listings
-            .latest(&self.shared.store, account, id)
+            .at_least(
+                &self.shared.store,
+                account,
+                id,
+                Some(mailbox.highest_modseq),
+            )
             .await?;
         let first_unseen = listing.first_unseen().map(|i| i + 1);
         let mut flag_list = flags::SYSTEM_FLAGS.to_string();
@@ -2216,7 +2221,7 @@ impl Conn {
                         continue;
                     }
                     let wants_thread = ids.as_ref().is_some_and(|i| !i.threads.is_empty());
-                    let record = if need >= search::Need::Meta || wants_thread {
+                    let record = if wants_thread {
                         b.email(account, entry.email)?
                     } else {
                         None
@@ -2229,19 +2234,39 @@ impl Conn {
                     {
                         continue;
                     }
-                    let meta = record.map(|r| r.meta);
-                    let raw = if need >= search::Need::Raw {
+                    // The listing's keys first; header facts, then bytes,
+                    // are read only while they could change the answer.
+                    let mut candidate = search::Candidate {
+                        msn: *msn,
+                        entry,
+                        meta: None,
+                        raw: None,
+                        loaded: search::Need::Listing,
+                    };
+                    let mut verdict = search::decide(&key, &candidate, &scope);
+                    let record = match record {
+                        Some(r) => Some(r),
+                        None if verdict.is_none() && need >= search::Need::Meta => {
+                            b.email(account, entry.email)?
+                        }
+                        None => None,
+                    };
+                    if verdict.is_none() && need >= search::Need::Meta {
+                        candidate.meta = record.as_ref().map(|r| &r.meta);
+                        candidate.loaded = search::Need::Meta;
+                        verdict = search::decide(&key, &candidate, &scope);
+                    }
+                    let raw = if verdict.is_none() && need >= search::Need::Raw {
                         b.read_blob(&entry.blob).ok()
                     } else {
                         None
                     };
-                    let candidate = search::Candidate {
-                        msn: *msn,
-                        entry,
-                        meta: meta.as_ref(),
-                        raw: raw.as_deref(),
-                    };
-                    if search::matches(&key, &candidate, &scope) {
+                    if verdict.is_none() {
+                        candidate.raw = raw.as_deref();
+                        candidate.loaded = search::Need::Raw;
+                        verdict = search::decide(&key, &candidate, &scope);
+                    }
+                    if verdict == Some(true) {
                         hits.push((
                             if uid { entry.uid } else { *msn },
                             entry.modseq.0,
@@ -2388,6 +2413,7 @@ impl Conn {
                         entry,
                         meta: meta.as_ref(),
                         raw: raw.as_deref(),
+                        loaded: search::Need::Raw,
                     };
                     if !search::matches(&key, &candidate, &scope) {
                         continue;
@@ -2644,6 +2670,38 @@ impl Conn {
                 )
                 .await;
         };
+        if !plan.needs_body && !plan.asks_thread() {
+            // Everything asked for is in the listing: rendered here and
+            // sent in pieces, without the store.
+            const PIECE: usize = 256 * 1024;
+            let mut bytes = Vec::with_capacity(PIECE.min(indices.len() * 64));
+            for &i in &indices {
+                let Some(m) = selected.view.get(i) else {
+                    continue;
+                };
+                let with_flags = flagged_now.binary_search(&m.entry.uid).is_ok();
+                let source = fetch::Source::default();
+                fetch::render_into(
+                    &mut bytes,
+                    i as u32 + 1,
+                    m.entry,
+                    &plan,
+                    with_flags,
+                    &source,
+                );
+                if bytes.len() >= PIECE {
+                    if !send(conn, &bytes).await {
+                        return Flow::Close;
+                    }
+                    bytes.clear();
+                }
+            }
+            if !bytes.is_empty() && !send(conn, &bytes).await {
+                return Flow::Close;
+            }
+            let done = Ok((Vec::new(), "FETCH completed".into()));
+            return self.finish(conn, tag, done, uid, uid).await;
+        }
         let jobs: Vec<(u32, Entry, bool, bool)> = indices
             .iter()
             .filter_map(|&i| {
@@ -2727,13 +2785,14 @@ impl Conn {
                             envelope: envelope.as_deref(),
                             thread,
                         };
-                        bytes.extend_from_slice(&fetch::render(
+                        fetch::render_into(
+                            &mut bytes,
                             *msn,
                             entry,
                             &plan,
                             *with_flags,
                             &source,
-                        ));
+                        );
                     }
                     Ok((bytes, missing, false))
                 })

@@ -432,9 +432,28 @@ impl Listings {
         account: PrincipalId,
         mailbox: MailboxId,
     ) -> Result<Arc<Listing>, StoreError> {
+        self.at_least(store, account, mailbox, None).await
+    }
+
+    /// The mailbox's listing, at least as new as the mailbox row the
+    /// caller just read (`highest`, its highest modification sequence):
+    /// every change to a mailbox's messages raises that number, so when
+    /// the listing already reflects it the store is not asked at all.
+    pub(crate) async fn at_least(
+        &self,
+        store: &Store,
+        account: PrincipalId,
+        mailbox: MailboxId,
+        highest: Option<ModSeq>,
+    ) -> Result<Arc<Listing>, StoreError> {
         let slot = self.slot(account, mailbox);
         let mut slot = slot.lock().await;
         slot.used = Some(Instant::now());
+        if let (Some((listing, mark)), Some(highest)) = (&slot.current, highest)
+            && *mark >= highest
+        {
+            return Ok(listing.clone());
+        }
         let since = slot.current.as_ref().map(|(_, mark)| *mark);
         let read = store
             .run(move |b| {

@@ -63,6 +63,10 @@ pub(crate) struct Candidate<'a> {
     pub meta: Option<&'a EmailMeta>,
     /// Message bytes, when loaded.
     pub raw: Option<&'a [u8]>,
+    /// What has been looked up: keys needing more are undecided. With
+    /// [`Need::Raw`] everything is known (a missing record or message then
+    /// reads as empty).
+    pub loaded: Need,
 }
 
 /// The mailbox-wide facts `*` refers to.
@@ -176,8 +180,42 @@ fn is_subject_search(name: &[u8], value: &[u8]) -> bool {
     name.eq_ignore_ascii_case(b"subject") && !value.is_empty()
 }
 
-/// Whether the message matches `key`.
+/// Whether the message matches `key`, with everything loaded.
 pub(crate) fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, scope: &Scope) -> bool {
+    decide(key, c, scope).unwrap_or(false)
+}
+
+/// Whether the message matches `key` as far as what is loaded tells:
+/// `None` while a key that needs more than [`Candidate::loaded`] could
+/// still change the answer. Lets a search look up header facts or bytes
+/// only for the messages the cheap keys (sequence sets, flags, sizes,
+/// dates) leave in.
+pub(crate) fn decide(key: &SearchKey<'_>, c: &Candidate<'_>, scope: &Scope) -> Option<bool> {
+    match key {
+        SearchKey::And(keys) => {
+            let mut all = Some(true);
+            for k in keys.as_ref() {
+                match decide(k, c, scope) {
+                    Some(false) => return Some(false),
+                    Some(true) => {}
+                    None => all = None,
+                }
+            }
+            all
+        }
+        SearchKey::Or(a, b) => match (decide(a, c, scope), decide(b, c, scope)) {
+            (Some(true), _) | (_, Some(true)) => Some(true),
+            (Some(false), Some(false)) => Some(false),
+            _ => None,
+        },
+        SearchKey::Not(k) => decide(k, c, scope).map(|m| !m),
+        leaf if needs(leaf) > c.loaded => None,
+        leaf => Some(leaf_matches(leaf, c, scope)),
+    }
+}
+
+/// A key that is not a combination of others, with what it needs loaded.
+fn leaf_matches(key: &SearchKey<'_>, c: &Candidate<'_>, scope: &Scope) -> bool {
     let has = |k: &str| c.entry.keywords.iter().any(|x| x == k);
     let meta_text = |field: fn(&EmailMeta) -> Option<&String>| {
         c.meta.and_then(field).cloned().unwrap_or_default()
@@ -185,9 +223,9 @@ pub(crate) fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, scope: &Scope) -> 
     let raw = c.raw.unwrap_or_default();
     match key {
         SearchKey::All => true,
-        SearchKey::And(keys) => keys.as_ref().iter().all(|k| matches(k, c, scope)),
-        SearchKey::Or(a, b) => matches(a, c, scope) || matches(b, c, scope),
-        SearchKey::Not(k) => !matches(k, c, scope),
+        SearchKey::And(_) | SearchKey::Or(..) | SearchKey::Not(_) => {
+            decide(key, c, scope).unwrap_or(false)
+        }
         SearchKey::SequenceSet(set) => in_set(set, c.msn, scope.exists),
         SearchKey::Uid(set) => in_set(set, c.entry.uid, scope.last_uid),
         SearchKey::Answered => has(flags::ANSWERED),
@@ -306,6 +344,7 @@ mod tests {
             entry: &entry,
             meta: Some(&meta),
             raw: Some(raw),
+            loaded: Need::Raw,
         };
         let scope = Scope {
             exists: 3,
@@ -336,6 +375,19 @@ mod tests {
         assert!(yes("LARGER 99 SMALLER 101"));
         assert!(yes("ON 1-Jul-2025"));
         assert!(yes("SINCE 30-Jun-2025 BEFORE 2-Jul-2025"));
+        // With only the listing, flag and sequence keys decide alone.
+        let listing_only = Candidate {
+            meta: None,
+            raw: None,
+            loaded: Need::Listing,
+            ..c
+        };
+        let partly = |q: &str| decide(&criteria(q), &listing_only, &scope);
+        assert_eq!(partly("SEEN SUBJECT report"), Some(false));
+        assert_eq!(partly("FLAGGED SUBJECT report"), None);
+        assert_eq!(partly("OR FLAGGED BODY x"), Some(true));
+        assert_eq!(partly("NOT BODY x"), None);
+        assert_eq!(partly("3:* BODY x"), Some(false));
         assert_eq!(needs(&criteria("SUBJECT x")), Need::Meta);
         assert_eq!(needs(&criteria("OR SEEN BODY x")), Need::Raw);
         assert_eq!(needs(&criteria("1:* SEEN")), Need::Listing);
@@ -358,6 +410,7 @@ mod tests {
             entry: &entry,
             meta: None,
             raw: None,
+            loaded: Need::Raw,
         };
         let scope = Scope {
             exists: 1,
