@@ -322,7 +322,8 @@ pub(crate) fn render_into(
         match item {
             Item::Flags => {
                 flags_done = true;
-                let _ = write!(Wrap(out), "FLAGS {}", flags::flag_list(&entry.keywords));
+                out.extend_from_slice(b"FLAGS ");
+                flags::write_flag_list(out, &entry.keywords);
             }
             Item::Uid => {
                 let _ = write!(Wrap(out), "UID {}", entry.uid);
@@ -449,7 +450,8 @@ pub(crate) fn render_into(
     }
     if with_flags && !flags_done {
         sep(out);
-        let _ = write!(Wrap(out), "FLAGS {}", flags::flag_list(&entry.keywords));
+        out.extend_from_slice(b"FLAGS ");
+        flags::write_flag_list(out, &entry.keywords);
     }
     out.extend_from_slice(b")\r\n");
 }

@@ -74,15 +74,21 @@ pub(crate) fn to_imap(keyword: &str) -> &str {
 
 /// `(\Seen $Forwarded)`: a parenthesised flag list for FETCH and FLAGS.
 pub(crate) fn flag_list(keywords: &[String]) -> String {
-    let mut out = String::from("(");
+    let mut out = Vec::new();
+    write_flag_list(&mut out, keywords);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// [`flag_list`], appended to a response being built.
+pub(crate) fn write_flag_list(out: &mut Vec<u8>, keywords: &[String]) {
+    out.push(b'(');
     for (i, k) in keywords.iter().enumerate() {
         if i > 0 {
-            out.push(' ');
+            out.push(b' ');
         }
-        out.push_str(to_imap(k));
+        out.extend_from_slice(to_imap(k).as_bytes());
     }
-    out.push(')');
-    out
+    out.push(b')');
 }
 
 /// Whether a keyword is one of the mapped system flags.

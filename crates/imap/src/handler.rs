@@ -340,6 +340,72 @@ type CmdResult = Result<(Vec<u8>, String), Refusal>;
 /// The account, `(sequence number, entry)` pairs and scope a search runs over.
 type Candidates = (PrincipalId, Vec<(u32, Entry)>, search::Scope);
 
+/// Message bytes in the first chunk of a FETCH that reads messages.
+const FIRST_FETCH_CHUNK_BYTES: u64 = 256 * 1024;
+
+/// Reads and renders one chunk of a FETCH: the responses, whether a
+/// message's bytes were gone, and whether a part has an encoding BINARY
+/// cannot decode (the rendering then stops there).
+fn render_fetch_chunk(
+    b: &dyn bulwark_store::Backend,
+    account: PrincipalId,
+    plan: &fetch::Plan,
+    envelopes: &Envelopes,
+    chunk: &[(u32, Entry, bool, bool)],
+) -> Result<(Vec<u8>, bool, bool), StoreError> {
+    let mut bytes = Vec::new();
+    let mut missing = false;
+    for (msn, entry, with_flags, gone) in chunk {
+        let thread = if plan.asks_thread() {
+            b.email(account, entry.email)?.map(|r| r.thread)
+        } else {
+            None
+        };
+        let known_envelope = if plan.asks_envelope() {
+            envelopes.get(&entry.blob)
+        } else {
+            None
+        };
+        let skip_bytes = known_envelope.is_some() && plan.envelope_suffices();
+        let raw = if plan.needs_body && !skip_bytes {
+            match b.read_blob(&entry.blob) {
+                Ok(raw) => Some(raw),
+                Err(e) => {
+                    if !gone {
+                        tracing::warn!(error = %e, uid = entry.uid, "message bytes unreadable");
+                    }
+                    missing = true;
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(raw) = &raw
+            && plan.unknown_cte(raw)
+        {
+            // RFC 3516 section 4.3: the whole command fails.
+            return Ok((bytes, missing, true));
+        }
+        let envelope = match (known_envelope, &raw) {
+            (Some(known), _) => Some(known),
+            (None, Some(raw)) if plan.asks_envelope() => {
+                let made: Arc<[u8]> = fetch::envelope_of(raw).into();
+                envelopes.insert(entry.blob, made.clone());
+                Some(made)
+            }
+            _ => None,
+        };
+        let source = fetch::Source {
+            raw: raw.as_deref(),
+            envelope: envelope.as_deref(),
+            thread,
+        };
+        fetch::render_into(&mut bytes, *msn, entry, plan, *with_flags, &source);
+    }
+    Ok((bytes, missing, false))
+}
+
 async fn send(conn: &mut Connection, bytes: &[u8]) -> bool {
     if bytes.is_empty() {
         return true;
@@ -2674,6 +2740,7 @@ impl Conn {
             // Everything asked for is in the listing: rendered here and
             // sent in pieces, without the store.
             const PIECE: usize = 256 * 1024;
+            let mut piece = 16 * 1024;
             let mut bytes = Vec::with_capacity(PIECE.min(indices.len() * 64));
             for &i in &indices {
                 let Some(m) = selected.view.get(i) else {
@@ -2689,11 +2756,13 @@ impl Conn {
                     with_flags,
                     &source,
                 );
-                if bytes.len() >= PIECE {
+                if bytes.len() >= piece {
                     if !send(conn, &bytes).await {
                         return Flow::Close;
                     }
                     bytes.clear();
+                    // The first piece is small so the client starts early.
+                    piece = PIECE;
                 }
             }
             if !bytes.is_empty() && !send(conn, &bytes).await {
@@ -2719,11 +2788,22 @@ impl Conn {
         let account = selected.mailbox.account;
         let mut missing = false;
         let mut unknown_cte = false;
+        // Chunks are read and rendered on the blocking pool while the one
+        // before is written out; the first is small so the client starts
+        // reading early.
         let mut start = 0;
-        while start < jobs.len() {
+        let mut next_chunk = |first: bool| {
+            if start >= jobs.len() {
+                return None;
+            }
+            let budget_for = if first {
+                chunk_budget.min(FIRST_FETCH_CHUNK_BYTES)
+            } else {
+                chunk_budget
+            };
             let mut end = start;
             let mut budget = 0u64;
-            while end < jobs.len() && (end == start || budget < chunk_budget) {
+            while end < jobs.len() && (end == start || budget < budget_for) {
                 if plan.needs_body {
                     budget += jobs[end].1.size;
                 }
@@ -2733,70 +2813,17 @@ impl Conn {
             start = end;
             let plan = plan.clone();
             let envelopes = self.shared.envelopes.clone();
-            let rendered = self
-                .shared
-                .store
-                .run(move |b| {
-                    let mut bytes = Vec::new();
-                    let mut missing = false;
-                    for (msn, entry, with_flags, gone) in &chunk {
-                        let thread = if plan.asks_thread() {
-                            b.email(account, entry.email)?.map(|r| r.thread)
-                        } else {
-                            None
-                        };
-                        let known_envelope = if plan.asks_envelope() {
-                            envelopes.get(&entry.blob)
-                        } else {
-                            None
-                        };
-                        let skip_bytes = known_envelope.is_some() && plan.envelope_suffices();
-                        let raw = if plan.needs_body && !skip_bytes {
-                            match b.read_blob(&entry.blob) {
-                                Ok(raw) => Some(raw),
-                                Err(e) => {
-                                    if !gone {
-                                        tracing::warn!(error = %e, uid = entry.uid, "message bytes unreadable");
-                                    }
-                                    missing = true;
-                                    continue;
-                                }
-                            }
-                        } else {
-                            None
-                        };
-                        if let Some(raw) = &raw
-                            && plan.unknown_cte(raw)
-                        {
-                            // RFC 3516 section 4.3: the whole command fails.
-                            return Ok((bytes, missing, true));
-                        }
-                        let envelope = match (known_envelope, &raw) {
-                            (Some(known), _) => Some(known),
-                            (None, Some(raw)) if plan.asks_envelope() => {
-                                let made: Arc<[u8]> = fetch::envelope_of(raw).into();
-                                envelopes.insert(entry.blob, made.clone());
-                                Some(made)
-                            }
-                            _ => None,
-                        };
-                        let source = fetch::Source {
-                            raw: raw.as_deref(),
-                            envelope: envelope.as_deref(),
-                            thread,
-                        };
-                        fetch::render_into(
-                            &mut bytes,
-                            *msn,
-                            entry,
-                            &plan,
-                            *with_flags,
-                            &source,
-                        );
-                    }
-                    Ok((bytes, missing, false))
-                })
-                .await;
+            Some(
+                self.shared
+                    .store
+                    .run(move |b| render_fetch_chunk(b, account, &plan, &envelopes, &chunk)),
+            )
+        };
+        let mut current = match next_chunk(true) {
+            Some(work) => Some(work.await),
+            None => None,
+        };
+        while let Some(rendered) = current.take() {
             match rendered {
                 Ok((bytes, m, cte)) => {
                     missing |= m;
@@ -2807,9 +2834,17 @@ impl Conn {
                         }
                         break;
                     }
-                    if !send(conn, &bytes).await {
+                    let (sent, following) = match next_chunk(false) {
+                        Some(work) => {
+                            let (sent, following) = tokio::join!(send(conn, &bytes), work);
+                            (sent, Some(following))
+                        }
+                        None => (send(conn, &bytes).await, None),
+                    };
+                    if !sent {
                         return Flow::Close;
                     }
+                    current = following;
                 }
                 Err(e) => return self.finish(conn, tag, Err(e.into()), uid, uid).await,
             }

@@ -557,3 +557,47 @@ async fn rfc_9051_mailbox_examples() {
         "{r:?}"
     );
 }
+
+/// A FETCH over more message bytes than one chunk is read, rendered and
+/// written chunk by chunk (the next read while the last is written): every
+/// response arrives once, in order, with its own bytes, and ENVELOPE and
+/// FLAGS from the shared caches agree with the messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_fetches_arrive_whole_and_in_order() {
+    let limits = bulwark_imap::Limits {
+        max_fetch_chunk_bytes: 300,
+        ..bulwark_imap::Limits::default()
+    };
+    let fx = start_with(Duration::from_secs(30), limits).await;
+    for n in 1..=40 {
+        fx.deliver(fx.alice, &message(&format!("number {n}"))).await;
+    }
+    let mut c = fx.login(ALICE).await;
+    assert!(ok(&c.run("SELECT INBOX").await));
+    for items in [
+        "(UID BODY.PEEK[])",
+        "(UID ENVELOPE BODY.PEEK[])",
+        "(UID ENVELOPE)",
+    ] {
+        let r = c.run(&format!("FETCH 1:* {items}")).await;
+        assert!(ok(&r), "{r:?}");
+        let fetches: Vec<&String> = r.iter().filter(|l| l.contains(" FETCH (")).collect();
+        assert_eq!(fetches.len(), 40, "{items}: {r:?}");
+        for (i, line) in fetches.iter().enumerate() {
+            let n = i + 1;
+            assert!(
+                line.starts_with(&format!("* {n} FETCH (UID {n} ")),
+                "{line}"
+            );
+            if items.contains("BODY") {
+                let body = String::from_utf8(message(&format!("number {n}"))).unwrap();
+                assert!(line.contains(&body), "{line}");
+            }
+            if items.contains("ENVELOPE") {
+                assert!(line.contains(&format!("\"number {n}\"")), "{line}");
+            }
+        }
+    }
+    let r = c.run("UID FETCH 1:* (FLAGS)").await;
+    assert_eq!(r.iter().filter(|l| l.contains("FLAGS (")).count(), 40);
+}
