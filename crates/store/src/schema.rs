@@ -5,7 +5,7 @@
 //! comes as a new entry. A database newer than this binary is refused
 //! rather than guessed at.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::{Error, Result};
 
@@ -319,6 +319,23 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX dav_rights_grantee ON dav_rights(grantee_id);
     "#,
+    // 9: blobs in a rowid table. Inline message bytes (up to 32 KiB) made
+    // the WITHOUT ROWID b-tree's cells overflow, and SQLite reads a whole
+    // overflowing cell to compare keys while seeking: every lookup or
+    // upsert by hash copied several messages. The hash is now a small
+    // unique index pointing at the row.
+    r#"
+    CREATE TABLE blobs_by_row (
+        hash BLOB NOT NULL UNIQUE,
+        size INTEGER NOT NULL,
+        refcount INTEGER NOT NULL CHECK (refcount > 0),
+        data BLOB
+    );
+    INSERT INTO blobs_by_row (hash, size, refcount, data)
+        SELECT hash, size, refcount, data FROM blobs ORDER BY hash;
+    DROP TABLE blobs;
+    ALTER TABLE blobs_by_row RENAME TO blobs;
+    "#,
 ];
 
 /// The schema version this binary writes.
@@ -333,16 +350,37 @@ pub fn migrate(conn: &mut Connection, target: u32) -> Result<u32> {
              run a newer Bulwark or restore a backup"
         )));
     }
-    for version in current..target.min(LATEST) {
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        // Another process may have migrated while we waited for the lock.
-        let now: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if now > version {
-            continue;
+    // A migration that rebuilds a table drops the old one while other
+    // tables still refer to it by name; foreign keys are off meanwhile (the
+    // pragma has no effect inside a transaction) and checked before each
+    // migration commits, as SQLite documents for schema changes.
+    let enforced: bool = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+    conn.pragma_update(None, "foreign_keys", false)?;
+    let result = (|| {
+        for version in current..target.min(LATEST) {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // Another process may have migrated while we waited for the lock.
+            let now: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if now > version {
+                continue;
+            }
+            tx.execute_batch(MIGRATIONS[version as usize])?;
+            let broken: Option<String> = tx
+                .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+                .optional()?;
+            if let Some(table) = broken {
+                return Err(Error::Corrupt(format!(
+                    "migration to schema version {} left rows of {table} without the rows \
+                     they refer to; nothing was changed",
+                    version + 1
+                )));
+            }
+            tx.pragma_update(None, "user_version", version + 1)?;
+            tx.commit()?;
         }
-        tx.execute_batch(MIGRATIONS[version as usize])?;
-        tx.pragma_update(None, "user_version", version + 1)?;
-        tx.commit()?;
-    }
+        Ok(())
+    })();
+    conn.pragma_update(None, "foreign_keys", enforced)?;
+    result?;
     Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
 }
