@@ -513,8 +513,10 @@ fn date_time(text: &[u8]) -> Option<i64> {
 type MultiAppend = Result<(String, Vec<u8>, Vec<AppendItem>), (String, String)>;
 
 /// Recognises an APPEND of more than one message (MULTIAPPEND, RFC 3502
-/// section 6.3.11). A single message, a literal mailbox name or binary
-/// literals are left to the codec (`None`).
+/// section 6.3.11) and any APPEND with the `UTF8 (~{n}...)` data item
+/// (RFC 6855 section 4, RFC 9051's `append-data`). A single plain message,
+/// a literal mailbox name or a bare binary literal are left to the codec
+/// (`None`).
 pub(crate) fn parse_multiappend(bytes: &[u8]) -> Option<MultiAppend> {
     let (tag, verb, rest) = head(bytes)?;
     if verb != b"APPEND" {
@@ -527,6 +529,7 @@ pub(crate) fn parse_multiappend(bytes: &[u8]) -> Option<MultiAppend> {
         _ => return None,
     };
     let mut items = Vec::new();
+    let mut utf8_data = false;
     loop {
         tokens.skip_space();
         let mut keywords = Vec::new();
@@ -556,8 +559,15 @@ pub(crate) fn parse_multiappend(bytes: &[u8]) -> Option<MultiAppend> {
             }
             tokens.skip_space();
         }
+        // `UTF8 (~{n}` ... `)`: the message as a binary literal, said to
+        // carry UTF-8 headers; stored as given.
+        let mut input = tokens.input;
+        let utf8 = input.len() >= 8 && input[..8].eq_ignore_ascii_case(b"UTF8 (~{");
+        if utf8 {
+            utf8_data = true;
+            input = &input[7..];
+        }
         // `{n}` or `{n+}`, CRLF, n bytes (the framer collected them).
-        let input = tokens.input;
         if input.first() != Some(&b'{') {
             return None;
         }
@@ -578,7 +588,13 @@ pub(crate) fn parse_multiappend(bytes: &[u8]) -> Option<MultiAppend> {
         if items.len() > MAX_APPEND_ITEMS {
             return Some(Err((tag, "Too many messages in one APPEND".into())));
         }
-        let after = &input[data_start + n..];
+        let mut after = &input[data_start + n..];
+        if utf8 {
+            match after.strip_prefix(b")") {
+                Some(rest) => after = rest,
+                None => return Some(Err((tag, "Syntax error in APPEND UTF8 data".into()))),
+            }
+        }
         if after.is_empty() || after == b"\r\n" || after == b"\n" {
             break;
         }
@@ -587,7 +603,7 @@ pub(crate) fn parse_multiappend(bytes: &[u8]) -> Option<MultiAppend> {
             None => return Some(Err((tag, "Syntax error in APPEND".into()))),
         }
     }
-    (items.len() > 1).then_some(Ok((tag, mailbox, items)))
+    (items.len() > 1 || utf8_data).then_some(Ok((tag, mailbox, items)))
 }
 
 #[cfg(test)]
@@ -756,6 +772,32 @@ mod append_tests {
         );
         assert!(
             parse_multiappend(b"A1 APPEND INBOX {1}\r\naX{1}\r\nb\r\n")
+                .unwrap()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn utf8_append_data_parses() {
+        // RFC 6855 section 4: `UTF8 (` literal8 `)`, alone or in a MULTIAPPEND.
+        let subject = "Subject: caf\u{e9}\r\n\r\nx";
+        let cmd = format!(
+            "A1 APPEND INBOX (\\Seen) UTF8 (~{{{}}}\r\n{subject})\r\n",
+            subject.len()
+        );
+        let (_, mailbox, items) = parse_multiappend(cmd.as_bytes()).unwrap().unwrap();
+        assert_eq!(mailbox, b"INBOX");
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].message, subject.as_bytes());
+        assert_eq!(items[0].keywords, vec!["$seen".to_string()]);
+        let two = b"A2 APPEND INBOX utf8 (~{1+}\r\na) {1}\r\nb\r\n";
+        let (_, _, items) = parse_multiappend(two).unwrap().unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].message, b"a");
+        assert_eq!(items[1].message, b"b");
+        // The closing parenthesis is required.
+        assert!(
+            parse_multiappend(b"A3 APPEND INBOX UTF8 (~{1}\r\na\r\n")
                 .unwrap()
                 .is_err()
         );

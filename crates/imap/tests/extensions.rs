@@ -127,6 +127,30 @@ async fn utf8_accept_names() {
     assert!(ok(&r), "{r:?}");
     let r = c.run("STATUS \"Entwürfe\" (MESSAGES)").await;
     assert!(joined(&r).contains("Entwürfe (MESSAGES 0)"), "{r:?}");
+    // RFC 6855 section 4: APPEND with the UTF8 data item; the message with
+    // its raw UTF-8 header is stored as sent.
+    let raw = "From: Zoë <zoe@example.com>\r\nSubject: Grüße\r\n\r\nHallo\r\n";
+    c.write(
+        format!(
+            "U1 APPEND \"Entwürfe\" UTF8 (~{{{}+}}\r\n{raw})\r\n",
+            raw.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let r = c.until("U1").await;
+    assert!(r.last().unwrap().contains("OK [APPENDUID"), "{r:?}");
+    assert!(ok(&c.run("SELECT \"Entwürfe\"").await));
+    let r = c.run("FETCH 1 (BODY.PEEK[] ENVELOPE)").await;
+    assert!(joined(&r).contains(raw), "{r:?}");
+    assert!(joined(&r).contains("Grüße"), "{r:?}");
+    // Without the closing parenthesis the command is refused, nothing stored.
+    c.write(b"U2 APPEND \"Entw\xc3\xbcrfe\" UTF8 (~{1+}\r\nx\r\n")
+        .await;
+    let r = c.until("U2").await;
+    assert!(r.last().unwrap().contains("U2 BAD"), "{r:?}");
+    let r = c.run("STATUS \"Entwürfe\" (MESSAGES)").await;
+    assert!(joined(&r).contains("(MESSAGES 1)"), "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
