@@ -62,6 +62,8 @@ def bulwark_config(args):
         "server": {"shutdown_grace_secs": "5"},
         "limits": {"max_connections_per_ip": "1000"},
     }
+    if opts.get("--dns"):
+        settings["dns"] = {"servers": json.dumps([opts["--dns"]])}
     if os.environ.get("BULWARK_LOG_LEVEL"):
         settings["log"] = {"level": json.dumps(os.environ["BULWARK_LOG_LEVEL"])}
     # BULWARK_SET="storage.inline_blob_max_bytes=131072 smtp.max_errors=20"
@@ -481,12 +483,37 @@ def table(args):
         sys.exit(1)
 
 
+def dns_stub(args):
+    """dns-stub ADDR: answer every DNS query over UDP at ADDR with NXDOMAIN,
+    at once. Bulwark's SPF, DKIM and DMARC checks of the load's made-up
+    domains then cost their lookups and parsing without depending on the
+    machine's resolver (a shared or rate-limited one turned some lookups
+    into 5-second timeouts)."""
+    import socket
+    host, port = args[0].rsplit(":", 1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, int(port)))
+    while True:
+        query, peer = sock.recvfrom(4096)
+        if len(query) < 12:
+            continue
+        # The question: its name's labels up to the root, then type and class.
+        end = 12
+        while end < len(query) and query[end] != 0:
+            end += query[end] + 1
+        question = query[12:end + 5]
+        # QR, the client's RD, RA, rcode 3 (NXDOMAIN); one question back.
+        flags = 0x8000 | ((query[2] & 0x01) << 8) | 0x0080 | 3
+        sock.sendto(query[:2] + flags.to_bytes(2, "big") + b"\x00\x01" + b"\x00" * 6 + question, peer)
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     cmd, args = sys.argv[1], sys.argv[2:]
     {
         "bulwark-config": bulwark_config,
+        "dns-stub": dns_stub,
         "busy": busy,
         "port-free": port_free,
         "wait-port": wait_port,
