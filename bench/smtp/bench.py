@@ -502,9 +502,16 @@ def dns_stub(args):
         while end < len(query) and query[end] != 0:
             end += query[end] + 1
         question = query[12:end + 5]
-        # QR, the client's RD, RA, rcode 3 (NXDOMAIN); one question back.
+        # QR, the client's RD, RA, rcode 3 (NXDOMAIN); the question back and,
+        # as real servers do, an SOA whose minimum (300 s) lets the
+        # resolver cache the answer.
         flags = 0x8000 | ((query[2] & 0x01) << 8) | 0x0080 | 3
-        sock.sendto(query[:2] + flags.to_bytes(2, "big") + b"\x00\x01" + b"\x00" * 6 + question, peer)
+        soa = b"\x00" + (6).to_bytes(2, "big") + (1).to_bytes(2, "big") + (300).to_bytes(4, "big")
+        soa += (22).to_bytes(2, "big") + b"\x00\x00" + b"".join(
+            n.to_bytes(4, "big") for n in (1, 3600, 600, 86400, 300)
+        )
+        counts = b"\x00\x01\x00\x00\x00\x01\x00\x00"
+        sock.sendto(query[:2] + flags.to_bytes(2, "big") + counts + question + soa, peer)
 
 
 def main():

@@ -189,9 +189,13 @@ struct ApplyCalendarMail(Dav);
 
 impl AfterDelivery for ApplyCalendarMail {
     fn wants(&self, message: &[u8]) -> bool {
-        message
-            .windows(13)
-            .any(|w| w.eq_ignore_ascii_case(b"text/calendar"))
+        // Runs on every delivered message: jump from one `t`/`T` to the next.
+        const WANTED: &[u8] = b"text/calendar";
+        memchr::memchr2_iter(b't', b'T', message).any(|at| {
+            message
+                .get(at..at + WANTED.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(WANTED))
+        })
     }
 
     fn delivered(&self, accounts: Vec<bulwark_core::PrincipalId>, message: Vec<u8>) {

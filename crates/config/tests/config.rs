@@ -154,7 +154,7 @@ fn defaults_apply_when_sections_are_missing() {
     let config = parse_in(dir.path(), &minimal("")).expect("valid config");
     assert_eq!(config.server.shutdown_grace_secs, 30);
     assert_eq!(config.storage.backend, StorageBackend::Sqlite);
-    assert_eq!(config.storage.inline_blob_max_bytes, 32 * 1024);
+    assert_eq!(config.storage.inline_blob_max_bytes, 128 * 1024);
     assert_eq!(config.tls.certificate, None);
     assert_eq!(config.tls.private_key, None);
     assert!(config.listeners.is_empty());

@@ -95,34 +95,41 @@ impl MessageScanner {
             self.fail(Problem::TooBig);
             return;
         }
-        for &b in bytes {
+        let mut i = 0;
+        while i < bytes.len() {
             if self.pending_cr {
                 self.pending_cr = false;
-                if b == b'\n' {
+                if bytes[i] == b'\n' {
                     self.end_line();
+                    i += 1;
                     continue;
                 }
                 self.fail(Problem::BareLineEnding);
                 return;
             }
-            match b {
-                b'\n' => {
-                    self.fail(Problem::BareLineEnding);
-                    return;
-                }
-                b'\r' => self.pending_cr = true,
-                _ => {
-                    if self.line_start && self.in_header && b != b' ' && b != b'\t' {
-                        self.header_count += 1;
-                        if self.header_count > self.max_headers {
-                            self.fail(Problem::TooManyHeaders);
-                            return;
-                        }
+            // A run of ordinary bytes up to the next CR or LF, taken whole.
+            let end = memchr::memchr2(b'\r', b'\n', &bytes[i..]).map_or(bytes.len(), |p| i + p);
+            let counted = if end > i {
+                // A line of the header that does not start with white
+                // space starts a new field.
+                if self.line_start && self.in_header && bytes[i] != b' ' && bytes[i] != b'\t' {
+                    self.header_count += 1;
+                    if self.header_count > self.max_headers {
+                        self.fail(Problem::TooManyHeaders);
+                        return;
                     }
                 }
-            }
+                end - i
+            } else if bytes[i] == b'\n' {
+                self.fail(Problem::BareLineEnding);
+                return;
+            } else {
+                self.pending_cr = true;
+                1
+            };
             self.line_start = false;
-            self.line_len += 1;
+            self.line_len += counted;
+            i += counted;
             // The limit counts the CRLF, so a line may hold max_line - 2
             // bytes before its CR.
             if self.line_len > self.max_line.saturating_sub(1) {
@@ -262,7 +269,7 @@ impl DataDecoder {
                 }
                 DotState::Middle { cr } => {
                     // Fast path: run to the next LF.
-                    match input[i..].iter().position(|&c| c == b'\n') {
+                    match memchr::memchr(b'\n', &input[i..]) {
                         Some(offset) => {
                             let lf = i + offset;
                             let before = if offset == 0 {
@@ -446,5 +453,57 @@ mod tests {
         let mut scanner = MessageScanner::new(&limits());
         scanner.push(b"A: b\r\n\r\nbody\r");
         assert_eq!(scanner.finish().err(), Some(Problem::BareLineEnding));
+    }
+
+    /// However a message is cut into pushes, the scanner reaches the same
+    /// verdict: the same problem, or the same bytes and header end.
+    #[test]
+    fn scanning_does_not_depend_on_how_bytes_arrive() {
+        let pieces: [&[u8]; 9] = [
+            b"Subject: x\r\n",
+            b" folded\r\n",
+            b"\r\n",
+            b"body line\r\n",
+            b"bare\nLF",
+            b"bare\rCR",
+            b"\r",
+            b"\n",
+            b"a fairly long line of body text that goes on and on and on and on and on\r\n",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let scan = |message: &[u8], cuts: &[usize]| {
+            let mut scanner = MessageScanner::new(&limits());
+            let mut last = 0;
+            for &cut in cuts.iter().chain(std::iter::once(&message.len())) {
+                scanner.push(&message[last..cut]);
+                last = cut;
+            }
+            scanner.finish().map(|m| (m.bytes, m.header_end))
+        };
+        for _ in 0..3000 {
+            let mut message = Vec::new();
+            for _ in 0..next(14) {
+                message.extend_from_slice(pieces[next(pieces.len() as u64) as usize]);
+            }
+            let whole = scan(&message, &[]);
+            let mut cuts: Vec<usize> = (0..next(6))
+                .map(|_| next(message.len() as u64 + 1) as usize)
+                .collect();
+            cuts.sort_unstable();
+            assert_eq!(
+                scan(&message, &cuts),
+                whole,
+                "{:?}",
+                String::from_utf8_lossy(&message)
+            );
+            let bytewise: Vec<usize> = (1..message.len()).collect();
+            assert_eq!(scan(&message, &bytewise), whole);
+        }
     }
 }
