@@ -846,19 +846,17 @@ mod tests {
         plan(&macro_or_item_names, uid).expect("plan")
     }
 
+    /// The FETCH response for message 1 rendered from `raw`.
+    fn rendered_from(plan: &Plan, raw: &[u8]) -> String {
+        let source = Source {
+            raw: Some(raw),
+            ..Default::default()
+        };
+        String::from_utf8_lossy(&render(1, &entry(), plan, false, &source)).into_owned()
+    }
+
     fn fetch(items: &str, uid: bool) -> String {
-        let plan = plan_of(items, uid);
-        String::from_utf8(render(
-            1,
-            &entry(),
-            &plan,
-            false,
-            &Source {
-                raw: Some(MSG),
-                ..Default::default()
-            },
-        ))
-        .expect("utf-8")
+        rendered_from(&plan_of(items, uid), MSG)
     }
 
     #[test]
@@ -893,16 +891,7 @@ NIL NIL NIL \"<m1@example.com>\"))\r\n"
         assert!(plan.envelope_suffices());
         assert!(!plan_of("(ENVELOPE BODY.PEEK[])", false).envelope_suffices());
         let known = envelope_of(MSG);
-        let parsed = render(
-            1,
-            &entry(),
-            &plan,
-            false,
-            &Source {
-                raw: Some(MSG),
-                ..Default::default()
-            },
-        );
+        let parsed = rendered_from(&plan, MSG).into_bytes();
         let cached = render(
             1,
             &entry(),
@@ -953,17 +942,7 @@ NIL NIL NIL \"<m1@example.com>\"))\r\n"
         };
         let plan = plan(&macro_or_item_names, false).expect("plan");
         let raw = crate::mime::tests_support::NESTED;
-        let got = String::from_utf8_lossy(&render(
-            1,
-            &entry(),
-            &plan,
-            false,
-            &Source {
-                raw: Some(raw),
-                ..Default::default()
-            },
-        ))
-        .into_owned();
+        let got = rendered_from(&plan, raw);
         assert!(got.contains("\"mixed\" (\"boundary\" \"XX\")"), "{got}");
         assert!(got.contains("\"alternative\""), "{got}");
         assert!(got.contains("BODY[2.2] {9}\r\n<p>hi</p>"), "{got}");
@@ -1007,18 +986,7 @@ NIL NIL NIL \"<m1@example.com>\"))\r\n"
 
     fn fetch_raw(items: &str, raw: &[u8]) -> (String, Plan) {
         let plan = plan_of(items, false);
-        let out = String::from_utf8_lossy(&render(
-            1,
-            &entry(),
-            &plan,
-            false,
-            &Source {
-                raw: Some(raw),
-                ..Default::default()
-            },
-        ))
-        .into_owned();
-        (out, plan)
+        (rendered_from(&plan, raw), plan)
     }
 
     const ENCODED: &[u8] = b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Transfer-Encoding: base64\r\n\r\nAAFoaQ==\r\n--B\r\nContent-Transfer-Encoding: Quoted-Printable\r\n\r\ncaf=C3=A9 =\r\nsoft\r\n--B\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin\r\n--B--\r\n";

@@ -531,6 +531,17 @@ fn evict_idle(slots: &mut HashMap<(PrincipalId, MailboxId), SharedSlot>) {
 pub(crate) mod tests {
     use super::*;
 
+    /// A small deterministic generator for the randomised tests:
+    /// `next(n)` is in `0..n`.
+    pub(crate) fn numbers(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        }
+    }
+
     pub(crate) fn entry(uid: u32, keywords: &[&str]) -> Entry {
         Entry {
             uid,
@@ -642,13 +653,7 @@ pub(crate) mod tests {
     /// the diff of any two versions matches one computed naively.
     #[test]
     fn random_edits_match_a_plain_model() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = numbers(0x9e37_79b9_7f4a_7c15);
         for _ in 0..30 {
             let mut model: Vec<Entry> = (1..=(next(3000) as u32)).map(|u| entry(u, &[])).collect();
             let mut listing = Listing::new(model.clone());

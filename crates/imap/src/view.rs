@@ -500,13 +500,7 @@ mod tests {
     /// both agree on every sequence number and ghost.
     #[test]
     fn view_follows_the_plain_rules() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = crate::listing::tests::numbers(0x2545_f491_4f6c_dd1d);
         for _ in 0..200 {
             let start = 1 + next(1200) as u32;
             let mut store: Vec<Entry> = (1..=start).map(|u| entry(u, &[])).collect();
