@@ -32,6 +32,10 @@ struct Pop3 {
 }
 
 async fn start_pop3(limits: Pop3Limits) -> Pop3 {
+    start_pop3_with(limits, 100).await
+}
+
+async fn start_pop3_with(limits: Pop3Limits, max_connections_per_ip: u32) -> Pop3 {
     let fx = start().await;
     let dir = fx.dir.path();
     let server_tls =
@@ -39,7 +43,7 @@ async fn start_pop3(limits: Pop3Limits) -> Pop3 {
             .unwrap();
     let options = ServerOptions {
         max_connections: 100,
-        max_connections_per_ip: 100,
+        max_connections_per_ip,
         idle_timeout: Duration::from_secs(30),
         tls_handshake_timeout: Duration::from_secs(5),
         shutdown_grace: Duration::from_secs(2),
@@ -499,4 +503,23 @@ async fn users_see_only_their_own_inbox() {
         "+OK Bulwark POP3 server signing off (maildrop empty)"
     );
     assert_eq!(pop.inbox(pop.fx.alice).await.len(), 1);
+}
+
+/// A session that ended with QUIT gives its connection slot back before
+/// the goodbye, so a client at the per-address limit can reconnect as soon
+/// as it reads it (as SMTP QUIT and IMAP LOGOUT do).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quit_frees_the_connection_slot_before_the_goodbye() {
+    let pop = start_pop3_with(Pop3Limits::default(), 1).await;
+    for _ in 0..5 {
+        let mut c = pop.login(ALICE).await;
+        let bye = c.cmd("QUIT").await;
+        assert!(bye.starts_with("+OK"), "{bye}");
+        // Still connected here; the next session must be let in at once.
+    }
+    let _held = pop.plain().await;
+    let tcp = TcpStream::connect(pop.plain).await.unwrap();
+    let mut refused = Pop::new(Box::new(tcp));
+    let reply = refused.line().await;
+    assert!(reply.starts_with("-ERR"), "the limit still holds: {reply}");
 }

@@ -113,6 +113,10 @@ async fn serve(shared: Arc<Shared>, mut conn: Connection) {
     let mut buf = vec![0u8; 8 * 1024];
     loop {
         while let Some(event) = session.poll() {
+            if matches!(event, Event::Close) {
+                // The client may reconnect as soon as it reads the goodbye.
+                conn.release_slot();
+            }
             if !flush(&mut conn, &mut session).await {
                 return;
             }
