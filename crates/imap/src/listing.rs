@@ -32,8 +32,12 @@ pub(crate) type Keywords = Arc<[String]>;
 /// Non-system keywords reported in SELECT's FLAGS, at most.
 const MAX_LISTED_KEYWORDS: usize = 100;
 
-/// Idle listings (no session holds them) kept for a quick SELECT later.
+/// Idle listings (no session holds them) kept for a quick SELECT later:
+/// at most this many mailboxes...
 const MAX_IDLE_LISTINGS: usize = 32;
+
+/// ...holding at most this many messages together (about 100 bytes each).
+const MAX_IDLE_MESSAGES: usize = 500_000;
 
 /// Distinct keyword sets shared per mailbox before sharing stops growing.
 const MAX_INTERNED_SETS: usize = 4096;
@@ -494,9 +498,7 @@ impl Listings {
         if let Some(slot) = slots.get(&(account, mailbox)) {
             return slot.clone();
         }
-        if slots.len() >= MAX_IDLE_LISTINGS {
-            evict_idle(&mut slots);
-        }
+        evict_idle(&mut slots);
         slots.entry((account, mailbox)).or_default().clone()
     }
 
@@ -506,24 +508,31 @@ impl Listings {
     }
 }
 
-/// Drops the least recently used listings no session holds, keeping half
-/// the idle allowance.
+/// Before a new mailbox gets a slot: drops the least recently used
+/// listings no session holds until the idle ones fit both allowances.
 fn evict_idle(slots: &mut HashMap<(PrincipalId, MailboxId), SharedSlot>) {
-    let mut idle: Vec<((PrincipalId, MailboxId), Option<Instant>)> = slots
+    let mut idle: Vec<((PrincipalId, MailboxId), Option<Instant>, usize)> = slots
         .iter()
         .filter_map(|(key, slot)| {
             let slot = slot.try_lock().ok()?;
-            let unused = slot
-                .current
-                .as_ref()
-                .is_none_or(|(listing, _)| Arc::strong_count(listing) == 1);
-            unused.then_some((*key, slot.used))
+            match &slot.current {
+                Some((listing, _)) if Arc::strong_count(listing) > 1 => None,
+                current => Some((
+                    *key,
+                    slot.used,
+                    current.as_ref().map_or(0, |(l, _)| l.len()),
+                )),
+            }
         })
         .collect();
-    idle.sort_by_key(|(_, used)| *used);
-    let excess = idle.len().saturating_sub(MAX_IDLE_LISTINGS / 2);
-    for (key, _) in idle.into_iter().take(excess) {
-        slots.remove(&key);
+    // Most recently used first: those are kept while they fit.
+    idle.sort_by_key(|(_, used, _)| std::cmp::Reverse(*used));
+    let mut kept_messages = 0;
+    for (n, (key, _, messages)) in idle.into_iter().enumerate() {
+        kept_messages += messages;
+        if n >= MAX_IDLE_LISTINGS - 1 || kept_messages > MAX_IDLE_MESSAGES {
+            slots.remove(&key);
+        }
     }
 }
 
@@ -639,6 +648,41 @@ pub(crate) mod tests {
         let seen = l.with_changes(vec![entry(1201, &["$seen"])], &[]);
         assert_eq!(seen.first_unseen(), None);
         assert!(seen.keywords().is_empty());
+    }
+
+    /// Idle listings are dropped beyond the allowances, least recently
+    /// used first; listings a session holds never are.
+    #[test]
+    fn idle_listings_are_bounded() {
+        let mut slots: HashMap<(PrincipalId, MailboxId), SharedSlot> = HashMap::new();
+        let big = Arc::new(Listing::new((1..=200_000).map(|u| entry(u, &[])).collect()));
+        let held = big.clone();
+        let start = Instant::now();
+        for n in 0..10i64 {
+            let slot = Slot {
+                current: Some((
+                    if n == 0 {
+                        big.clone()
+                    } else {
+                        Arc::new(Listing::new((1..=200_000).map(|u| entry(u, &[])).collect()))
+                    },
+                    ModSeq(1),
+                )),
+                interner: Interner::default(),
+                used: Some(start + std::time::Duration::from_millis(n as u64)),
+            };
+            slots.insert(
+                (PrincipalId(1), MailboxId(n)),
+                Arc::new(tokio::sync::Mutex::new(slot)),
+            );
+            evict_idle(&mut slots);
+        }
+        drop(big);
+        // The held one survives; of the idle ones only the newest fit.
+        assert!(slots.contains_key(&(PrincipalId(1), MailboxId(0))));
+        assert!(slots.contains_key(&(PrincipalId(1), MailboxId(9))));
+        assert!(slots.len() <= 4, "{} kept", slots.len());
+        assert_eq!(held.len(), 200_000);
     }
 
     #[test]
