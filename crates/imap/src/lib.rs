@@ -13,12 +13,16 @@
 //!
 //! What it must not do:
 //! * store anything of its own: every mailbox, message and flag lives in
-//!   the store, so JMAP, POP3 and other sessions see the same data;
+//!   the store, so JMAP, POP3 and other sessions see the same data (the
+//!   shared mailbox listings, `listing`, and the ENVELOPE cache,
+//!   `envelopes`, are in-memory copies brought up to date from the
+//!   store's change log or keyed by message content, never written back);
 //! * decide who may log in or count failures itself: that is the
 //!   directory's job ([`bulwark_directory::Directory::authenticate`]),
 //!   called for every attempt;
-//! * reach another account's data: mailbox names are resolved in one
-//!   place (`handler::resolve`), today against the user's own account only;
+//! * reach another account's data without a right: mailbox names are
+//!   resolved in one place (`handler::reach`), with the rights the user
+//!   holds there rechecked on every command;
 //! * accept a password before TLS (LOGINDISABLED, RFC 9051 section 6.2.3);
 //! * hold unbounded client input: see [`Limits`].
 //!
@@ -27,7 +31,8 @@
 //! Sans-I/O where it matters (DESIGN.md "Protocol codecs are sans-I/O"):
 //! `framing` (lines and literals with caps, decided before literal bytes
 //! are accepted), `session` (parsing, state rules, capabilities), `view`
-//! (MSN/UID bookkeeping and when expunges may be announced), `fetch`,
+//! (MSN/UID bookkeeping and when expunges may be announced), `listing`
+//! (the versioned, chunked mailbox listings sessions share), `fetch`,
 //! `mime`, `search`, `sort`, `objectid`, `quota`, `names`, `flags` and
 //! `out` have no tokio, sockets or storage and are unit-tested with transcripts and known answers.
 //! `handler` is the thin async layer that reads, writes and calls the
