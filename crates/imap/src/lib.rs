@@ -31,10 +31,12 @@
 //! Sans-I/O where it matters (DESIGN.md "Protocol codecs are sans-I/O"):
 //! `framing` (lines and literals with caps, decided before literal bytes
 //! are accepted), `session` (parsing, state rules, capabilities), `view`
-//! (MSN/UID bookkeeping and when expunges may be announced), `listing`
-//! (the versioned, chunked mailbox listings sessions share), `fetch`,
+//! (MSN/UID bookkeeping and when expunges may be announced), `fetch`,
 //! `mime`, `search`, `sort`, `objectid`, `quota`, `names`, `flags` and
 //! `out` have no tokio, sockets or storage and are unit-tested with transcripts and known answers.
+//! `listing` holds the versioned, chunked mailbox listings the sessions
+//! share (pure, and unit-tested the same way) and the cache that keeps
+//! the newest one per mailbox in step with the store.
 //! `handler` is the thin async layer that reads, writes and calls the
 //! store. Commands are executed there rather than emitted as storage
 //! requests from the state machine: most commands interleave MSN
