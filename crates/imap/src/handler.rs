@@ -1423,6 +1423,11 @@ impl Conn {
             self.session.state = State::Authenticated;
         }
         let name = self.name(mailbox)?;
+        // Notices of the user's own account are drained before the mailbox
+        // row is read: a change after this point raises a new notice, one
+        // before it is in the row's highest modification sequence, which
+        // the listing below reflects at least.
+        self.drain_notices();
         let reached = self.mailbox(&name).await?;
         reached.require(b'r', "read")?;
         // RFC 4314 section 4: without a right that changes the mailbox it
@@ -1436,17 +1441,14 @@ impl Conn {
         } = reached;
         let account = mailbox.account;
         self.foreign_changes = owner.as_ref().map(|_| self.shared.store.subscribe(account));
-        self.drain_notices();
         let id = mailbox.id;
+        // Another account's notices are only heard from now on, after its
+        // row was read: its listing is brought up to date from the store.
+        let known = owner.is_none().then_some(mailbox.highest_modseq);
         let listing = self
             .shared
             .listings
-            .at_least(
-                &self.shared.store,
-                account,
-                id,
-                Some(mailbox.highest_modseq),
-            )
+            .at_least(&self.shared.store, account, id, known)
             .await?;
         let first_unseen = listing.first_unseen().map(|i| i + 1);
         let mut flag_list = flags::SYSTEM_FLAGS.to_string();
