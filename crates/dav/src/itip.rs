@@ -289,40 +289,53 @@ impl Itip {
     /// Adds `address` as an attendee invited through the group `group`
     /// (RFC 5545 MEMBER) to every event, task or journal that lacks it.
     pub fn add_group_member(&mut self, address: &str, group: &str) {
+        let line = Line {
+            name: "ATTENDEE".into(),
+            params: vec![
+                ("CUTYPE".into(), "INDIVIDUAL".into()),
+                ("PARTSTAT".into(), "NEEDS-ACTION".into()),
+                ("RSVP".into(), "TRUE".into()),
+                ("MEMBER".into(), format!("\"mailto:{group}\"")),
+            ],
+            value: format!("mailto:{address}"),
+        };
+        self.insert_where_missing(&MAIN[..3], &line, |l| {
+            l.name == "ATTENDEE" && address_of(&l.value).as_deref() == Some(address)
+        });
+    }
+
+    /// Puts `line` before the END of every component named in `components`
+    /// that has no line of its own for which `present` holds.
+    fn insert_where_missing(
+        &mut self,
+        components: &[&str],
+        line: &Line,
+        present: impl Fn(&Line) -> bool,
+    ) {
         let mut stack: Vec<(String, bool)> = Vec::new();
         let mut inserts = Vec::new();
-        for (i, (_, line)) in self.lines.iter().enumerate() {
-            let Some(line) = line else { continue };
-            match line.name.as_str() {
-                "BEGIN" => stack.push((line.value.trim().to_ascii_uppercase(), false)),
-                "ATTENDEE" if address_of(&line.value).as_deref() == Some(address) => {
-                    if let Some(top) = stack.last_mut() {
-                        top.1 = true;
-                    }
-                }
+        for (i, (_, l)) in self.lines.iter().enumerate() {
+            let Some(l) = l else { continue };
+            match l.name.as_str() {
+                "BEGIN" => stack.push((l.value.trim().to_ascii_uppercase(), false)),
                 "END" => {
-                    if let Some((name, present)) = stack.pop()
-                        && MAIN[..3].contains(&name.as_str())
-                        && !present
+                    if let Some((name, found)) = stack.pop()
+                        && components.contains(&name.as_str())
+                        && !found
                     {
                         inserts.push(i);
+                    }
+                }
+                _ if present(l) => {
+                    if let Some(top) = stack.last_mut() {
+                        top.1 = true;
                     }
                 }
                 _ => {}
             }
         }
         for i in inserts.into_iter().rev() {
-            let line = Line {
-                name: "ATTENDEE".into(),
-                params: vec![
-                    ("CUTYPE".into(), "INDIVIDUAL".into()),
-                    ("PARTSTAT".into(), "NEEDS-ACTION".into()),
-                    ("RSVP".into(), "TRUE".into()),
-                    ("MEMBER".into(), format!("\"mailto:{group}\"")),
-                ],
-                value: format!("mailto:{address}"),
-            };
-            self.lines.insert(i, (line.render(), Some(line)));
+            self.lines.insert(i, (line.render(), Some(line.clone())));
         }
     }
 
@@ -385,36 +398,12 @@ impl Itip {
             }
         }
         // Components without a STATUS get one before their END.
-        let mut stack: Vec<(String, bool)> = Vec::new();
-        let mut inserts = Vec::new();
-        for (i, (_, line)) in self.lines.iter().enumerate() {
-            let Some(line) = line else { continue };
-            match line.name.as_str() {
-                "BEGIN" => stack.push((line.value.trim().to_ascii_uppercase(), false)),
-                "STATUS" => {
-                    if let Some(top) = stack.last_mut() {
-                        top.1 = true;
-                    }
-                }
-                "END" => {
-                    if let Some((name, has_status)) = stack.pop()
-                        && MAIN.contains(&name.as_str())
-                        && !has_status
-                    {
-                        inserts.push(i);
-                    }
-                }
-                _ => {}
-            }
-        }
-        for i in inserts.into_iter().rev() {
-            let line = Line {
-                name: "STATUS".into(),
-                params: Vec::new(),
-                value: "CANCELLED".into(),
-            };
-            self.lines.insert(i, (line.render(), Some(line)));
-        }
+        let line = Line {
+            name: "STATUS".into(),
+            params: Vec::new(),
+            value: "CANCELLED".into(),
+        };
+        self.insert_where_missing(&MAIN, &line, |l| l.name == "STATUS");
     }
 }
 

@@ -380,13 +380,9 @@ impl Dav {
         let found = self
             .store
             .run(move |b| {
-                let Some(owner) = b.principal_by_address(&address)? else {
+                let Some(owner) = named_in_path(b, &address)? else {
                     return Ok(None);
                 };
-                // Only the primary address names a principal in a path.
-                if owner.address != address {
-                    return Ok(None);
-                }
                 let (read, write) = account_grant(b, owner.id, me, kind)?;
                 Ok(read.then_some((
                     owner,
@@ -495,13 +491,9 @@ impl Dav {
         let found = self
             .store
             .run(move |b| {
-                let Some(owner) = b.principal_by_address(&address)? else {
+                let Some(owner) = named_in_path(b, &address)? else {
                     return Ok(None);
                 };
-                // Only the primary address names a principal in a path.
-                if owner.address != address {
-                    return Ok(None);
-                }
                 let granted = account_grant(b, owner.id, me, Some(kind))?;
                 Ok(Some((owner, granted)))
             })
@@ -1036,6 +1028,16 @@ impl Dav {
             Err(e) => store_failure(&e),
         })
     }
+}
+
+/// The principal a path names by `address`: only its primary address does
+/// (an alias would give one collection two URLs).
+fn named_in_path(
+    b: &dyn bulwark_store::Backend,
+    address: &bulwark_core::EmailAddress,
+) -> Result<Option<bulwark_store::Principal>, StoreError> {
+    Ok(b.principal_by_address(address)?
+        .filter(|p| p.address == *address))
 }
 
 /// What `owner`'s account-wide grants to `me` allow on collections of

@@ -211,8 +211,7 @@ impl SqliteBackend {
         let name = name.to_string();
         let props = props.clone();
         let components = components.to_string();
-        let target = self.audit_name(actor, account, Some(account))?;
-        self.write(actor, "dav.collection.create", target, Some(account), move |ctx, event| {
+        self.write_to_account(actor, account, "dav.collection.create", move |ctx, event| {
             require_account(ctx.conn, account)?;
             let taken = ctx
                 .conn
@@ -263,12 +262,10 @@ impl SqliteBackend {
         props: &DavCollectionProps,
     ) -> Result<ModSeq> {
         let props = props.clone();
-        let target = self.audit_name(actor, account, Some(account))?;
-        self.write(
+        self.write_to_account(
             actor,
+            account,
             "dav.collection.update",
-            target,
-            Some(account),
             move |ctx, event| {
                 let kind = collection_kind(ctx.conn, account, collection)?;
                 ctx.conn
@@ -301,8 +298,7 @@ impl SqliteBackend {
         account: PrincipalId,
         collection: DavCollectionId,
     ) -> Result<()> {
-        let target = self.audit_name(actor, account, Some(account))?;
-        self.write(actor, "dav.collection.delete", target, Some(account), move |ctx, event| {
+        self.write_to_account(actor, account, "dav.collection.delete", move |ctx, event| {
             let kind = collection_kind(ctx.conn, account, collection)?;
             let bytes: i64 = ctx
                 .conn
@@ -452,8 +448,7 @@ impl SqliteBackend {
             ));
         }
         let object = object.clone();
-        let target = self.audit_name(actor, account, Some(account))?;
-        self.write(actor, "dav.object.put", target, Some(account), move |ctx, event| {
+        self.write_to_account(actor, account, "dav.object.put", move |ctx, event| {
             let kind = collection_kind(ctx.conn, account, collection)?;
             let current: Option<(i64, ModSeq, bool, i64)> = ctx
                 .conn
@@ -555,8 +550,7 @@ impl SqliteBackend {
         precondition: DavPrecondition,
     ) -> Result<()> {
         let name = name.to_string();
-        let target = self.audit_name(actor, account, Some(account))?;
-        self.write(actor, "dav.object.delete", target, Some(account), move |ctx, event| {
+        self.write_to_account(actor, account, "dav.object.delete", move |ctx, event| {
             let kind = collection_kind(ctx.conn, account, collection)?;
             let current: Option<(i64, ModSeq, bool, i64)> = ctx
                 .conn
@@ -602,12 +596,10 @@ impl SqliteBackend {
         rights: &[(PrincipalId, bool)],
     ) -> Result<()> {
         let rights = rights.to_vec();
-        let target = self.audit_name(actor, account, Some(account))?;
-        self.write(
+        self.write_to_account(
             actor,
+            account,
             "dav.collection.rights",
-            target,
-            Some(account),
             move |ctx, event| {
                 let kind = collection_kind(ctx.conn, account, collection)?;
                 for (grantee, _) in &rights {

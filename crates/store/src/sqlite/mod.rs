@@ -265,8 +265,7 @@ impl SqliteBackend {
             KeywordUpdate::Remove(k) => KeywordUpdate::Remove(normalize(k)?.into_iter().collect()),
         };
         let uids = uids.to_vec();
-        let target = self.audit_name(actor, account, Some(account))?;
-        self.write(actor, "email.store", target, Some(account), move |ctx, event| {
+        self.write_to_account(actor, account, "email.store", move |ctx, event| {
             require_mailbox(ctx.conn, account, mailbox)?;
             let mut changed = Vec::new();
             let mut modified = Vec::new();
@@ -355,6 +354,19 @@ impl SqliteBackend {
 
     /// The principal's address for the audit record, looked up only when
     /// the write will be audited (routine writes skip the read).
+    /// Runs a write on `account`, audited under its name when the actor's
+    /// action there must be.
+    fn write_to_account<T: Send + 'static>(
+        &self,
+        actor: &Actor,
+        account: PrincipalId,
+        operation: &str,
+        op: impl FnOnce(&mut OpCtx<'_>, &mut AuditEvent) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let target = self.audit_name(actor, account, Some(account))?;
+        self.write(actor, operation, target, Some(account), op)
+    }
+
     fn audit_name(
         &self,
         actor: &Actor,
@@ -1241,8 +1253,7 @@ impl Backend for SqliteBackend {
             return Err(Error::Invalid(format!("bad mailbox name {name:.40?}")));
         }
         let name = name.to_string();
-        let target = self.audit_name(actor, account, Some(account))?;
-        self.write(actor, "mailbox.create", target, Some(account), move |ctx, event| {
+        self.write_to_account(actor, account, "mailbox.create", move |ctx, event| {
             require_account(ctx.conn, account)?;
             if let Some(parent) = parent {
                 require_mailbox(ctx.conn, account, parent)?;
@@ -1333,43 +1344,36 @@ impl Backend for SqliteBackend {
         account: PrincipalId,
         mailbox: MailboxId,
     ) -> Result<()> {
-        let target = self.audit_name(actor, account, Some(account))?;
-        self.write(
-            actor,
-            "mailbox.delete",
-            target,
-            Some(account),
-            move |ctx, event| {
-                require_mailbox(ctx.conn, account, mailbox)?;
-                let has_children = ctx
-                    .conn
-                    .prepare_cached("SELECT 1 FROM mailboxes WHERE parent_id = ?1")?
-                    .exists([mailbox.0])?;
-                if has_children {
-                    return Err(Error::Conflict("the mailbox has child mailboxes".into()));
-                }
-                let uids: Vec<u32> = ctx
-                    .conn
-                    .prepare_cached("SELECT uid FROM mailbox_messages WHERE mailbox_id = ?1")?
-                    .query_map([mailbox.0], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?;
-                let removed = remove_from_mailbox(ctx, account, mailbox, &uids)?;
-                ctx.conn
-                    .prepare_cached("DELETE FROM mailboxes WHERE id = ?1")?
-                    .execute([mailbox.0])?;
-                ctx.change(
-                    account,
-                    ObjectType::Mailbox,
-                    mailbox.0,
-                    ChangeKind::Destroyed,
-                    None,
-                    None,
-                )?;
-                event.object_ids.push(mailbox.to_string());
-                event.item_count = removed.len() as u64;
-                Ok(())
-            },
-        )
+        self.write_to_account(actor, account, "mailbox.delete", move |ctx, event| {
+            require_mailbox(ctx.conn, account, mailbox)?;
+            let has_children = ctx
+                .conn
+                .prepare_cached("SELECT 1 FROM mailboxes WHERE parent_id = ?1")?
+                .exists([mailbox.0])?;
+            if has_children {
+                return Err(Error::Conflict("the mailbox has child mailboxes".into()));
+            }
+            let uids: Vec<u32> = ctx
+                .conn
+                .prepare_cached("SELECT uid FROM mailbox_messages WHERE mailbox_id = ?1")?
+                .query_map([mailbox.0], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let removed = remove_from_mailbox(ctx, account, mailbox, &uids)?;
+            ctx.conn
+                .prepare_cached("DELETE FROM mailboxes WHERE id = ?1")?
+                .execute([mailbox.0])?;
+            ctx.change(
+                account,
+                ObjectType::Mailbox,
+                mailbox.0,
+                ChangeKind::Destroyed,
+                None,
+                None,
+            )?;
+            event.object_ids.push(mailbox.to_string());
+            event.item_count = removed.len() as u64;
+            Ok(())
+        })
     }
 
     fn deliver(
@@ -1674,8 +1678,7 @@ impl Backend for SqliteBackend {
             return Err(Error::Invalid(format!("bad mailbox name {new_name:.40?}")));
         }
         let new_name = new_name.to_string();
-        let target = self.audit_name(actor, account, Some(account))?;
-        self.write(actor, "mailbox.rename", target, Some(account), move |ctx, event| {
+        self.write_to_account(actor, account, "mailbox.rename", move |ctx, event| {
             let old_name: String = ctx
                 .conn
                 .prepare_cached("SELECT name FROM mailboxes WHERE id = ?1 AND account_id = ?2")?
@@ -1739,23 +1742,16 @@ impl Backend for SqliteBackend {
         uids: &[u32],
     ) -> Result<Vec<u32>> {
         let uids = uids.to_vec();
-        let target = self.audit_name(actor, account, Some(account))?;
-        self.write(
-            actor,
-            "email.expunge",
-            target,
-            Some(account),
-            move |ctx, event| {
-                require_mailbox(ctx.conn, account, mailbox)?;
-                let removed = remove_from_mailbox(ctx, account, mailbox, &uids)?;
-                event.object_ids = removed
-                    .iter()
-                    .map(|uid| format!("{mailbox}:{uid}"))
-                    .collect();
-                event.item_count = removed.len() as u64;
-                Ok(removed)
-            },
-        )
+        self.write_to_account(actor, account, "email.expunge", move |ctx, event| {
+            require_mailbox(ctx.conn, account, mailbox)?;
+            let removed = remove_from_mailbox(ctx, account, mailbox, &uids)?;
+            event.object_ids = removed
+                .iter()
+                .map(|uid| format!("{mailbox}:{uid}"))
+                .collect();
+            event.item_count = removed.len() as u64;
+            Ok(removed)
+        })
     }
 
     fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
@@ -1965,8 +1961,7 @@ impl Backend for SqliteBackend {
             ));
         }
         let rights = rights.to_string();
-        let target = self.audit_name(actor, account, Some(account))?;
-        self.write(actor, "mailbox.rights.set", target, Some(account), move |ctx, event| {
+        self.write_to_account(actor, account, "mailbox.rights.set", move |ctx, event| {
             require_mailbox(ctx.conn, account, mailbox)?;
             let exists = ctx.conn.prepare_cached("SELECT 1 FROM principals WHERE id = ?1")?.exists([grantee.0])?;
             if !exists {
