@@ -285,6 +285,11 @@ struct Conn {
     foreign_changes: Option<broadcast::Receiver<ChangeNotice>>,
     /// The store reported writes the view has not caught up with.
     dirty: bool,
+    /// Notices of the user's own account taken off `changes` so far.
+    own_notices_seen: u64,
+    /// The account's own mailbox rows as read when `own_notices_seen` had
+    /// this value; see `own_mailboxes`.
+    own_rows: std::sync::Mutex<Option<(u64, Arc<Vec<Mailbox>>)>>,
 }
 
 /// A failed command: its answer.
@@ -423,6 +428,8 @@ async fn serve(shared: Arc<Shared>, mut conn: Connection) {
         changes: None,
         foreign_changes: None,
         dirty: false,
+        own_notices_seen: 0,
+        own_rows: std::sync::Mutex::new(None),
     };
     if !send(&mut conn, &c.session.greeting()).await {
         return;
@@ -568,24 +575,13 @@ fn wire_name(mailbox: &WireMailbox<'_>) -> Vec<u8> {
 /// Finds `name` (stored form, possibly in a shared namespace) for `user`,
 /// with the user's rights. `None` when it does not exist or the user holds
 /// no right on it: the two are never told apart.
-fn reach_blocking(
+fn reach_foreign_blocking(
     b: &dyn bulwark_store::Backend,
     user: PrincipalId,
     name: &str,
 ) -> Result<Option<Reached>, StoreError> {
     match acl::place(name) {
-        acl::Place::Own(own) => {
-            Ok(b.mailboxes(user)?
-                .into_iter()
-                .find(|m| m.name == own)
-                .map(|m| Reached {
-                    name: m.name.clone(),
-                    mailbox: m,
-                    rights: Rights::all(),
-                    owner: None,
-                }))
-        }
-        acl::Place::Virtual => Ok(None),
+        acl::Place::Own(_) | acl::Place::Virtual => Ok(None),
         acl::Place::Foreign {
             namespace,
             owner,
@@ -752,12 +748,42 @@ impl Conn {
     /// The mailbox `name` as this user reaches it, if it exists for them.
     async fn reach(&self, name: &str) -> Result<Option<Reached>, Refusal> {
         let user = self.account()?;
+        if let acl::Place::Own(own) = acl::place(name) {
+            let rows = self.own_mailboxes(user).await?;
+            return Ok(rows.iter().find(|m| m.name == own).map(|m| Reached {
+                name: m.name.clone(),
+                mailbox: m.clone(),
+                rights: Rights::all(),
+                owner: None,
+            }));
+        }
         let name = name.to_string();
         Ok(self
             .shared
             .store
-            .run(move |b| reach_blocking(b, user, &name))
+            .run(move |b| reach_foreign_blocking(b, user, &name))
             .await?)
+    }
+
+    /// The user's own mailbox rows. They are kept between commands while
+    /// no notice of the account has arrived since they were read: every
+    /// write publishes its notice before it is acknowledged, so a change
+    /// acknowledged to anyone before this call is either in the kept rows
+    /// or waiting on `changes`, and then the rows are read again.
+    async fn own_mailboxes(&self, user: PrincipalId) -> Result<Arc<Vec<Mailbox>>, Refusal> {
+        let quiet = self.changes.as_ref().is_some_and(|rx| rx.is_empty());
+        if quiet
+            && let Some((seen, rows)) = self.own_rows.lock().expect("own rows").as_ref()
+            && *seen == self.own_notices_seen
+        {
+            return Ok(rows.clone());
+        }
+        let seen = self.own_notices_seen;
+        let rows = Arc::new(self.shared.store.run(move |b| b.mailboxes(user)).await?);
+        if quiet {
+            *self.own_rows.lock().expect("own rows") = Some((seen, rows.clone()));
+        }
+        Ok(rows)
     }
 
     /// One of the user's own mailboxes, for commands that change the
@@ -811,12 +837,16 @@ impl Conn {
         Ok(())
     }
 
-    /// Takes notices off the channel; true when any arrived.
+    /// Takes notices off the channels, marking the view dirty when any
+    /// arrived.
     fn drain_notices(&mut self) {
-        for rx in [self.changes.as_mut(), self.foreign_changes.as_mut()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(rx) = self.changes.as_mut() {
+            while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = rx.try_recv() {
+                self.dirty = true;
+                self.own_notices_seen += 1;
+            }
+        }
+        if let Some(rx) = self.foreign_changes.as_mut() {
             while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = rx.try_recv() {
                 self.dirty = true;
             }
@@ -3240,7 +3270,9 @@ impl Conn {
                 }
             }
             if noticed {
+                // It may have been the own account's: the kept rows go.
                 self.dirty = true;
+                self.own_notices_seen += 1;
             }
             match received {
                 None => {}

@@ -373,6 +373,57 @@ async fn expunges_by_others_wait_for_an_allowed_moment() {
     assert!(joined(&r).contains("* 1 EXPUNGE"), "{r:?}");
 }
 
+/// SELECT keeps the account's mailbox rows between commands; every change
+/// made elsewhere (another session, delivery) must still show at the next
+/// SELECT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_sees_changes_made_elsewhere() {
+    let fx = start().await;
+    fx.deliver(fx.alice, &message("m0")).await;
+    let mut a = fx.login(ALICE).await;
+    let mut b = fx.login(ALICE).await;
+    let text = joined(&a.run("SELECT INBOX").await);
+    assert!(
+        text.contains("* 1 EXISTS") && text.contains("[UIDNEXT 2]"),
+        "{text}"
+    );
+    assert!(ok(&a.run("SELECT INBOX").await));
+
+    fx.deliver(fx.alice, &message("m1")).await;
+    let text = joined(&a.run("SELECT INBOX").await);
+    assert!(
+        text.contains("* 2 EXISTS") && text.contains("[UIDNEXT 3]"),
+        "{text}"
+    );
+
+    assert!(ok(&b.run("CREATE Projects").await));
+    let r = a.run("SELECT Projects").await;
+    assert!(ok(&r), "{r:?}");
+    assert!(ok(&b.run("RENAME Projects Done").await));
+    let r = a.run("SELECT Projects").await;
+    assert!(joined(&r).contains("NO [NONEXISTENT]"), "{r:?}");
+    assert!(ok(&a.run("SELECT Done").await));
+    assert!(ok(&b.run("DELETE Done").await));
+    let r = a.run("SELECT Done").await;
+    assert!(joined(&r).contains("NO [NONEXISTENT]"), "{r:?}");
+
+    // The session's own changes too, and while it idles.
+    assert!(ok(&a.run("CREATE Mine").await));
+    assert!(ok(&a.run("SELECT Mine").await));
+    a.write(b"i1 IDLE\r\n").await;
+    assert!(a.line().await.starts_with('+'));
+    assert!(ok(&b.run("APPEND Mine {5+}\r\nhello").await));
+    let pushed = a.line_within(Duration::from_secs(2)).await;
+    assert!(pushed.is_some_and(|l| l.contains("EXISTS")));
+    a.write(b"DONE\r\n").await;
+    assert!(ok(&a.until("i1").await));
+    let text = joined(&a.run("SELECT Mine").await);
+    assert!(
+        text.contains("* 1 EXISTS") && text.contains("[UIDNEXT 2]"),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_store_search_copy_move_append() {
     let fx = start().await;
