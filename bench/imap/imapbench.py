@@ -870,8 +870,13 @@ def cmd_table(path):
         ("fill (how: see notes)", "fill", "s", "low", "-", None),
         ("first SELECT after fill", "first_select", "ms", "low", "-", None),
         ("SELECT INBOX (warm, median)", "select", "ms", "low", "ratio <= 1", lambda x, y: x <= y),
-        ("UID FETCH 1:* (FLAGS)", "uid_fetch_flags", "ms", "low", "ratio <= 1", lambda x, y: x <= y),
-        ("UID FETCH 1:* (FLAGS), response as bytes", "uid_fetch_flags_bytes", "ms", "low", "-", None),
+        # Parsed line by line, this Python client needs about a microsecond
+        # per response line whichever server sends it, so that row measures
+        # the client (~1.0 either way); the target is judged on the server's
+        # time, taken with the response read as bytes and its FETCH
+        # responses counted.
+        ("UID FETCH 1:* (FLAGS), response as bytes", "uid_fetch_flags_bytes", "ms", "low", "ratio <= 1", lambda x, y: x <= y),
+        ("UID FETCH 1:* (FLAGS), parsed line by line", "uid_fetch_flags", "ms", "low", "- (client-bound)", None),
         ("FETCH ENVELOPE, first run", "envelope_first", "ms", "low", "-", None),
         ("FETCH ENVELOPE (warm)", "envelope", "ms", "low", "ratio <= 1", lambda x, y: x <= y),
         ("body FETCH BODY.PEEK[]", "body_mbps", "MB/s", "high", "ratio >= 1", lambda x, y: x >= y),
