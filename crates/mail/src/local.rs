@@ -1,11 +1,11 @@
 //! Local delivery: from a recipient address to durable Inbox entries.
 
-use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use bulwark_audit::Actor;
 use bulwark_core::{EmailAddress, MailboxId, MailboxRole, PrincipalId, PrincipalKind};
 use bulwark_directory::Directory;
-use bulwark_store::{Delivered, Delivery, Error as StoreError};
+use bulwark_store::{Delivered, Error as StoreError, InboxReport};
 
 use crate::meta::parse_meta;
 
@@ -34,6 +34,15 @@ pub struct DeliveryReport {
 #[derive(Clone)]
 pub struct LocalDelivery {
     directory: Directory,
+}
+
+impl From<InboxReport> for DeliveryReport {
+    fn from(report: InboxReport) -> DeliveryReport {
+        DeliveryReport {
+            delivered: report.delivered,
+            failed: report.refused,
+        }
+    }
 }
 
 impl LocalDelivery {
@@ -107,50 +116,46 @@ impl LocalDelivery {
     }
 
     /// Stores `raw` once and files it in the Inbox of every account (each
-    /// once, whatever the envelope repeats). Returns when every entry is
-    /// durable. Accounts that refuse it (quota) are reported, not fatal.
+    /// once, whatever the envelope repeats), creating an Inbox that is
+    /// missing. Returns when every entry is durable. Accounts that refuse
+    /// it (quota) are reported, not fatal. Blocking.
     pub fn deliver(
         &self,
         raw: &[u8],
         accounts: &[PrincipalId],
         received_at: i64,
     ) -> Result<DeliveryReport, StoreError> {
-        let accounts: BTreeSet<PrincipalId> = accounts.iter().copied().collect();
-        let meta = parse_meta(raw, received_at);
-        let mut report = DeliveryReport::default();
-        let mut targets = Vec::with_capacity(accounts.len());
-        for account in accounts {
-            match self.inbox(account) {
-                Ok(mailbox) => targets.push(Delivery {
-                    account,
-                    mailbox,
-                    keywords: Vec::new(),
-                }),
-                Err(e) if e.is_user_error() => report.failed.push((account, e)),
-                Err(e) => return Err(e),
-            }
-        }
-        let store = self.directory.store();
-        let system = Actor::system("delivery");
-        match store.deliver(&system, raw, &meta, &targets) {
-            Ok(delivered) => report.delivered = delivered,
-            // One refusing account must not stop the others: retry one by one.
-            Err(e) if e.is_user_error() && targets.len() > 1 => {
-                for target in targets {
-                    match store.deliver(&system, raw, &meta, std::slice::from_ref(&target)) {
-                        Ok(mut delivered) => report.delivered.append(&mut delivered),
-                        Err(e) if e.is_user_error() => report.failed.push((target.account, e)),
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-            Err(e) if e.is_user_error() => {
-                if let Some(target) = targets.first() {
-                    report.failed.push((target.account, e));
-                }
-            }
-            Err(e) => return Err(e),
-        }
-        Ok(report)
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.directory.store().deliver_to_inboxes(
+            &Actor::system("delivery"),
+            Arc::from(raw),
+            parse_meta(raw, received_at),
+            accounts.to_vec(),
+            Box::new(move |outcome| {
+                let _ = tx.send(outcome);
+            }),
+        );
+        let report = rx
+            .recv()
+            .map_err(|_| StoreError::Unavailable("delivery dropped before answering".into()))??;
+        Ok(report.into())
+    }
+
+    /// [`Self::deliver`] for an async task: a message the store keeps
+    /// inline is handed to its writer from the task itself, with no
+    /// blocking-pool thread in between.
+    pub async fn deliver_async(
+        &self,
+        raw: Arc<[u8]>,
+        accounts: Vec<PrincipalId>,
+        received_at: i64,
+    ) -> Result<DeliveryReport, StoreError> {
+        let meta = parse_meta(&raw, received_at);
+        let report = self
+            .directory
+            .store()
+            .deliver_to_inboxes_async(Actor::system("delivery"), raw, meta, accounts)
+            .await?;
+        Ok(report.into())
     }
 }

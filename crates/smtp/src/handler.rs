@@ -4,8 +4,10 @@
 //! Implementation notes:
 //!
 //! * Every directory or store call runs on a blocking thread
-//!   (`spawn_blocking`); no reply is written while one is running, and none
-//!   holds a lock across a write.
+//!   (`spawn_blocking`), except handing a local-only message to the store's
+//!   writer, which queues without blocking and wakes the task when the
+//!   message is durable; no reply is written while one is running, and
+//!   none holds a lock across a write.
 //! * Bytes read are handed to the session at once, never buffered here, so
 //!   when STARTTLS discards the plaintext that followed it nothing is left
 //!   behind in this layer either.
@@ -300,16 +302,29 @@ async fn serve(
                             transaction.message.clone(),
                         )
                     });
-                let delivery = delivery.clone();
-                let queue = services.queue.clone();
-                let done = tokio::task::spawn_blocking(move || {
-                    deliver(&delivery, queue.as_ref(), &transaction, ip, protocol)
-                })
-                .await;
-                let outcome = done.unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "delivery task failed");
-                    DeliveryOutcome::TemporaryFailure
-                });
+                let outcome = if only_local(&transaction) {
+                    let report = delivery
+                        .deliver_async(
+                            Arc::from(&transaction.message[..]),
+                            transaction.accounts(),
+                            transaction.received_at,
+                        )
+                        .await;
+                    let outcome = local_outcome(&transaction.id, report);
+                    log_outcome(&transaction, &outcome);
+                    outcome
+                } else {
+                    let delivery = delivery.clone();
+                    let queue = services.queue.clone();
+                    let done = tokio::task::spawn_blocking(move || {
+                        deliver(&delivery, queue.as_ref(), &transaction, ip, protocol)
+                    })
+                    .await;
+                    done.unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "delivery task failed");
+                        DeliveryOutcome::TemporaryFailure
+                    })
+                };
                 let stored = matches!(
                     outcome,
                     DeliveryOutcome::Stored | DeliveryOutcome::PartiallyStored
@@ -551,30 +566,7 @@ fn deliver(
         delivery.deliver(&transaction.message, &accounts, transaction.received_at)
     };
     let has_remote = transaction.recipients.iter().any(|r| r.is_remote());
-    let mut outcome = match result {
-        Ok(report) => {
-            for (account, e) in &report.failed {
-                tracing::warn!(id = %transaction.id, account = account.0, error = %e, "an account refused the message");
-            }
-            if report.failed.is_empty() {
-                DeliveryOutcome::Stored
-            } else if !report.delivered.is_empty() {
-                DeliveryOutcome::PartiallyStored
-            } else if report
-                .failed
-                .iter()
-                .any(|(_, e)| matches!(e, StoreError::QuotaExceeded { .. }))
-            {
-                DeliveryOutcome::MailboxFull
-            } else {
-                DeliveryOutcome::Unavailable
-            }
-        }
-        Err(e) => {
-            tracing::error!(id = %transaction.id, error = %e, "delivery failed");
-            DeliveryOutcome::TemporaryFailure
-        }
-    };
+    let mut outcome = local_outcome(&transaction.id, result);
     // Remote recipients are queued once local delivery did not fail
     // temporarily (the client will send again, and must not find the
     // remote copy queued already).
@@ -598,24 +590,79 @@ fn deliver(
     ) {
         notify_local_success(queue, transaction);
     }
-    match outcome {
-        DeliveryOutcome::Stored | DeliveryOutcome::PartiallyStored => {
-            tracing::info!(
-                id = %transaction.id,
-                size = transaction.message.len(),
-                recipients = transaction.recipients.len(),
-                "message delivered"
-            );
-        }
-        _ => {
-            for d in &transaction.delegations {
-                if let Err(e) = audit(d, Outcome::Failed) {
-                    tracing::warn!(error = %e, "cannot audit a failed delegated send");
-                }
+    log_outcome(transaction, &outcome);
+    if !matches!(
+        outcome,
+        DeliveryOutcome::Stored | DeliveryOutcome::PartiallyStored
+    ) {
+        for d in &transaction.delegations {
+            if let Err(e) = audit(d, Outcome::Failed) {
+                tracing::warn!(error = %e, "cannot audit a failed delegated send");
             }
         }
     }
     outcome
+}
+
+/// Whether the message only goes to local mailboxes with nothing else to
+/// write: no delegated send to audit, no remote recipient to queue, no
+/// success notice to send. Such a delivery is handed to the store from the
+/// session's task (`LocalDelivery::deliver_async`); the rest goes through
+/// the blocking pool.
+fn only_local(transaction: &Transaction) -> bool {
+    transaction.delegations.is_empty()
+        && transaction.recipients.iter().all(|r| {
+            !r.is_remote()
+                && !bulwark_transport::queue::notify_wants(
+                    r.notify.as_deref(),
+                    bulwark_transport::dsn::NoticeKind::Delivered,
+                )
+        })
+}
+
+/// The reply a local delivery's outcome earns.
+fn local_outcome(
+    id: &str,
+    result: Result<bulwark_mail::DeliveryReport, StoreError>,
+) -> DeliveryOutcome {
+    match result {
+        Ok(report) => {
+            for (account, e) in &report.failed {
+                tracing::warn!(%id, account = account.0, error = %e, "an account refused the message");
+            }
+            if report.failed.is_empty() {
+                DeliveryOutcome::Stored
+            } else if !report.delivered.is_empty() {
+                DeliveryOutcome::PartiallyStored
+            } else if report
+                .failed
+                .iter()
+                .any(|(_, e)| matches!(e, StoreError::QuotaExceeded { .. }))
+            {
+                DeliveryOutcome::MailboxFull
+            } else {
+                DeliveryOutcome::Unavailable
+            }
+        }
+        Err(e) => {
+            tracing::error!(%id, error = %e, "delivery failed");
+            DeliveryOutcome::TemporaryFailure
+        }
+    }
+}
+
+fn log_outcome(transaction: &Transaction, outcome: &DeliveryOutcome) {
+    if matches!(
+        outcome,
+        DeliveryOutcome::Stored | DeliveryOutcome::PartiallyStored
+    ) {
+        tracing::info!(
+            id = %transaction.id,
+            size = transaction.message.len(),
+            recipients = transaction.recipients.len(),
+            "message delivered"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -32,8 +32,9 @@
 //! * Relay for anyone but an authenticated submitter: on the MX a
 //!   recipient outside our domains is refused at RCPT. Remote delivery goes
 //!   through `bulwark-transport`'s queue, never from here.
-//! * Touch storage or sockets from the session: only the driver does, and
-//!   only through `spawn_blocking` for storage, never while writing.
+//! * Touch storage or sockets from the session: only the driver does,
+//!   through `spawn_blocking` or a store call that cannot block, never
+//!   while writing.
 //! * Answer 250 to message data before the store says it is durable.
 //! * Offer or accept AUTH on a plaintext connection, or tell an unknown
 //!   user from a wrong password.

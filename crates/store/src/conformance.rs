@@ -30,6 +30,7 @@ pub const CHECKS: &[Check] = &[
     ("mailboxes", mailboxes),
     ("delivery_and_dedup", delivery_and_dedup),
     ("large_blobs_live_outside_the_database", large_blobs),
+    ("inbox_delivery_per_account", inbox_delivery),
     ("keywords_and_modseq", keywords_and_modseq),
     ("change_log_order", change_log_order),
     ("notifications_follow_commits", notifications),
@@ -375,6 +376,77 @@ fn delivery_and_dedup(b: &dyn Backend) {
     // UIDs are never reused.
     let again = deliver_to(b, &raw, &meta(1), &places[2..]);
     assert_eq!(again[0].uid, 2);
+}
+
+/// `deliver_to_inboxes`, waited for.
+fn deliver_to_inboxes(
+    b: &dyn Backend,
+    raw: &[u8],
+    n: usize,
+    accounts: &[PrincipalId],
+) -> crate::Result<crate::InboxReport> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    b.deliver_to_inboxes(
+        &Actor::system("test"),
+        std::sync::Arc::from(raw),
+        meta(n),
+        accounts.to_vec(),
+        Box::new(move |outcome| tx.send(outcome).unwrap()),
+    );
+    rx.recv().unwrap()
+}
+
+fn inbox_delivery(b: &dyn Backend) {
+    domain(b, "example.com");
+    let with_inbox = user(b, "a@example.com");
+    let ia = inbox(b, with_inbox);
+    let without_inbox = user(b, "b@example.com");
+    let full = b
+        .create_principal(
+            &admin(),
+            &NewPrincipal {
+                kind: PrincipalKind::Individual,
+                address: "full@example.com".parse().unwrap(),
+                display_name: "full".into(),
+                password_hash: None,
+                quota_bytes: 1000,
+            },
+        )
+        .unwrap();
+    let group = principal(b, "team@example.com", PrincipalKind::Group);
+    for (n, size) in [(1, 2000), (2, 300_000)] {
+        let raw = message(n, size);
+        let accounts = [with_inbox, full, without_inbox, with_inbox, group];
+        let report = deliver_to_inboxes(b, &raw, n, &accounts).unwrap();
+        let mut landed: Vec<_> = report.delivered.iter().map(|d| d.account).collect();
+        landed.sort();
+        assert_eq!(landed, [with_inbox, without_inbox], "each account once");
+        let mut refused: Vec<_> = report.refused.iter().map(|(a, _)| *a).collect();
+        refused.sort();
+        assert_eq!(refused, [full, group]);
+        assert!(
+            report
+                .refused
+                .iter()
+                .any(|(a, e)| *a == full && matches!(e, Error::QuotaExceeded { .. }))
+        );
+        // The Inbox was created on the first delivery, and only then.
+        let boxes = b.mailboxes(without_inbox).unwrap();
+        assert_eq!(boxes.len(), 1);
+        assert_eq!(boxes[0].role, Some(MailboxRole::Inbox));
+        let entries = b.messages(without_inbox, boxes[0].id).unwrap();
+        assert_eq!(entries.len(), n);
+        assert_eq!(b.read_blob(&entries[n - 1].blob).unwrap(), raw);
+        assert_eq!(b.messages(with_inbox, ia).unwrap().len(), n);
+        assert!(b.mailboxes(full).unwrap().is_empty(), "nothing left behind");
+    }
+    let check = b.check_blobs().unwrap();
+    assert_eq!(check.referenced, 2);
+    assert!(check.miscounted.is_empty() && check.missing.is_empty());
+    assert_eq!(b.principal(full).unwrap().unwrap().used_bytes, 0);
+    // No account at all: nothing to do, and said so.
+    let empty = deliver_to_inboxes(b, &message(3, 100), 3, &[]).unwrap();
+    assert!(empty.delivered.is_empty() && empty.refused.is_empty());
 }
 
 fn large_blobs(b: &dyn Backend) {

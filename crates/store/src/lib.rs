@@ -155,6 +155,24 @@ pub trait Backend: Send + Sync + 'static {
         meta: &EmailMeta,
         targets: &[Delivery],
     ) -> Result<Vec<Delivered>>;
+    /// Files `raw` in the Inbox of each account (creating an Inbox that is
+    /// missing), each account on its own: one that refuses the message
+    /// (over quota, removed meanwhile) does not stop the others. `done`
+    /// gets the outcome once every entry is durable, possibly on another
+    /// thread, so it must only hand the outcome on. Whether the call itself
+    /// may block on storage: see [`Backend::delivers_without_blocking`].
+    fn deliver_to_inboxes(
+        &self,
+        actor: &Actor,
+        raw: Arc<[u8]>,
+        meta: EmailMeta,
+        accounts: Vec<PrincipalId>,
+        done: InboxDone,
+    );
+    /// Whether [`Backend::deliver_to_inboxes`] of a message of `size` bytes
+    /// returns at once (queues the write and reads nothing), so an async
+    /// task may call it directly.
+    fn delivers_without_blocking(&self, size: usize) -> bool;
     /// Stores several messages in one write: every one or none (IMAP
     /// MULTIAPPEND, RFC 3502). Returns where each landed, in order.
     fn deliver_batch(&self, actor: &Actor, items: &[BatchItem]) -> Result<Vec<Vec<Delivered>>>;
@@ -447,6 +465,33 @@ impl Store {
     /// Wraps a backend.
     pub fn new(backend: Arc<dyn Backend>) -> Store {
         Store { backend }
+    }
+
+    /// [`Backend::deliver_to_inboxes`], awaited: on the calling task when
+    /// the backend can queue the write without blocking, else through the
+    /// blocking pool.
+    pub async fn deliver_to_inboxes_async(
+        &self,
+        actor: Actor,
+        raw: Arc<[u8]>,
+        meta: EmailMeta,
+        accounts: Vec<PrincipalId>,
+    ) -> Result<InboxReport> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let done: InboxDone = Box::new(move |outcome| {
+            let _ = tx.send(outcome);
+        });
+        if self.backend.delivers_without_blocking(raw.len()) {
+            self.backend
+                .deliver_to_inboxes(&actor, raw, meta, accounts, done);
+        } else {
+            let backend = Arc::clone(&self.backend);
+            tokio::task::spawn_blocking(move || {
+                backend.deliver_to_inboxes(&actor, raw, meta, accounts, done);
+            });
+        }
+        rx.await
+            .map_err(|_| Error::Unavailable("delivery dropped before answering".into()))?
     }
 
     /// Runs blocking storage work off the async executor.

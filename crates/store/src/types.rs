@@ -127,6 +127,18 @@ pub struct Delivery {
     pub keywords: Vec<String>,
 }
 
+/// The outcome of [`crate::Backend::deliver_to_inboxes`].
+#[derive(Debug, Default)]
+pub struct InboxReport {
+    /// Where the message landed.
+    pub delivered: Vec<Delivered>,
+    /// Accounts that refused it (over quota, removed meanwhile), with why.
+    pub refused: Vec<(PrincipalId, crate::Error)>,
+}
+
+/// Receives the outcome of [`crate::Backend::deliver_to_inboxes`].
+pub type InboxDone = Box<dyn FnOnce(crate::Result<InboxReport>) + Send>;
+
 /// Where a message landed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivered {

@@ -24,7 +24,7 @@ use crate::notify::Notifier;
 use crate::schema;
 use crate::types::*;
 use crate::{Backend, Error, Result};
-use writer::{OpCtx, Writer, decode_ids, to_hash};
+use writer::{OpCtx, Writer, decode_ids, run_cached, to_hash};
 
 /// Tuning of the embedded backend.
 #[derive(Debug, Clone)]
@@ -598,6 +598,124 @@ fn normalized(targets: &[Delivery]) -> Result<Vec<Delivery>> {
             })
         })
         .collect()
+}
+
+/// Creates a mailbox inside the current write.
+fn create_mailbox_in(
+    ctx: &mut OpCtx<'_>,
+    account: PrincipalId,
+    name: String,
+    role: Option<MailboxRole>,
+    parent: Option<MailboxId>,
+) -> Result<Mailbox> {
+    require_account(ctx.conn, account)?;
+    if let Some(parent) = parent {
+        require_mailbox(ctx.conn, account, parent)?;
+    }
+    let taken = ctx
+        .conn
+        .prepare_cached("SELECT 1 FROM mailboxes WHERE account_id = ?1 AND name = ?2")?
+        .exists(params![account.0, name])?;
+    if taken {
+        return Err(Error::exists("mailbox", &name));
+    }
+    if let Some(role) = role {
+        let role_taken = ctx
+            .conn
+            .prepare_cached("SELECT 1 FROM mailboxes WHERE account_id = ?1 AND role = ?2")?
+            .exists(params![account.0, role.name()])?;
+        if role_taken {
+            return Err(Error::exists("mailbox with role", role));
+        }
+    }
+    let uid_validity = random_u32()?;
+    ctx.conn
+        .prepare_cached(
+            "INSERT INTO mailboxes (account_id, name, parent_id, role, uid_validity) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![account.0, name, parent.map(|p| p.0), role.map(|r| r.name()), uid_validity])?;
+    let id = ctx.conn.last_insert_rowid();
+    let modseq = ctx.change(
+        account,
+        ObjectType::Mailbox,
+        id,
+        ChangeKind::Created,
+        None,
+        None,
+    )?;
+    ctx.conn
+        .prepare_cached("UPDATE mailboxes SET highest_modseq = ?1 WHERE id = ?2")?
+        .execute(params![modseq.0 as i64, id])?;
+    Ok(Mailbox {
+        id: MailboxId(id),
+        account,
+        name,
+        parent,
+        role,
+        uid_validity,
+        uid_next: 1,
+        highest_modseq: modseq,
+    })
+}
+
+/// Files a message in the account's Inbox inside an open write, creating
+/// the Inbox when the account has none yet.
+fn deliver_to_inbox_in(
+    ctx: &mut OpCtx<'_>,
+    id: &BlobId,
+    size: u64,
+    inline: Option<&[u8]>,
+    meta: &EmailMeta,
+    account: PrincipalId,
+) -> Result<Delivered> {
+    let inbox: Option<i64> = ctx
+        .conn
+        .prepare_cached("SELECT id FROM mailboxes WHERE account_id = ?1 AND role = ?2")?
+        .query_row(params![account.0, MailboxRole::Inbox.name()], |r| r.get(0))
+        .optional()?;
+    let mailbox = match inbox {
+        Some(id) => MailboxId(id),
+        None => create_mailbox_in(ctx, account, "INBOX".into(), Some(MailboxRole::Inbox), None)?.id,
+    };
+    let target = Delivery {
+        account,
+        mailbox,
+        keywords: Vec::new(),
+    };
+    deliver_in(ctx, id, size, inline, meta, std::slice::from_ref(&target))?
+        .pop()
+        .ok_or_else(|| Error::Storage("a delivery left no entry".into()))
+}
+
+/// Files a message in each account's Inbox inside an open write, each
+/// account in its own savepoint so one refusing it leaves the others.
+fn deliver_to_inboxes_in(
+    ctx: &mut OpCtx<'_>,
+    id: &BlobId,
+    size: u64,
+    inline: Option<&[u8]>,
+    meta: &EmailMeta,
+    accounts: &[PrincipalId],
+) -> Result<InboxReport> {
+    let mut report = InboxReport::default();
+    for &account in accounts {
+        run_cached(ctx.conn, "SAVEPOINT account")?;
+        match deliver_to_inbox_in(ctx, id, size, inline, meta, account) {
+            Ok(delivered) => {
+                run_cached(ctx.conn, "RELEASE account")?;
+                report.delivered.push(delivered);
+            }
+            Err(e) => {
+                run_cached(ctx.conn, "ROLLBACK TO account")?;
+                run_cached(ctx.conn, "RELEASE account")?;
+                if !e.is_user_error() {
+                    return Err(e);
+                }
+                report.refused.push((account, e));
+            }
+        }
+    }
+    Ok(report)
 }
 
 /// Stores one message for its targets inside an open write: the blob
@@ -1254,48 +1372,9 @@ impl Backend for SqliteBackend {
         }
         let name = name.to_string();
         self.write_to_account(actor, account, "mailbox.create", move |ctx, event| {
-            require_account(ctx.conn, account)?;
-            if let Some(parent) = parent {
-                require_mailbox(ctx.conn, account, parent)?;
-            }
-            let taken = ctx
-                .conn
-                .prepare_cached("SELECT 1 FROM mailboxes WHERE account_id = ?1 AND name = ?2")?
-                .exists(params![account.0, name])?;
-            if taken {
-                return Err(Error::exists("mailbox", &name));
-            }
-            if let Some(role) = role {
-                let role_taken = ctx
-                    .conn
-                    .prepare_cached("SELECT 1 FROM mailboxes WHERE account_id = ?1 AND role = ?2")?
-                    .exists(params![account.0, role.name()])?;
-                if role_taken {
-                    return Err(Error::exists("mailbox with role", role));
-                }
-            }
-            let uid_validity = random_u32()?;
-            ctx.conn
-                .prepare_cached(
-                    "INSERT INTO mailboxes (account_id, name, parent_id, role, uid_validity) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?
-                .execute(params![account.0, name, parent.map(|p| p.0), role.map(|r| r.name()), uid_validity])?;
-            let id = ctx.conn.last_insert_rowid();
-            let modseq = ctx.change(account, ObjectType::Mailbox, id, ChangeKind::Created, None, None)?;
-            ctx.conn
-                .prepare_cached("UPDATE mailboxes SET highest_modseq = ?1 WHERE id = ?2")?
-                .execute(params![modseq.0 as i64, id])?;
-            event.object_ids.push(id.to_string());
-            Ok(Mailbox {
-                id: MailboxId(id),
-                account,
-                name,
-                parent,
-                role,
-                uid_validity,
-                uid_next: 1,
-                highest_modseq: modseq,
-            })
+            let mailbox = create_mailbox_in(ctx, account, name, role, parent)?;
+            event.object_ids.push(mailbox.id.to_string());
+            Ok(mailbox)
         })
     }
 
@@ -1426,6 +1505,83 @@ impl Backend for SqliteBackend {
             Err(Error::BlobMissing(_)) => attempt(true),
             other => other,
         }
+    }
+
+    fn deliver_to_inboxes(
+        &self,
+        actor: &Actor,
+        raw: Arc<[u8]>,
+        meta: EmailMeta,
+        accounts: Vec<PrincipalId>,
+        done: InboxDone,
+    ) {
+        let accounts: Vec<PrincipalId> = accounts
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let Some(&first) = accounts.first() else {
+            done(Ok(InboxReport::default()));
+            return;
+        };
+        let foreign = accounts
+            .iter()
+            .copied()
+            .find(|a| Some(a.0) != actor.principal)
+            .unwrap_or(first);
+        let audit = match self.audit_name(actor, foreign, Some(foreign)) {
+            Ok(name) => actor.must_audit(Some(foreign.0)).then(|| {
+                actor.event(
+                    "email.append",
+                    name.as_deref().map(|t| (t, Some(foreign.0))),
+                )
+            }),
+            Err(e) => {
+                done(Err(e));
+                return;
+            }
+        };
+        let id = blob_id(&raw);
+        let size = raw.len() as u64;
+        let inline = raw.len() <= self.options.inline_blob_max_bytes;
+        let job = {
+            let raw = Arc::clone(&raw);
+            move || {
+                let (raw, meta, accounts) = (Arc::clone(&raw), meta.clone(), accounts.clone());
+                move |ctx: &mut OpCtx<'_>, event: &mut AuditEvent| {
+                    let bytes = inline.then_some(&raw[..]);
+                    let report = deliver_to_inboxes_in(ctx, &id, size, bytes, &meta, &accounts)?;
+                    event.object_ids = report
+                        .delivered
+                        .iter()
+                        .map(|d| format!("{}:{}", d.mailbox, d.uid))
+                        .collect();
+                    event.item_count = report.delivered.len() as u64;
+                    Ok(report)
+                }
+            }
+        };
+        if inline {
+            self.writer.submit_then(audit, job(), done);
+            return;
+        }
+        // The file is written (and synced) before the write that references
+        // it; a file removed meanwhile by a concurrent delete is rewritten.
+        let outcome = (|| {
+            self.blobs.write(&id, &raw, false)?;
+            match self.writer.submit(audit.clone(), job()) {
+                Err(Error::BlobMissing(_)) => {
+                    self.blobs.write(&id, &raw, true)?;
+                    self.writer.submit(audit, job())
+                }
+                other => other,
+            }
+        })();
+        done(outcome);
+    }
+
+    fn delivers_without_blocking(&self, size: usize) -> bool {
+        size <= self.options.inline_blob_max_bytes
     }
 
     fn deliver_batch(&self, actor: &Actor, items: &[BatchItem]) -> Result<Vec<Vec<Delivered>>> {

@@ -270,11 +270,31 @@ trait Job: Send {
     fn fail(self: Box<Self>, error: Error);
 }
 
-/// A write with its audit policy and its reply channel.
+/// Where a write's outcome goes once it is durable (or failed).
+enum Reply<T> {
+    /// A caller blocked in [`Writer::submit`].
+    Wait(SyncSender<Result<T>>),
+    /// A callback from [`Writer::submit_then`], run on the writer thread.
+    Then(Box<dyn FnOnce(Result<T>) + Send>),
+}
+
+impl<T> Reply<T> {
+    fn answer(self, outcome: Result<T>) {
+        match self {
+            // The caller may have given up waiting; nothing to do then.
+            Reply::Wait(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Reply::Then(done) => done(outcome),
+        }
+    }
+}
+
+/// A write with its audit policy and where its outcome goes.
 struct Write<T, F> {
     audit: Option<AuditEvent>,
     op: F,
-    reply: SyncSender<Result<T>>,
+    reply: Reply<T>,
 }
 
 impl<T, F> Job for Write<T, F>
@@ -296,19 +316,18 @@ where
                 Ok(()) => result,
                 Err(e) => Err(Error::Storage(format!("commit failed: {e}"))),
             };
-            // The caller may have given up waiting; nothing to do then.
-            let _ = reply.send(answer);
+            reply.answer(answer);
         })
     }
 
     fn fail(self: Box<Self>, error: Error) {
-        let _ = self.reply.send(Err(error));
+        self.reply.answer(Err(error));
     }
 }
 
 /// Runs a parameterless statement through the statement cache; savepoints
 /// run once per write, so re-parsing them each time shows in profiles.
-fn run_cached(conn: &Connection, sql: &str) -> Result<()> {
+pub(super) fn run_cached(conn: &Connection, sql: &str) -> Result<()> {
     conn.prepare_cached(sql)?.execute([])?;
     Ok(())
 }
@@ -400,16 +419,51 @@ impl Writer {
         F: FnOnce(&mut OpCtx<'_>, &mut AuditEvent) -> Result<T> + Send + 'static,
     {
         let (reply, answer) = mpsc::sync_channel(1);
-        let job: Box<dyn Job> = Box::new(Write { audit, op, reply });
+        self.enqueue(Box::new(Write {
+            audit,
+            op,
+            reply: Reply::Wait(reply),
+        }))?;
+        answer
+            .recv()
+            .map_err(|_| Error::Unavailable("writer stopped before answering".into()))?
+    }
+
+    /// Like [`Self::submit`] without waiting: `done` gets the outcome on
+    /// the writer thread once it is durable (or failed), so it must only
+    /// hand the outcome on (wake a task), never block or write.
+    pub fn submit_then<T, F>(
+        &self,
+        audit: Option<AuditEvent>,
+        op: F,
+        done: Box<dyn FnOnce(Result<T>) + Send>,
+    ) where
+        T: Send + 'static,
+        F: FnOnce(&mut OpCtx<'_>, &mut AuditEvent) -> Result<T> + Send + 'static,
+    {
+        let job: Box<dyn Job> = Box::new(Write {
+            audit,
+            op,
+            reply: Reply::Then(done),
+        });
+        // A job that cannot be queued still answers, so no caller waits forever.
+        match &self.jobs {
+            Some(jobs) => {
+                if let Err(mpsc::SendError(job)) = jobs.send(job) {
+                    job.fail(Error::Unavailable("writer stopped".into()));
+                }
+            }
+            None => job.fail(Error::Unavailable("store is closed".into())),
+        }
+    }
+
+    fn enqueue(&self, job: Box<dyn Job>) -> Result<()> {
         let jobs = self
             .jobs
             .as_ref()
             .ok_or_else(|| Error::Unavailable("store is closed".into()))?;
         jobs.send(job)
-            .map_err(|_| Error::Unavailable("writer stopped".into()))?;
-        answer
-            .recv()
-            .map_err(|_| Error::Unavailable("writer stopped before answering".into()))?
+            .map_err(|_| Error::Unavailable("writer stopped".into()))
     }
 }
 
