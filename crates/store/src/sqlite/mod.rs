@@ -136,9 +136,11 @@ fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Res
     conn.busy_timeout(options.busy_timeout)?;
     // FULL: the WAL is fsynced at every commit, so "committed" means "on disk".
     conn.execute_batch(
-        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;
-         PRAGMA mmap_size = 268435456; PRAGMA temp_store = MEMORY;",
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;",
     )?;
+    if read_only {
+        conn.execute_batch("PRAGMA mmap_size = 268435456;")?;
+    }
     // The writer keeps a large page cache; readers, of which up to
     // POOLED_READERS stay open, a small one each (they read mostly through
     // the memory map and the OS page cache), so memory does not grow with
@@ -946,7 +948,20 @@ impl Backend for SqliteBackend {
     }
 
     fn domain(&self, name: &DomainName) -> Result<Option<Domain>> {
-        Ok(self.domains()?.into_iter().find(|d| &d.name == name))
+        // Asked at every RCPT: one indexed row, not the whole table.
+        self.read(|c| {
+            Ok(
+                c.prepare_cached("SELECT id, created_at FROM domains WHERE name = ?1")?
+                    .query_row([name.as_str()], |r| {
+                        Ok(Domain {
+                            id: DomainId(r.get(0)?),
+                            name: name.clone(),
+                            created_at: r.get(1)?,
+                        })
+                    })
+                    .optional()?,
+            )
+        })
     }
 
     fn create_principal(&self, actor: &Actor, new: &NewPrincipal) -> Result<PrincipalId> {
