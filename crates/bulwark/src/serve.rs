@@ -231,6 +231,36 @@ impl MailOut for QueueMailOut {
     }
 }
 
+/// The store's group commit on `/metrics`: how many transactions, and how
+/// many writes they carried.
+fn register_store_metrics(metrics: &Metrics, store: &bulwark_store::Store) {
+    let registered = [
+        (
+            "bulwark_store_commits_total",
+            "Transactions the store's writer committed (each one WAL sync).",
+            false,
+        ),
+        (
+            "bulwark_store_writes_total",
+            "Writes those transactions carried; divided by commits, the group-commit factor.",
+            true,
+        ),
+    ]
+    .into_iter()
+    .map(|(name, help, writes)| {
+        let store = store.clone();
+        metrics.counter_from(name, help, move || {
+            let (commits, written) = store.commit_stats();
+            if writes { written } else { commits }
+        })
+    });
+    for outcome in registered {
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, "cannot export a store metric");
+        }
+    }
+}
+
 pub fn serve(config_path: &Path) -> CmdResult {
     let config = Config::load(config_path)?;
     init_logging(&config);
@@ -258,6 +288,7 @@ pub fn serve(config_path: &Path) -> CmdResult {
         runner = runner.with_mta_sts(MtaSts::new(dns.clone(), roots, 443));
     }
     let metrics = Arc::new(Metrics::new());
+    register_store_metrics(&metrics, directory.store());
     let mut server = Server::new(ServerOptions::from_config(&config), tls, metrics);
     register_protocols(&mut server, &config, &directory, &queue, dns.as_ref());
     let store = directory.store().clone();

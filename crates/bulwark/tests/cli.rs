@@ -511,7 +511,19 @@ fn serve_answers_health_admin_commands_run_alongside_and_sigterm_stops() {
     let health = http_get(admin, "/health");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(health.contains("\"ok\""));
-    assert!(http_get(admin, "/metrics").contains("bulwark_up 1"));
+    let metrics = http_get(admin, "/metrics");
+    assert!(metrics.contains("bulwark_up 1"), "{metrics}");
+    // The store's group commit, counted by this process: every commit
+    // carries at least one write.
+    let count = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(count("bulwark_store_writes_total") >= count("bulwark_store_commits_total"));
     assert!(http_get(admin, "/../../etc/passwd").starts_with("HTTP/1.1 404"));
 
     // Admin commands share the store with the running server.

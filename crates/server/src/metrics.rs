@@ -86,10 +86,18 @@ impl fmt::Display for InvalidMetricName {
 
 impl std::error::Error for InvalidMetricName {}
 
+/// Where a registered counter's value comes from.
+enum Source {
+    /// A [`Counter`] the owner adds to.
+    Counter(Arc<Counter>),
+    /// Read when the metrics are rendered, from a count kept elsewhere.
+    Read(Box<dyn Fn() -> u64 + Send + Sync>),
+}
+
 struct Registered {
     name: &'static str,
     help: &'static str,
-    counter: Arc<Counter>,
+    source: Source,
 }
 
 /// Process-wide counters. Cheap to update from any task (relaxed atomics).
@@ -217,16 +225,45 @@ impl Metrics {
             .custom
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(existing) = custom.iter().find(|r| r.name == name) {
-            return Ok(Arc::clone(&existing.counter));
+        match custom.iter().find(|r| r.name == name).map(|r| &r.source) {
+            Some(Source::Counter(existing)) => return Ok(Arc::clone(existing)),
+            Some(Source::Read(_)) => return Err(InvalidMetricName(name.to_owned())),
+            None => {}
         }
         let counter = Arc::new(Counter::default());
         custom.push(Registered {
             name,
             help,
-            counter: Arc::clone(&counter),
+            source: Source::Counter(Arc::clone(&counter)),
         });
         Ok(counter)
+    }
+
+    /// Registers a counter kept elsewhere (for example by the store), read
+    /// each time the metrics are rendered; `read` must be cheap and must
+    /// never decrease. A name already registered is refused.
+    pub fn counter_from(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> Result<(), InvalidMetricName> {
+        if !valid_name(name) {
+            return Err(InvalidMetricName(name.to_owned()));
+        }
+        let mut custom = self
+            .custom
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if custom.iter().any(|r| r.name == name) {
+            return Err(InvalidMetricName(name.to_owned()));
+        }
+        custom.push(Registered {
+            name,
+            help,
+            source: Source::Read(Box::new(read)),
+        });
+        Ok(())
     }
 
     /// Every metric in the Prometheus text format, version 0.0.4.
@@ -319,7 +356,11 @@ impl Metrics {
         for r in custom.iter() {
             writeln!(out, "# HELP {} {}", r.name, escape_help(r.help))?;
             writeln!(out, "# TYPE {} counter", r.name)?;
-            writeln!(out, "{} {}", r.name, r.counter.get())?;
+            let value = match &r.source {
+                Source::Counter(counter) => counter.get(),
+                Source::Read(read) => read(),
+            };
+            writeln!(out, "{} {}", r.name, value)?;
         }
         Ok(())
     }
@@ -376,5 +417,36 @@ mod tests {
         ] {
             assert!(metrics.counter(bad, "x").is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn counters_read_from_elsewhere() {
+        let metrics = Metrics::new();
+        let kept = Arc::new(AtomicU64::new(7));
+        let source = Arc::clone(&kept);
+        metrics
+            .counter_from("bulwark_test_commits_total", "Commits.", move || {
+                source.load(Ordering::Relaxed)
+            })
+            .expect("valid");
+        assert!(
+            metrics
+                .render()
+                .contains("\nbulwark_test_commits_total 7\n")
+        );
+        kept.store(9, Ordering::Relaxed);
+        assert!(
+            metrics
+                .render()
+                .contains("\nbulwark_test_commits_total 9\n")
+        );
+        // One name, one source.
+        assert!(
+            metrics
+                .counter_from("bulwark_test_commits_total", "again", || 0)
+                .is_err()
+        );
+        assert!(metrics.counter("bulwark_test_commits_total", "x").is_err());
+        assert!(metrics.counter_from("bulwark_up", "x", || 0).is_err());
     }
 }

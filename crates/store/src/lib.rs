@@ -169,6 +169,9 @@ pub trait Backend: Send + Sync + 'static {
         accounts: Vec<PrincipalId>,
         done: InboxDone,
     );
+    /// `(transactions, writes)` this process has committed so far; writes
+    /// per transaction is the group-commit factor.
+    fn commit_stats(&self) -> (u64, u64);
     /// Whether [`Backend::deliver_to_inboxes`] of a message of `size` bytes
     /// returns at once (queues the write and reads nothing), so an async
     /// task may call it directly.

@@ -1595,6 +1595,10 @@ impl Backend for SqliteBackend {
         done(outcome);
     }
 
+    fn commit_stats(&self) -> (u64, u64) {
+        SqliteBackend::commit_stats(self)
+    }
+
     fn delivers_without_blocking(&self, size: usize) -> bool {
         size <= self.options.inline_blob_max_bytes
     }
