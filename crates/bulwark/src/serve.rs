@@ -234,26 +234,19 @@ impl MailOut for QueueMailOut {
 /// The store's group commit on `/metrics`: how many transactions, and how
 /// many writes they carried.
 fn register_store_metrics(metrics: &Metrics, store: &bulwark_store::Store) {
+    let (commits, writes) = (store.clone(), store.clone());
     let registered = [
-        (
+        metrics.counter_from(
             "bulwark_store_commits_total",
             "Transactions the store's writer committed (each one WAL sync).",
-            false,
+            move || commits.commit_stats().0,
         ),
-        (
+        metrics.counter_from(
             "bulwark_store_writes_total",
             "Writes those transactions carried; divided by commits, the group-commit factor.",
-            true,
+            move || writes.commit_stats().1,
         ),
-    ]
-    .into_iter()
-    .map(|(name, help, writes)| {
-        let store = store.clone();
-        metrics.counter_from(name, help, move || {
-            let (commits, written) = store.commit_stats();
-            if writes { written } else { commits }
-        })
-    });
+    ];
     for outcome in registered {
         if let Err(e) = outcome {
             tracing::warn!(error = %e, "cannot export a store metric");

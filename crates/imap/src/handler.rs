@@ -285,11 +285,9 @@ struct Conn {
     foreign_changes: Option<broadcast::Receiver<ChangeNotice>>,
     /// The store reported writes the view has not caught up with.
     dirty: bool,
-    /// Notices of the user's own account taken off `changes` so far.
-    own_notices_seen: u64,
-    /// The account's own mailbox rows as read when `own_notices_seen` had
-    /// this value; see `own_mailboxes`.
-    own_rows: std::sync::Mutex<Option<(u64, Arc<Vec<Mailbox>>)>>,
+    /// The account's own mailbox rows, kept until a notice of the account
+    /// is taken off `changes`; see `own_mailboxes`.
+    own_rows: std::sync::Mutex<Option<Arc<Vec<Mailbox>>>>,
 }
 
 /// A failed command: its answer.
@@ -428,7 +426,6 @@ async fn serve(shared: Arc<Shared>, mut conn: Connection) {
         changes: None,
         foreign_changes: None,
         dirty: false,
-        own_notices_seen: 0,
         own_rows: std::sync::Mutex::new(None),
     };
     if !send(&mut conn, &c.session.greeting()).await {
@@ -769,21 +766,22 @@ impl Conn {
     /// no notice of the account has arrived since they were read: every
     /// write publishes its notice before it is acknowledged, so a change
     /// acknowledged to anyone before this call is either in the kept rows
-    /// or waiting on `changes`, and then the rows are read again.
+    /// or waiting on `changes`, and then the rows are read again. Taking a
+    /// notice off the channel drops the kept rows (`forget_own_rows`).
     async fn own_mailboxes(&self, user: PrincipalId) -> Result<Arc<Vec<Mailbox>>, Refusal> {
         let quiet = self.changes.as_ref().is_some_and(|rx| rx.is_empty());
-        if quiet
-            && let Some((seen, rows)) = self.own_rows.lock().expect("own rows").as_ref()
-            && *seen == self.own_notices_seen
-        {
+        if quiet && let Some(rows) = self.own_rows.lock().expect("own rows").as_ref() {
             return Ok(rows.clone());
         }
-        let seen = self.own_notices_seen;
         let rows = Arc::new(self.shared.store.run(move |b| b.mailboxes(user)).await?);
         if quiet {
-            *self.own_rows.lock().expect("own rows") = Some((seen, rows.clone()));
+            *self.own_rows.lock().expect("own rows") = Some(rows.clone());
         }
         Ok(rows)
+    }
+
+    fn forget_own_rows(&mut self) {
+        *self.own_rows.get_mut().expect("own rows") = None;
     }
 
     /// One of the user's own mailboxes, for commands that change the
@@ -840,11 +838,15 @@ impl Conn {
     /// Takes notices off the channels, marking the view dirty when any
     /// arrived.
     fn drain_notices(&mut self) {
+        let mut own_changed = false;
         if let Some(rx) = self.changes.as_mut() {
             while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = rx.try_recv() {
-                self.dirty = true;
-                self.own_notices_seen += 1;
+                own_changed = true;
             }
+        }
+        if own_changed {
+            self.dirty = true;
+            self.forget_own_rows();
         }
         if let Some(rx) = self.foreign_changes.as_mut() {
             while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = rx.try_recv() {
@@ -3272,7 +3274,7 @@ impl Conn {
             if noticed {
                 // It may have been the own account's: the kept rows go.
                 self.dirty = true;
-                self.own_notices_seen += 1;
+                self.forget_own_rows();
             }
             match received {
                 None => {}

@@ -218,13 +218,7 @@ impl Metrics {
         name: &'static str,
         help: &'static str,
     ) -> Result<Arc<Counter>, InvalidMetricName> {
-        if !valid_name(name) {
-            return Err(InvalidMetricName(name.to_owned()));
-        }
-        let mut custom = self
-            .custom
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut custom = self.registry(name)?;
         match custom.iter().find(|r| r.name == name).map(|r| &r.source) {
             Some(Source::Counter(existing)) => return Ok(Arc::clone(existing)),
             Some(Source::Read(_)) => return Err(InvalidMetricName(name.to_owned())),
@@ -239,6 +233,21 @@ impl Metrics {
         Ok(counter)
     }
 
+    /// The registered counters, once `name` is known to be one a front end
+    /// may register.
+    fn registry(
+        &self,
+        name: &str,
+    ) -> Result<std::sync::MutexGuard<'_, Vec<Registered>>, InvalidMetricName> {
+        if !valid_name(name) {
+            return Err(InvalidMetricName(name.to_owned()));
+        }
+        Ok(self
+            .custom
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
     /// Registers a counter kept elsewhere (for example by the store), read
     /// each time the metrics are rendered; `read` must be cheap and must
     /// never decrease. A name already registered is refused.
@@ -248,13 +257,7 @@ impl Metrics {
         help: &'static str,
         read: impl Fn() -> u64 + Send + Sync + 'static,
     ) -> Result<(), InvalidMetricName> {
-        if !valid_name(name) {
-            return Err(InvalidMetricName(name.to_owned()));
-        }
-        let mut custom = self
-            .custom
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut custom = self.registry(name)?;
         if custom.iter().any(|r| r.name == name) {
             return Err(InvalidMetricName(name.to_owned()));
         }

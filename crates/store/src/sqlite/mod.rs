@@ -238,11 +238,56 @@ impl SqliteBackend {
         target_account: Option<PrincipalId>,
         op: impl FnOnce(&mut OpCtx<'_>, &mut AuditEvent) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let account = target_account.map(|a| a.0);
-        let audit = actor
-            .must_audit(account)
-            .then(|| actor.event(operation, target.as_deref().map(|t| (t, account))));
+        let audit = audit_event(actor, operation, target.as_deref(), target_account);
         self.writer.submit(audit, op)
+    }
+
+    /// The audit event of a delivery by `actor` to `accounts`, if it needs
+    /// one: recorded against the first account that is not the actor's own.
+    fn delivery_audit(
+        &self,
+        actor: &Actor,
+        accounts: &[PrincipalId],
+    ) -> Result<Option<AuditEvent>> {
+        let Some(&first) = accounts.first() else {
+            return Ok(None);
+        };
+        let foreign = accounts
+            .iter()
+            .copied()
+            .find(|a| Some(a.0) != actor.principal)
+            .unwrap_or(first);
+        let name = self.audit_name(actor, foreign, Some(foreign))?;
+        Ok(audit_event(
+            actor,
+            "email.append",
+            name.as_deref(),
+            Some(foreign),
+        ))
+    }
+
+    /// Runs `submit`, a write referencing the message `raw` as blob `id`.
+    /// Unless the blob is stored inline, its file is written (and synced)
+    /// first; one removed by a concurrent delete before the write committed
+    /// is written again and the write submitted once more.
+    pub(super) fn with_blob_file<T>(
+        &self,
+        id: &BlobId,
+        raw: &[u8],
+        inline: bool,
+        submit: impl Fn() -> Result<T>,
+    ) -> Result<T> {
+        if inline {
+            return submit();
+        }
+        self.blobs.write(id, raw, false)?;
+        match submit() {
+            Err(Error::BlobMissing(_)) => {
+                self.blobs.write(id, raw, true)?;
+                submit()
+            }
+            other => other,
+        }
     }
 
     /// Changes keywords; with `unchanged_since`, entries changed after it
@@ -600,6 +645,29 @@ fn normalized(targets: &[Delivery]) -> Result<Vec<Delivery>> {
             })
         })
         .collect()
+}
+
+/// The audit event of `actor`'s `operation` on `target_account`, when the
+/// audit policy asks for one.
+fn audit_event(
+    actor: &Actor,
+    operation: &str,
+    target: Option<&str>,
+    target_account: Option<PrincipalId>,
+) -> Option<AuditEvent> {
+    let account = target_account.map(|a| a.0);
+    actor
+        .must_audit(account)
+        .then(|| actor.event(operation, target.map(|t| (t, account))))
+}
+
+/// Names the entries a delivery created in its audit event.
+fn record_delivered(event: &mut AuditEvent, delivered: &[Delivered]) {
+    event.object_ids = delivered
+        .iter()
+        .map(|d| format!("{}:{}", d.mailbox, d.uid))
+        .collect();
+    event.item_count = delivered.len() as u64;
 }
 
 /// Creates a mailbox inside the current write.
@@ -1485,41 +1553,16 @@ impl Backend for SqliteBackend {
         let size = raw.len() as u64;
         let inline: Option<Arc<[u8]>> =
             (raw.len() <= self.options.inline_blob_max_bytes).then(|| Arc::from(raw));
-        if inline.is_none() {
-            self.blobs.write(&id, raw, false)?;
-        }
-        // The audited account is the first that is not the actor's own.
-        let foreign = targets
-            .iter()
-            .map(|t| t.account)
-            .find(|a| Some(a.0) != actor.principal)
-            .unwrap_or(targets[0].account);
-        let target_name = self.audit_name(actor, foreign, Some(foreign))?;
-        let attempt = |force_write: bool| {
-            if force_write {
-                self.blobs.write(&id, raw, true)?;
-            }
+        let accounts: Vec<PrincipalId> = targets.iter().map(|t| t.account).collect();
+        let audit = self.delivery_audit(actor, &accounts)?;
+        self.with_blob_file(&id, raw, inline.is_some(), || {
             let (meta, targets, inline) = (meta.clone(), targets.clone(), inline.clone());
-            self.write(
-                actor,
-                "email.append",
-                target_name.clone(),
-                Some(foreign),
-                move |ctx, event| {
-                    let delivered = deliver_in(ctx, &id, size, inline.as_deref(), &meta, &targets)?;
-                    event.object_ids = delivered
-                        .iter()
-                        .map(|d| format!("{}:{}", d.mailbox, d.uid))
-                        .collect();
-                    event.item_count = delivered.len() as u64;
-                    Ok(delivered)
-                },
-            )
-        };
-        match attempt(false) {
-            Err(Error::BlobMissing(_)) => attempt(true),
-            other => other,
-        }
+            self.writer.submit(audit.clone(), move |ctx, event| {
+                let delivered = deliver_in(ctx, &id, size, inline.as_deref(), &meta, &targets)?;
+                record_delivered(event, &delivered);
+                Ok(delivered)
+            })
+        })
     }
 
     fn deliver_to_inboxes(
@@ -1535,22 +1578,12 @@ impl Backend for SqliteBackend {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        let Some(&first) = accounts.first() else {
+        if accounts.is_empty() {
             done(Ok(InboxReport::default()));
             return;
-        };
-        let foreign = accounts
-            .iter()
-            .copied()
-            .find(|a| Some(a.0) != actor.principal)
-            .unwrap_or(first);
-        let audit = match self.audit_name(actor, foreign, Some(foreign)) {
-            Ok(name) => actor.must_audit(Some(foreign.0)).then(|| {
-                actor.event(
-                    "email.append",
-                    name.as_deref().map(|t| (t, Some(foreign.0))),
-                )
-            }),
+        }
+        let audit = match self.delivery_audit(actor, &accounts) {
+            Ok(audit) => audit,
             Err(e) => {
                 done(Err(e));
                 return;
@@ -1566,33 +1599,18 @@ impl Backend for SqliteBackend {
                 move |ctx: &mut OpCtx<'_>, event: &mut AuditEvent| {
                     let bytes = inline.then_some(&raw[..]);
                     let report = deliver_to_inboxes_in(ctx, &id, size, bytes, &meta, &accounts)?;
-                    event.object_ids = report
-                        .delivered
-                        .iter()
-                        .map(|d| format!("{}:{}", d.mailbox, d.uid))
-                        .collect();
-                    event.item_count = report.delivered.len() as u64;
+                    record_delivered(event, &report.delivered);
                     Ok(report)
                 }
             }
         };
         if inline {
             self.writer.submit_then(audit, job(), done);
-            return;
+        } else {
+            done(self.with_blob_file(&id, &raw, false, || {
+                self.writer.submit(audit.clone(), job())
+            }));
         }
-        // The file is written (and synced) before the write that references
-        // it; a file removed meanwhile by a concurrent delete is rewritten.
-        let outcome = (|| {
-            self.blobs.write(&id, &raw, false)?;
-            match self.writer.submit(audit.clone(), job()) {
-                Err(Error::BlobMissing(_)) => {
-                    self.blobs.write(&id, &raw, true)?;
-                    self.writer.submit(audit, job())
-                }
-                other => other,
-            }
-        })();
-        done(outcome);
     }
 
     fn commit_stats(&self) -> (u64, u64) {

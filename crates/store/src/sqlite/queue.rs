@@ -162,13 +162,7 @@ impl SqliteBackend {
         let size = raw.len() as u64;
         let inline: Option<Arc<[u8]>> =
             (raw.len() <= self.options.inline_blob_max_bytes).then(|| Arc::from(raw));
-        if inline.is_none() {
-            self.blobs.write(&id, raw, false)?;
-        }
-        let attempt = |force_write: bool| {
-            if force_write {
-                self.blobs.write(&id, raw, true)?;
-            }
+        self.with_blob_file(&id, raw, inline.is_some(), || {
             let (message, inline) = (message.clone(), inline.clone());
             self.write(actor, "queue.add", Some(message.return_path.clone()), None, move |ctx, event| {
                 ctx.ref_blob(&id, size, inline.as_deref(), 1)?;
@@ -202,11 +196,7 @@ impl SqliteBackend {
                 event.item_count = message.recipients.len() as u64;
                 Ok(QueueId(queue_id))
             })
-        };
-        match attempt(false) {
-            Err(Error::BlobMissing(_)) => attempt(true),
-            other => other,
-        }
+        })
     }
 
     pub(super) fn queue_one(&self, id: QueueId) -> Result<Option<QueuedMessage>> {
