@@ -1,6 +1,8 @@
 //! Local delivery: from a recipient address to durable Inbox entries.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bulwark_audit::Actor;
 use bulwark_core::{EmailAddress, MailboxId, MailboxRole, PrincipalId, PrincipalKind};
@@ -34,7 +36,26 @@ pub struct DeliveryReport {
 #[derive(Clone)]
 pub struct LocalDelivery {
     directory: Directory,
+    resolved: Arc<Mutex<HashMap<EmailAddress, Resolved>>>,
 }
+
+/// An address found to reach accounts, as of a directory version.
+struct Resolved {
+    accounts: Vec<PrincipalId>,
+    version: u64,
+    at: Instant,
+}
+
+/// How long a resolution is reused. A change this process makes drops it
+/// at once (the store's directory version moves); one made by another
+/// process (an admin command run beside the server) is seen after at most
+/// this long. Only addresses that reach accounts are kept: an address or
+/// domain just added is found at its first use.
+pub const RESOLUTION_TTL: Duration = Duration::from_secs(5);
+
+/// Addresses kept at most; past it the whole cache starts over, which
+/// bounds memory under a dictionary of valid addresses.
+const RESOLVED_MAX: usize = 10_000;
 
 impl From<InboxReport> for DeliveryReport {
     fn from(report: InboxReport) -> DeliveryReport {
@@ -48,7 +69,10 @@ impl From<InboxReport> for DeliveryReport {
 impl LocalDelivery {
     /// Delivery through `directory` and its store.
     pub fn new(directory: Directory) -> LocalDelivery {
-        LocalDelivery { directory }
+        LocalDelivery {
+            directory,
+            resolved: Arc::default(),
+        }
     }
 
     /// The directory underneath.
@@ -60,6 +84,38 @@ impl LocalDelivery {
     /// directly; groups expanded. `local+tag@domain` falls back to
     /// `local@domain` (sub-addressing) when the tagged form is unknown.
     pub fn resolve(&self, recipient: &EmailAddress) -> Result<Resolution, StoreError> {
+        // Read before the lookup: a change committed meanwhile moves it, so
+        // what the lookup saw is never kept under the newer version.
+        let version = self.directory.store().directory_version();
+        let resolution = self.look_up(recipient)?;
+        if let Resolution::Deliver(accounts) = &resolution {
+            let mut resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+            if resolved.len() >= RESOLVED_MAX {
+                resolved.clear();
+            }
+            resolved.insert(
+                recipient.clone(),
+                Resolved {
+                    accounts: accounts.clone(),
+                    version,
+                    at: Instant::now(),
+                },
+            );
+        }
+        Ok(resolution)
+    }
+
+    /// What [`Self::resolve`] found for `recipient` moments ago, if it
+    /// still holds; never blocks, so an async task may ask first.
+    pub fn resolve_cached(&self, recipient: &EmailAddress) -> Option<Resolution> {
+        let version = self.directory.store().directory_version();
+        let resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+        let hit = resolved.get(recipient)?;
+        (hit.version == version && hit.at.elapsed() < RESOLUTION_TTL)
+            .then(|| Resolution::Deliver(hit.accounts.clone()))
+    }
+
+    fn look_up(&self, recipient: &EmailAddress) -> Result<Resolution, StoreError> {
         let store = self.directory.store();
         if store.domain(&recipient.domain())?.is_none() {
             return Ok(Resolution::NotLocal);

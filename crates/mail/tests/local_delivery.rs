@@ -94,6 +94,71 @@ fn resolves_users_aliases_groups_and_subaddresses() {
 }
 
 #[test]
+fn cached_resolutions_follow_directory_changes() {
+    let (_dir, d) = setup();
+    let admin = Actor::local_admin("t");
+    let store = d.directory().store().clone();
+    let alice = add(&d, "alice@example.com", PrincipalKind::Individual, 0);
+    let bob = add(&d, "bob@example.com", PrincipalKind::Individual, 0);
+    let team = add(&d, "team@example.com", PrincipalKind::Group, 0);
+    d.directory().add_member(&admin, team, alice).unwrap();
+    store
+        .add_alias(&admin, bob, &addr("b@example.com"))
+        .unwrap();
+
+    // Nothing is known before the first lookup; unknown addresses are
+    // never kept, so one added later is found at once.
+    assert_eq!(d.resolve_cached(&addr("alice@example.com")), None);
+    assert_eq!(
+        d.resolve(&addr("carol@example.com")).unwrap(),
+        Resolution::UnknownLocal
+    );
+    assert_eq!(d.resolve_cached(&addr("carol@example.com")), None);
+    let carol = add(&d, "carol@example.com", PrincipalKind::Individual, 0);
+    assert_eq!(
+        d.resolve(&addr("carol@example.com")).unwrap(),
+        Resolution::Deliver(vec![carol])
+    );
+
+    for address in ["alice@example.com", "team@example.com", "b@example.com"] {
+        d.resolve(&addr(address)).unwrap();
+    }
+    assert_eq!(
+        d.resolve_cached(&addr("b@example.com")),
+        Some(Resolution::Deliver(vec![bob]))
+    );
+    assert_eq!(
+        d.resolve_cached(&addr("team@example.com")),
+        Some(Resolution::Deliver(vec![alice]))
+    );
+
+    // Each kind of directory change drops what was kept.
+    store.remove_alias(&admin, &addr("b@example.com")).unwrap();
+    assert_eq!(d.resolve_cached(&addr("b@example.com")), None);
+    assert_eq!(
+        d.resolve(&addr("b@example.com")).unwrap(),
+        Resolution::UnknownLocal
+    );
+
+    d.resolve(&addr("team@example.com")).unwrap();
+    d.directory().add_member(&admin, team, bob).unwrap();
+    assert_eq!(d.resolve_cached(&addr("team@example.com")), None);
+    let Resolution::Deliver(mut members) = d.resolve(&addr("team@example.com")).unwrap() else {
+        panic!("the group resolves")
+    };
+    members.sort();
+    assert_eq!(members, vec![alice, bob]);
+
+    d.resolve(&addr("alice@example.com")).unwrap();
+    store.remove_principal(&admin, alice).unwrap();
+    assert_eq!(d.resolve_cached(&addr("alice@example.com")), None);
+    assert_eq!(
+        d.resolve(&addr("alice@example.com")).unwrap(),
+        Resolution::UnknownLocal
+    );
+}
+
+#[test]
 fn delivers_once_per_account_into_the_inbox() {
     let (_dir, d) = setup();
     let alice = add(&d, "alice@example.com", PrincipalKind::Individual, 0);

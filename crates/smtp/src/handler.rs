@@ -250,9 +250,15 @@ async fn serve(
                 session.auth_result(outcome);
             }
             Action::CheckRecipient(address) => {
-                let delivery = delivery.clone();
-                let resolved =
-                    tokio::task::spawn_blocking(move || delivery.resolve(&address)).await;
+                // A recent answer is reused on the task; only a miss costs
+                // a blocking-pool hop and a read of the directory.
+                let resolved = match delivery.resolve_cached(&address) {
+                    Some(resolution) => Ok(Ok(resolution)),
+                    None => {
+                        let delivery = delivery.clone();
+                        tokio::task::spawn_blocking(move || delivery.resolve(&address)).await
+                    }
+                };
                 let outcome = match resolved {
                     Ok(Ok(Resolution::Deliver(accounts))) => RcptOutcome::Local(accounts),
                     Ok(Ok(Resolution::UnknownLocal)) => RcptOutcome::UnknownLocal,

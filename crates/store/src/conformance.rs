@@ -26,6 +26,10 @@ pub type Check = (&'static str, fn(&dyn Backend));
 pub const CHECKS: &[Check] = &[
     ("domains", domains),
     ("principals_and_aliases", principals_and_aliases),
+    (
+        "directory_version_moves_with_the_directory",
+        directory_version,
+    ),
     ("groups_grants_app_passwords", groups_grants_app_passwords),
     ("mailboxes", mailboxes),
     ("delivery_and_dedup", delivery_and_dedup),
@@ -154,6 +158,44 @@ fn domains(b: &dyn Backend) {
         b.remove_domain(&admin(), &d),
         Err(Error::NotFound { .. })
     ));
+}
+
+fn directory_version(b: &dyn Backend) {
+    let mut seen = b.directory_version();
+    let mut moved = |what: &str| {
+        let now = b.directory_version();
+        assert_ne!(now, seen, "{what} left the directory version alone");
+        seen = now;
+    };
+    let d = domain(b, "example.com");
+    moved("adding a domain");
+    let alice = user(b, "alice@example.com");
+    moved("adding a principal");
+    let team = principal(b, "team@example.com", PrincipalKind::Group);
+    moved("adding a group");
+    let alias: EmailAddress = "a@example.com".parse().unwrap();
+    b.add_alias(&admin(), alice, &alias).unwrap();
+    moved("adding an alias");
+    b.add_member(&admin(), team, alice).unwrap();
+    moved("adding a member");
+    b.remove_member(&admin(), team, alice).unwrap();
+    moved("removing a member");
+    b.remove_alias(&admin(), &alias).unwrap();
+    moved("removing an alias");
+    b.remove_principal(&admin(), team).unwrap();
+    moved("removing a principal");
+    // Mail does not change what an address reaches.
+    let before = b.directory_version();
+    let mailbox = inbox(b, alice);
+    deliver_to(b, &message(1, 200), &meta(1), &[(alice, mailbox)]);
+    assert_eq!(b.directory_version(), before, "a delivery moved it");
+    b.remove_principal(&admin(), alice).unwrap();
+    b.remove_domain(&admin(), &d).unwrap();
+    assert_ne!(
+        b.directory_version(),
+        before,
+        "removing a domain left it alone"
+    );
 }
 
 fn principals_and_aliases(b: &dyn Backend) {

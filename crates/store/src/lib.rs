@@ -172,6 +172,11 @@ pub trait Backend: Send + Sync + 'static {
     /// `(transactions, writes)` this process has committed so far; writes
     /// per transaction is the group-commit factor.
     fn commit_stats(&self) -> (u64, u64);
+    /// A number that moves (after the change is durable) whenever this
+    /// process adds or removes a domain, principal, alias or group
+    /// membership, so callers may cache what an address reaches and know
+    /// when to look again. Changes made by other processes do not move it.
+    fn directory_version(&self) -> u64;
     /// Whether [`Backend::deliver_to_inboxes`] of a message of `size` bytes
     /// returns at once (queues the write and reads nothing), so an async
     /// task may call it directly.

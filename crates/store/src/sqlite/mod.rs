@@ -57,6 +57,8 @@ pub struct SqliteBackend {
     blobs: Arc<BlobDir>,
     notifier: Arc<Notifier>,
     readers: Mutex<Vec<Connection>>,
+    /// Moves after every directory change this process makes.
+    directory_version: std::sync::atomic::AtomicU64,
     // Field order is drop order: the writer finishes queued writes before
     // the checkpointer stops.
     writer: Writer,
@@ -188,6 +190,7 @@ impl SqliteBackend {
             blobs,
             notifier,
             readers: Mutex::new(Vec::new()),
+            directory_version: std::sync::atomic::AtomicU64::new(0),
             writer,
             _checkpointer: checkpointer,
         })
@@ -240,6 +243,25 @@ impl SqliteBackend {
     ) -> Result<T> {
         let audit = audit_event(actor, operation, target.as_deref(), target_account);
         self.writer.submit(audit, op)
+    }
+
+    /// [`Self::write`] for a change to what an address reaches (domains,
+    /// principals, aliases, group members): the directory version moves
+    /// once it is durable, so cached resolutions are dropped.
+    fn write_directory<T: Send + 'static>(
+        &self,
+        actor: &Actor,
+        operation: &str,
+        target: Option<String>,
+        target_account: Option<PrincipalId>,
+        op: impl FnOnce(&mut OpCtx<'_>, &mut AuditEvent) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let result = self.write(actor, operation, target, target_account, op);
+        // Moved after a failure too: a commit error leaves it unknown
+        // whether the change landed.
+        self.directory_version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        result
     }
 
     /// The audit event of a delivery by `actor` to `accounts`, if it needs
@@ -942,7 +964,7 @@ fn to_entry(row: EntryRow) -> Result<MessageEntry> {
 impl Backend for SqliteBackend {
     fn create_domain(&self, actor: &Actor, name: &DomainName) -> Result<DomainId> {
         let name = name.clone();
-        self.write(
+        self.write_directory(
             actor,
             "domain.add",
             Some(name.to_string()),
@@ -967,7 +989,7 @@ impl Backend for SqliteBackend {
 
     fn remove_domain(&self, actor: &Actor, name: &DomainName) -> Result<()> {
         let name = name.clone();
-        self.write(actor, "domain.remove", Some(name.to_string()), None, move |ctx, _| {
+        self.write_directory(actor, "domain.remove", Some(name.to_string()), None, move |ctx, _| {
             let id: i64 = ctx
                 .conn
                 .prepare_cached("SELECT id FROM domains WHERE name = ?1")?
@@ -1035,7 +1057,7 @@ impl Backend for SqliteBackend {
     fn create_principal(&self, actor: &Actor, new: &NewPrincipal) -> Result<PrincipalId> {
         let new = new.clone();
         let target = new.address.to_string();
-        self.write(actor, "principal.add", Some(target), None, move |ctx, event| {
+        self.write_directory(actor, "principal.add", Some(target), None, move |ctx, event| {
             let domain = new.address.domain();
             let domain_id: i64 = ctx
                 .conn
@@ -1075,7 +1097,7 @@ impl Backend for SqliteBackend {
 
     fn remove_principal(&self, actor: &Actor, id: PrincipalId) -> Result<()> {
         let name = self.audit_name(actor, id, Some(id))?;
-        self.write(actor, "principal.remove", name, Some(id), move |ctx, event| {
+        self.write_directory(actor, "principal.remove", name, Some(id), move |ctx, event| {
             principal_kind(ctx.conn, id)?;
             let blobs: Vec<(Vec<u8>, i64)> = ctx
                 .conn
@@ -1177,7 +1199,7 @@ impl Backend for SqliteBackend {
 
     fn add_alias(&self, actor: &Actor, id: PrincipalId, address: &EmailAddress) -> Result<()> {
         let address = address.clone();
-        self.write(actor, "alias.add", Some(address.to_string()), Some(id), move |ctx, event| {
+        self.write_directory(actor, "alias.add", Some(address.to_string()), Some(id), move |ctx, event| {
             principal_kind(ctx.conn, id)?;
             let domain = address.domain();
             let known = ctx.conn.prepare_cached("SELECT 1 FROM domains WHERE name = ?1")?.exists([domain.as_str()])?;
@@ -1198,7 +1220,7 @@ impl Backend for SqliteBackend {
 
     fn remove_alias(&self, actor: &Actor, address: &EmailAddress) -> Result<()> {
         let address = address.clone();
-        self.write(
+        self.write_directory(
             actor,
             "alias.remove",
             Some(address.to_string()),
@@ -1241,7 +1263,7 @@ impl Backend for SqliteBackend {
 
     fn add_member(&self, actor: &Actor, group: PrincipalId, member: PrincipalId) -> Result<()> {
         let name = self.audit_name(actor, group, None)?;
-        self.write(actor, "group.member-add", name, None, move |ctx, event| {
+        self.write_directory(actor, "group.member-add", name, None, move |ctx, event| {
             if principal_kind(ctx.conn, group)? != PrincipalKind::Group {
                 return Err(Error::Invalid(format!("principal {group} is not a group")));
             }
@@ -1265,7 +1287,7 @@ impl Backend for SqliteBackend {
 
     fn remove_member(&self, actor: &Actor, group: PrincipalId, member: PrincipalId) -> Result<()> {
         let name = self.audit_name(actor, group, None)?;
-        self.write(
+        self.write_directory(
             actor,
             "group.member-remove",
             name,
@@ -1615,6 +1637,11 @@ impl Backend for SqliteBackend {
 
     fn commit_stats(&self) -> (u64, u64) {
         SqliteBackend::commit_stats(self)
+    }
+
+    fn directory_version(&self) -> u64 {
+        self.directory_version
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn delivers_without_blocking(&self, size: usize) -> bool {
