@@ -24,7 +24,7 @@ use crate::notify::Notifier;
 use crate::schema;
 use crate::types::*;
 use crate::{Backend, Error, Result};
-use writer::{OpCtx, Writer, decode_ids, run_cached, to_hash};
+use writer::{Isolation, OpCtx, Writer, decode_ids, to_hash};
 
 /// Tuning of the embedded backend.
 #[derive(Debug, Clone)]
@@ -72,7 +72,12 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    const INTERVAL: Duration = Duration::from_millis(500);
+    /// Often enough that under a steady stream of commits the log is
+    /// copied back and starts over while it is still a few MiB: commits
+    /// then overwrite blocks the file already has, and their fsync writes
+    /// data only. A log left to grow (or cut to nothing) makes every
+    /// commit allocate blocks and write the inode as well.
+    const INTERVAL: Duration = Duration::from_millis(100);
     /// About 64 MiB of 4 KiB pages.
     const MAX_WAL_FRAMES: i64 = 16_384;
 
@@ -98,11 +103,13 @@ impl Checkpointer {
                 {
                     // A passive checkpoint never waits, but while readers
                     // keep old snapshots the log cannot start over and only
-                    // grows. Past a bound, a truncating checkpoint waits
+                    // grows. Past a bound, a restarting checkpoint waits
                     // (up to the busy timeout, holding back writers) for a
-                    // moment with no old snapshot and empties the file.
+                    // moment with no old snapshot, so the next commit
+                    // writes from the start of the file again; the journal
+                    // size limit then trims what is past 64 MiB.
                     if checkpoint("PASSIVE") > Self::MAX_WAL_FRAMES {
-                        checkpoint("TRUNCATE");
+                        checkpoint("RESTART");
                     }
                 }
                 checkpoint("PASSIVE");
@@ -178,7 +185,7 @@ impl SqliteBackend {
         }
         schema::migrate(&mut conn, version)?;
         // Checkpoints run on their own thread so commits never wait for one.
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;")?;
         let checkpointer = Checkpointer::start(open_connection(&db_path, &options, false)?)?;
         let blobs = Arc::new(BlobDir::open(data_dir)?);
         blobs.clean_tmp(Duration::from_secs(3600))?;
@@ -750,37 +757,25 @@ fn create_mailbox_in(
     })
 }
 
-/// Files a message in the account's Inbox inside an open write, creating
-/// the Inbox when the account has none yet.
-fn deliver_to_inbox_in(
-    ctx: &mut OpCtx<'_>,
-    id: &BlobId,
-    size: u64,
-    inline: Option<&[u8]>,
-    meta: &EmailMeta,
-    account: PrincipalId,
-) -> Result<Delivered> {
+/// The account's Inbox inside an open write, created when it has none yet.
+fn inbox_in(ctx: &mut OpCtx<'_>, account: PrincipalId) -> Result<MailboxId> {
     let inbox: Option<i64> = ctx
         .conn
         .prepare_cached("SELECT id FROM mailboxes WHERE account_id = ?1 AND role = ?2")?
         .query_row(params![account.0, MailboxRole::Inbox.name()], |r| r.get(0))
         .optional()?;
-    let mailbox = match inbox {
-        Some(id) => MailboxId(id),
-        None => create_mailbox_in(ctx, account, "INBOX".into(), Some(MailboxRole::Inbox), None)?.id,
-    };
-    let target = Delivery {
-        account,
-        mailbox,
-        keywords: Vec::new(),
-    };
-    deliver_in(ctx, id, size, inline, meta, std::slice::from_ref(&target))?
-        .pop()
-        .ok_or_else(|| Error::Storage("a delivery left no entry".into()))
+    match inbox {
+        Some(id) => Ok(MailboxId(id)),
+        None => {
+            Ok(create_mailbox_in(ctx, account, "INBOX".into(), Some(MailboxRole::Inbox), None)?.id)
+        }
+    }
 }
 
-/// Files a message in each account's Inbox inside an open write, each
-/// account in its own savepoint so one refusing it leaves the others.
+/// Files a message in each account's Inbox inside an open write. An
+/// account that refuses it (over quota, removed, a group) is reported and
+/// the others still receive it. Every refusal is decided before the first
+/// change, so the write needs no savepoint ([`Isolation::ChecksFirst`]).
 fn deliver_to_inboxes_in(
     ctx: &mut OpCtx<'_>,
     id: &BlobId,
@@ -790,30 +785,74 @@ fn deliver_to_inboxes_in(
     accounts: &[PrincipalId],
 ) -> Result<InboxReport> {
     let mut report = InboxReport::default();
+    let mut receiving = Vec::with_capacity(accounts.len());
     for &account in accounts {
-        run_cached(ctx.conn, "SAVEPOINT account")?;
-        match deliver_to_inbox_in(ctx, id, size, inline, meta, account) {
-            Ok(delivered) => {
-                run_cached(ctx.conn, "RELEASE account")?;
-                report.delivered.push(delivered);
-            }
-            Err(e) => {
-                run_cached(ctx.conn, "ROLLBACK TO account")?;
-                run_cached(ctx.conn, "RELEASE account")?;
-                if !e.is_user_error() {
-                    return Err(e);
-                }
-                report.refused.push((account, e));
-            }
+        match may_receive(ctx.conn, account, size) {
+            Ok(()) => receiving.push(account),
+            Err(e) if e.is_user_error() => report.refused.push((account, e)),
+            Err(e) => return Err(e),
         }
+    }
+    let mut targets = Vec::with_capacity(receiving.len());
+    for account in receiving {
+        targets.push(Delivery {
+            account,
+            mailbox: inbox_in(ctx, account)?,
+            keywords: Vec::new(),
+        });
+    }
+    if !targets.is_empty() {
+        report.delivered = store_in(ctx, id, size, inline, meta, &targets)?;
     }
     Ok(report)
 }
 
-/// Stores one message for its targets inside an open write: the blob
-/// reference, per account the quota check, UIDs, thread, email row and
-/// mailbox entries. Shared by single and batch deliveries.
+/// Refuses a message of `size` bytes for `account` when the account is
+/// not there, is a group (which holds no data) or would exceed its quota.
+fn may_receive(conn: &Connection, account: PrincipalId, size: u64) -> Result<()> {
+    let row: Option<(String, i64, i64)> = conn
+        .prepare_cached("SELECT kind, quota_bytes, used_bytes FROM principals WHERE id = ?1")?
+        .query_row([account.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let (kind, quota, used) = row.ok_or_else(|| Error::not_found("principal", account))?;
+    if kind == PrincipalKind::Group.name() {
+        return Err(Error::Invalid(format!(
+            "principal {account} is a group and holds no data"
+        )));
+    }
+    let needed = used as u64 + size;
+    if quota > 0 && needed > quota as u64 {
+        return Err(Error::QuotaExceeded {
+            limit: quota as u64,
+            needed,
+        });
+    }
+    Ok(())
+}
+
+/// Stores one message for its targets inside an open write, after
+/// checking every account may receive it. Shared by single and batch
+/// deliveries.
 fn deliver_in(
+    ctx: &mut OpCtx<'_>,
+    id: &BlobId,
+    size: u64,
+    inline: Option<&[u8]>,
+    meta: &EmailMeta,
+    targets: &[Delivery],
+) -> Result<Vec<Delivered>> {
+    let accounts: std::collections::BTreeSet<PrincipalId> =
+        targets.iter().map(|t| t.account).collect();
+    for account in accounts {
+        may_receive(ctx.conn, account, size)?;
+    }
+    store_in(ctx, id, size, inline, meta, targets)
+}
+
+/// The changes of a delivery whose accounts were checked: the blob
+/// reference, per account its usage, UIDs, thread, email row and mailbox
+/// entries.
+fn store_in(
     ctx: &mut OpCtx<'_>,
     id: &BlobId,
     size: u64,
@@ -832,24 +871,6 @@ fn deliver_in(
     let mut delivered = Vec::new();
     for (account, places) in &by_account {
         let account = *account;
-        let row: Option<(String, i64, i64)> = ctx
-            .conn
-            .prepare_cached("SELECT kind, quota_bytes, used_bytes FROM principals WHERE id = ?1")?
-            .query_row([account.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?;
-        let (kind, quota, used) = row.ok_or_else(|| Error::not_found("principal", account))?;
-        if kind == PrincipalKind::Group.name() {
-            return Err(Error::Invalid(format!(
-                "principal {account} is a group and holds no data"
-            )));
-        }
-        let needed = used as u64 + size;
-        if quota > 0 && needed > quota as u64 {
-            return Err(Error::QuotaExceeded {
-                limit: quota as u64,
-                needed,
-            });
-        }
         let modseq = ctx.modseq_with_usage(account, size as i64)?;
         // Taking the UIDs first also proves every mailbox is this account's.
         let mut uids = Vec::with_capacity(places.len());
@@ -1627,7 +1648,10 @@ impl Backend for SqliteBackend {
             }
         };
         if inline {
-            self.writer.submit_then(audit, job(), done);
+            // Inline bytes need no file, so nothing can refuse the write
+            // after its checks: it runs without a savepoint.
+            self.writer
+                .submit_then(audit, Isolation::ChecksFirst, job(), done);
         } else {
             done(self.with_blob_file(&id, &raw, false, || {
                 self.writer.submit(audit.clone(), job())
