@@ -336,6 +336,37 @@ pub const MIGRATIONS: &[&str] = &[
     DROP TABLE blobs;
     ALTER TABLE blobs_by_row RENAME TO blobs;
     "#,
+    // 10: emails refer to their blob by value. Their foreign key to blobs
+    // had no index on the email side, so every blob deleted scanned all
+    // emails, and the index that would have served it cost each delivery
+    // a page written at a random place. Blob rows are kept by their
+    // reference counts (checked by `bulwark verify`). Threads get the
+    // index they lacked: finding whether a thread still has emails, and
+    // deleting it, scanned all emails too.
+    r#"
+    CREATE TABLE emails_by_value (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+        blob_hash BLOB NOT NULL,
+        thread_id INTEGER NOT NULL REFERENCES threads(id),
+        size INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        message_id TEXT,
+        subject TEXT,
+        from_header TEXT,
+        to_header TEXT,
+        sent_at INTEGER,
+        refs TEXT NOT NULL DEFAULT ''
+    );
+    INSERT INTO emails_by_value (id, account_id, blob_hash, thread_id, size, received_at,
+                                 message_id, subject, from_header, to_header, sent_at, refs)
+        SELECT id, account_id, blob_hash, thread_id, size, received_at,
+               message_id, subject, from_header, to_header, sent_at, refs FROM emails;
+    DROP TABLE emails;
+    ALTER TABLE emails_by_value RENAME TO emails;
+    CREATE INDEX emails_account_message_id ON emails(account_id, message_id);
+    CREATE INDEX emails_thread ON emails(thread_id);
+    "#,
 ];
 
 /// The schema version this binary writes.

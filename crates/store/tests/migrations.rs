@@ -249,6 +249,23 @@ fn version_1_database_is_upgraded_with_its_data() {
         .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
         .ok();
     assert_eq!(broken, None);
+    // Version 10 indexes emails by thread and no longer by blob.
+    let plan: String = conn
+        .query_row(
+            "EXPLAIN QUERY PLAN SELECT 1 FROM emails WHERE thread_id = 1",
+            [],
+            |r| r.get(3),
+        )
+        .unwrap();
+    assert!(plan.contains("emails_thread"), "{plan}");
+    let blob_keys: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM pragma_foreign_key_list('emails') WHERE \"table\" = 'blobs'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(blob_keys, 0);
 }
 
 #[test]

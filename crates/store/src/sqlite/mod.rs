@@ -2391,10 +2391,13 @@ impl Backend for SqliteBackend {
     fn check_blobs(&self) -> Result<BlobCheck> {
         let rows: Vec<BlobRow> = self.read(|c| {
             let mut stmt = c.prepare(
-                "SELECT b.hash, b.refcount, b.data,
-                        (SELECT count(*) FROM emails e WHERE e.blob_hash = b.hash)
-                      + (SELECT count(*) FROM queue_messages q WHERE q.blob_hash = b.hash)
-                 FROM blobs b",
+                // Counted in one pass: neither table has an index on its blob.
+                "WITH uses (hash, n) AS (
+                     SELECT blob_hash, count(*) FROM
+                         (SELECT blob_hash FROM emails UNION ALL SELECT blob_hash FROM queue_messages)
+                     GROUP BY blob_hash)
+                 SELECT b.hash, b.refcount, b.data, coalesce(uses.n, 0)
+                 FROM blobs b LEFT JOIN uses ON uses.hash = b.hash",
             )?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
