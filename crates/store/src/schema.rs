@@ -340,7 +340,7 @@ pub const MIGRATIONS: &[&str] = &[
     // had no index on the email side, so every blob deleted scanned all
     // emails, and the index that would have served it cost each delivery
     // a page written at a random place. Blob rows are kept by their
-    // reference counts (checked by `bulwark verify`). Threads get the
+    // reference counts (checked by `Backend::check_blobs`). Threads get the
     // index they lacked: finding whether a thread still has emails, and
     // deleting it, scanned all emails too.
     r#"
