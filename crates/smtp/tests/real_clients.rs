@@ -426,6 +426,42 @@ async fn smtplib_inbound_plain_to_alias() {
     assert_eq!(fx.total_messages(), 1);
 }
 
+/// RCPT reuses what an address reached a moment ago, and a directory
+/// change made through the server's store is seen by the very next RCPT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtplib_inbound_follows_alias_changes_at_once() {
+    if !peer_available("python3") {
+        return;
+    }
+    let fx = Fixture::start().await;
+    let p = fx.people;
+    let admin = bulwark_audit::Actor::local_admin("t");
+    let send = |subject: &str| {
+        json!({
+            "host": "127.0.0.1", "port": fx.port(Protocol::Smtp), "mode": "plain",
+            "sender": "sender@other.example", "to": ["a.smith@example.com"],
+            "message": inbound_message(subject),
+        })
+    };
+    for subject in ["first", "second"] {
+        let out = smtplib(send(subject)).await;
+        assert_eq!(out["ok"], true, "{out}");
+    }
+    assert_eq!(fx.inbox(p.alice).len(), 2);
+
+    let alias: bulwark_core::EmailAddress = "a.smith@example.com".parse().unwrap();
+    fx.store.remove_alias(&admin, &alias).unwrap();
+    let out = smtplib(send("after-removal")).await;
+    assert_eq!(out["ok"], false, "{out}");
+    assert_eq!(out["refused"]["a.smith@example.com"][0], 550, "{out}");
+
+    fx.store.add_alias(&admin, p.bob, &alias).unwrap();
+    let out = smtplib(send("moved")).await;
+    assert_eq!(out["ok"], true, "{out}");
+    assert_eq!(fx.inbox(p.alice).len(), 2);
+    assert_eq!(fx.inbox(p.bob).len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtplib_inbound_starttls_mixed_recipients() {
     if !peer_available("python3") {
