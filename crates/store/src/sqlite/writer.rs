@@ -391,6 +391,27 @@ pub(super) fn run_cached(conn: &Connection, sql: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs `op` with the audit event it may fill in, then appends the event
+/// when the write must be audited. A failure comes with the event (when
+/// there is one), so the caller can record the failed action once its
+/// changes are undone.
+fn run_audited<T>(
+    ctx: &mut OpCtx<'_>,
+    audit: Option<AuditEvent>,
+    op: impl FnOnce(&mut OpCtx<'_>, &mut AuditEvent) -> Result<T>,
+) -> (Result<T>, Option<AuditEvent>) {
+    let must_audit = audit.is_some();
+    let mut event = audit.unwrap_or_else(|| Actor::system("internal").event("internal", None));
+    let value = match op(ctx, &mut event) {
+        Ok(value) => value,
+        Err(error) => return (Err(error), must_audit.then_some(event)),
+    };
+    if must_audit && let Err(error) = ctx.audit(event.clone()) {
+        return (Err(error), Some(event));
+    }
+    (Ok(value), None)
+}
+
 /// Runs a write straight in the open transaction; see
 /// [`Isolation::ChecksFirst`]. Its effects join the batch only when it
 /// succeeds, and a failure discards the batch anyway.
@@ -403,12 +424,7 @@ fn run_bare<T>(
     op: impl FnOnce(&mut OpCtx<'_>, &mut AuditEvent) -> Result<T>,
 ) -> Result<T> {
     let mut ctx = OpCtx::new(conn, now_ms, blobs);
-    let must_audit = audit.is_some();
-    let mut event = audit.unwrap_or_else(|| Actor::system("internal").event("internal", None));
-    let value = op(&mut ctx, &mut event)?;
-    if must_audit {
-        ctx.audit(event)?;
-    }
+    let value = run_audited(&mut ctx, audit, op).0?;
     ctx.publish_into(fx);
     Ok(value)
 }
@@ -423,24 +439,16 @@ fn run_in_savepoint<T>(
 ) -> Result<T> {
     let mut ctx = OpCtx::new(conn, now_ms, blobs);
     run_cached(conn, "SAVEPOINT op")?;
-    let must_audit = audit.is_some();
-    let mut event = audit.unwrap_or_else(|| Actor::system("internal").event("internal", None));
-    let outcome = op(&mut ctx, &mut event).and_then(|value| {
-        if must_audit {
-            ctx.audit(event.clone())?;
-        }
-        Ok(value)
-    });
-    match outcome {
-        Ok(value) => {
+    match run_audited(&mut ctx, audit, op) {
+        (Ok(value), _) => {
             run_cached(conn, "RELEASE op")?;
             ctx.publish_into(fx);
             Ok(value)
         }
-        Err(error) => {
+        (Err(error), event) => {
             run_cached(conn, "ROLLBACK TO op")?;
             run_cached(conn, "RELEASE op")?;
-            if must_audit {
+            if let Some(mut event) = event {
                 // A refused or failed admin action is still worth a record.
                 event.outcome = if error.is_user_error() {
                     Outcome::Denied
