@@ -358,24 +358,21 @@ where
             Isolation::Savepoint => run_in_savepoint(conn, now_ms, blobs, fx, audit, op),
             Isolation::ChecksFirst => run_bare(conn, now_ms, blobs, fx, audit, op),
         };
-        if isolation == Isolation::ChecksFirst
-            && let Err(error) = result
-        {
+        // Only a write without a savepoint leaves part of itself behind.
+        let sound = isolation == Isolation::Savepoint || result.is_ok();
+        if let (false, Err(error)) = (sound, &result) {
             tracing::error!(%error, "a write failed after it had begun; rolling its transaction back");
-            return Ran {
-                completion: Box::new(move |_: &Result<()>| reply.answer(Err(error))),
-                sound: false,
-            };
         }
         Ran {
             completion: Box::new(move |commit: &Result<()>| {
+                // The write that broke the transaction hears its own error.
                 let answer = match commit {
-                    Ok(()) => result,
-                    Err(e) => Err(Error::Storage(format!("commit failed: {e}"))),
+                    Err(e) if sound => Err(Error::Storage(format!("commit failed: {e}"))),
+                    _ => result,
                 };
                 reply.answer(answer);
             }),
-            sound: true,
+            sound,
         }
     }
 
