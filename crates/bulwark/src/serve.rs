@@ -24,8 +24,11 @@ use crate::admin::open_directory;
 
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal; in a log file or a
+    // journal they are noise, and formatting them costs on every line.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // A second subscriber (tests calling serve twice) is not an error worth failing for.
     let _ = match config.log.format {

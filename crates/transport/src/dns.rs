@@ -4,13 +4,16 @@
 //! Only names from envelopes and signatures are looked up here, never a
 //! URL, and nothing a lookup returns is fetched.
 
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use mail_auth::common::cache::NoCache;
 use mail_auth::hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
-use mail_auth::{IpLookupStrategy, MX, MessageAuthenticator};
+use mail_auth::{IpLookupStrategy, MX, MessageAuthenticator, Parameters, ResolverCache, Txt};
 
 /// At most this many addresses per host are tried.
 const MAX_ADDRESSES_PER_HOST: usize = 4;
@@ -21,11 +24,86 @@ pub const MAX_EXCHANGERS: usize = 8;
 #[derive(Clone)]
 pub struct Dns {
     authenticator: Arc<MessageAuthenticator>,
+    records: Arc<AuthRecords>,
 }
 
 impl std::fmt::Debug for Dns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Dns")
+    }
+}
+
+/// Answers kept for the authentication checks: SPF, DMARC and DKIM key
+/// records parsed, and the address, MX and PTR lists SPF evaluation asks for.
+/// The resolver keeps raw answers too, but going through it and parsing the
+/// record again for every message cost more than the rest of the checks.
+#[derive(Default)]
+pub struct AuthRecords {
+    txt: RecordCache<String, Txt>,
+    mx: RecordCache<String, Arc<Vec<MX>>>,
+    ipv4: RecordCache<String, Arc<Vec<Ipv4Addr>>>,
+    ipv6: RecordCache<String, Arc<Vec<Ipv6Addr>>>,
+    ptr: RecordCache<IpAddr, Arc<Vec<String>>>,
+}
+
+/// Check parameters carrying [`AuthRecords`].
+pub type CachedParameters<'x, P> = Parameters<
+    'x,
+    P,
+    RecordCache<String, Txt>,
+    RecordCache<String, Arc<Vec<MX>>>,
+    RecordCache<String, Arc<Vec<Ipv4Addr>>>,
+    RecordCache<String, Arc<Vec<Ipv6Addr>>>,
+    RecordCache<IpAddr, Arc<Vec<String>>>,
+>;
+
+/// Entries per [`RecordCache`]; when full, expired entries go, and if none
+/// had expired, all of them (a flood of distinct names only costs lookups).
+const MAX_CACHED_RECORDS: usize = 4096;
+
+/// DNS answers kept until their TTL (as the resolver reported it) runs out.
+pub struct RecordCache<K, V> {
+    entries: Mutex<HashMap<K, (V, Instant)>>,
+}
+
+impl<K, V> Default for RecordCache<K, V> {
+    fn default() -> Self {
+        RecordCache {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Hash + Eq, V: Clone> ResolverCache<K, V> for RecordCache<K, V> {
+    fn get<Q>(&self, name: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let (value, valid_until) = entries.get(name)?;
+        (Instant::now() < *valid_until).then(|| value.clone())
+    }
+
+    fn remove<Q>(&self, name: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.remove(name).map(|(value, _)| value)
+    }
+
+    fn insert(&self, key: K, value: V, valid_until: Instant) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= MAX_CACHED_RECORDS && !entries.contains_key(&key) {
+            let now = Instant::now();
+            entries.retain(|_, (_, until)| *until > now);
+            if entries.len() >= MAX_CACHED_RECORDS {
+                entries.clear();
+            }
+        }
+        entries.insert(key, (value, valid_until));
     }
 }
 
@@ -64,6 +142,7 @@ impl Dns {
             .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?;
         Ok(Dns {
             authenticator: Arc::new(authenticator),
+            records: Arc::default(),
         })
     }
 
@@ -86,12 +165,25 @@ impl Dns {
                 .map_err(|e| format!("cannot set up the resolver: {e}"))?;
         Ok(Dns {
             authenticator: Arc::new(authenticator),
+            records: Arc::default(),
         })
     }
 
     /// The authenticator that SPF, DKIM and DMARC checks run on.
     pub fn authenticator(&self) -> &MessageAuthenticator {
         &self.authenticator
+    }
+
+    /// `params` for one of the authenticator's checks, with the parsed
+    /// records earlier checks looked up.
+    pub fn with_records<P>(&self, params: P) -> CachedParameters<'_, P> {
+        let records = &*self.records;
+        Parameters::new(params)
+            .with_txt_cache(&records.txt)
+            .with_mx_cache(&records.mx)
+            .with_ipv4_cache(&records.ipv4)
+            .with_ipv6_cache(&records.ipv6)
+            .with_ptr_cache(&records.ptr)
     }
 
     /// The hosts to deliver `domain`'s mail to, most preferred first
@@ -149,5 +241,36 @@ impl Dns {
             )
             .await
             .map_err(|e| lookup_error(e, &format!("address of {host}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_cache_answers_until_the_ttl_runs_out() {
+        let cache: RecordCache<String, u32> = RecordCache::default();
+        let now = Instant::now();
+        cache.insert("fresh.example.".into(), 1, now + Duration::from_secs(60));
+        cache.insert("stale.example.".into(), 2, now);
+        assert_eq!(cache.get("fresh.example."), Some(1));
+        assert_eq!(cache.get("stale.example."), None);
+        assert_eq!(cache.get("unknown.example."), None);
+        assert_eq!(cache.remove("fresh.example."), Some(1));
+        assert_eq!(cache.get("fresh.example."), None);
+    }
+
+    #[test]
+    fn record_cache_stays_bounded() {
+        let cache: RecordCache<String, usize> = RecordCache::default();
+        let later = Instant::now() + Duration::from_secs(60);
+        for i in 0..MAX_CACHED_RECORDS * 3 {
+            cache.insert(format!("n{i}.example."), i, later);
+        }
+        let len = cache.entries.lock().map(|e| e.len()).unwrap_or(usize::MAX);
+        assert!(len <= MAX_CACHED_RECORDS, "{len} entries kept");
+        let last = MAX_CACHED_RECORDS * 3 - 1;
+        assert_eq!(cache.get(format!("n{last}.example.").as_str()), Some(last));
     }
 }

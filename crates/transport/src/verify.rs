@@ -94,28 +94,30 @@ async fn verify_inner(dns: &Dns, inbound: Inbound<'_>, message: &[u8]) -> Verdic
     };
     // RFC 7208 section 2.4: with a null sender, the HELO identity is checked.
     let spf = if inbound.mail_from.is_empty() {
-        auth.verify_spf(SpfParameters::verify_ehlo(
+        auth.verify_spf(dns.with_records(SpfParameters::verify_ehlo(
             inbound.ip,
             helo,
             inbound.hostname,
-        ))
+        )))
         .await
     } else {
-        auth.verify_spf(SpfParameters::verify_mail_from(
+        auth.verify_spf(dns.with_records(SpfParameters::verify_mail_from(
             inbound.ip,
             helo,
             inbound.hostname,
             inbound.mail_from,
-        ))
+        )))
         .await
     };
-    let dkim = auth.verify_dkim(&parsed).await;
-    let arc = auth.verify_arc(&parsed).await;
+    let dkim = auth.verify_dkim(dns.with_records(&parsed)).await;
+    let arc = auth.verify_arc(dns.with_records(&parsed)).await;
     let mail_from_domain = inbound.mail_from.rsplit_once('@').map_or(helo, |(_, d)| d);
     let dmarc = auth
         .verify_dmarc(
-            DmarcParameters::new(&parsed, &dkim, mail_from_domain, &spf)
-                .with_domain_suffix_fn(organisational_domain),
+            dns.with_records(
+                DmarcParameters::new(&parsed, &dkim, mail_from_domain, &spf)
+                    .with_domain_suffix_fn(organisational_domain),
+            ),
         )
         .await;
 

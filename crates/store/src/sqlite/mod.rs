@@ -150,11 +150,14 @@ fn open_connection(path: &Path, options: &SqliteOptions, read_only: bool) -> Res
     if read_only {
         conn.execute_batch("PRAGMA mmap_size = 268435456;")?;
     }
-    // The writer keeps a large page cache; readers, of which up to
-    // POOLED_READERS stay open, a small one each (they read mostly through
-    // the memory map and the OS page cache), so memory does not grow with
-    // the number of concurrent sessions.
-    let cache_kib = if read_only { 2048 } else { 32768 };
+    // Readers, of which up to POOLED_READERS stay open, keep a small page
+    // cache each (they read mostly through the memory map and the OS page
+    // cache), so memory does not grow with the number of sessions. The
+    // writer's is not much larger: when a commit had a B-tree page
+    // renumbered (page splits do that), SQLite walks the writer's whole
+    // cache at the end of the transaction, and with a large cache that
+    // walk cost more than the reads a large cache saves.
+    let cache_kib = if read_only { 2048 } else { 4096 };
     conn.execute_batch(&format!("PRAGMA cache_size = -{cache_kib};"))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
@@ -875,17 +878,22 @@ fn store_in(
         // Taking the UIDs first also proves every mailbox is this account's.
         let mut uids = Vec::with_capacity(places.len());
         for place in places {
-            let uid: Option<u32> = ctx
+            let taken = ctx
                 .conn
                 .prepare_cached(
                     "UPDATE mailboxes SET uid_next = uid_next + 1, highest_modseq = ?3
-                                 WHERE id = ?1 AND account_id = ?2 RETURNING uid_next - 1",
+                                 WHERE id = ?1 AND account_id = ?2",
                 )?
-                .query_row(params![place.mailbox.0, account.0, modseq.0 as i64], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            uids.push(uid.ok_or_else(|| Error::not_found("mailbox", place.mailbox))?);
+                .execute(params![place.mailbox.0, account.0, modseq.0 as i64])?;
+            if taken == 0 {
+                return Err(Error::not_found("mailbox", place.mailbox));
+            }
+            // Read back rather than RETURNING: see OpCtx::read_back_modseq.
+            let uid: u32 = ctx
+                .conn
+                .prepare_cached("SELECT uid_next - 1 FROM mailboxes WHERE id = ?1")?
+                .query_row([place.mailbox.0], |r| r.get(0))?;
+            uids.push(uid);
         }
         let thread = match find_thread(ctx.conn, account, meta)? {
             Some(thread) => thread,

@@ -66,16 +66,11 @@ impl<'a> OpCtx<'a> {
         if let Some(m) = self.modseqs.get(&account) {
             return Ok(*m);
         }
-        let next: Option<i64> = self
+        let updated = self
             .conn
-            .prepare_cached(
-                "UPDATE principals SET modseq = modseq + 1 WHERE id = ?1 RETURNING modseq",
-            )?
-            .query_row([account.0], |r| r.get(0))
-            .optional()?;
-        let next = ModSeq(next.ok_or_else(|| Error::not_found("account", account))? as u64);
-        self.modseqs.insert(account, next);
-        Ok(next)
+            .prepare_cached("UPDATE principals SET modseq = modseq + 1 WHERE id = ?1")?
+            .execute([account.0])?;
+        self.read_back_modseq(account, updated)
     }
 
     /// Like [`Self::modseq`], adding `bytes` to the account's usage in the
@@ -87,15 +82,29 @@ impl<'a> OpCtx<'a> {
                 .execute(params![account.0, bytes])?;
             return self.modseq(account);
         }
-        let next: Option<i64> = self
+        let updated = self
             .conn
             .prepare_cached(
-                "UPDATE principals SET modseq = modseq + 1, used_bytes = used_bytes + ?2 WHERE id = ?1
-                 RETURNING modseq",
+                "UPDATE principals SET modseq = modseq + 1, used_bytes = used_bytes + ?2 WHERE id = ?1",
             )?
-            .query_row(params![account.0, bytes], |r| r.get(0))
-            .optional()?;
-        let next = ModSeq(next.ok_or_else(|| Error::not_found("account", account))? as u64);
+            .execute(params![account.0, bytes])?;
+        self.read_back_modseq(account, updated)
+    }
+
+    /// Reads the modification sequence an UPDATE of `updated` rows just
+    /// bumped. (A RETURNING clause would do it in one statement, but SQLite
+    /// collects RETURNING rows in a temporary table it opens and closes for
+    /// every execution; on the delivery path that costs more than reading
+    /// back a row whose page is already in the cache.)
+    fn read_back_modseq(&mut self, account: PrincipalId, updated: usize) -> Result<ModSeq> {
+        if updated == 0 {
+            return Err(Error::not_found("account", account));
+        }
+        let next: i64 = self
+            .conn
+            .prepare_cached("SELECT modseq FROM principals WHERE id = ?1")?
+            .query_row([account.0], |r| r.get(0))?;
+        let next = ModSeq(next as u64);
         self.modseqs.insert(account, next);
         Ok(next)
     }
@@ -162,16 +171,17 @@ impl<'a> OpCtx<'a> {
         inline: Option<&[u8]>,
         count: u64,
     ) -> Result<()> {
-        let refcount: i64 = self
-            .conn
+        self.conn
             .prepare_cached(
                 "INSERT INTO blobs (hash, size, refcount, data) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (hash) DO UPDATE SET refcount = refcount + excluded.refcount
-                 RETURNING refcount",
+                 ON CONFLICT (hash) DO UPDATE SET refcount = refcount + excluded.refcount",
             )?
-            .query_row(params![&id.0[..], size as i64, count as i64, inline], |r| {
-                r.get(0)
-            })?;
+            .execute(params![&id.0[..], size as i64, count as i64, inline])?;
+        // Read back rather than RETURNING: see `read_back_modseq`.
+        let refcount: i64 = self
+            .conn
+            .prepare_cached("SELECT refcount FROM blobs WHERE hash = ?1")?
+            .query_row([&id.0[..]], |r| r.get(0))?;
         // A new row for a file blob must see the file: a concurrent delete
         // may have removed it after the caller skipped writing it. The
         // savepoint rollback then takes the row back out.
