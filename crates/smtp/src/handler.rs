@@ -187,7 +187,10 @@ async fn serve(
     let mode = config.mode;
     let hostname = config.hostname.clone();
     let mut session = Session::new(config, client, session_id());
-    let deadline = tokio::time::Instant::now() + max_duration;
+    // One timer for the whole session, registered once: a fresh sleep per
+    // read would be put into and taken out of the timer wheel every command.
+    let session_deadline = tokio::time::sleep(max_duration);
+    tokio::pin!(session_deadline);
     let mut buf = vec![0u8; READ_CHUNK];
     let mut shutdown_seen = false;
     let mut deadline_seen = false;
@@ -197,6 +200,18 @@ async fn serve(
                 return;
             }
             tokio::select! {
+                // The session's end comes first, so a client that never stops
+                // sending still meets it; once registered, the timer costs
+                // nothing to look at.
+                biased;
+                () = &mut session_deadline, if !deadline_seen => {
+                    deadline_seen = true;
+                    session.timed_out(Timeout::Session);
+                }
+                () = conn.shutdown.wait(), if !shutdown_seen => {
+                    shutdown_seen = true;
+                    session.shutdown();
+                }
                 read = conn.stream.read(&mut buf) => match read {
                     Ok(0) => return,
                     Ok(n) => session.feed(&buf[..n]),
@@ -209,14 +224,6 @@ async fn serve(
                         return;
                     }
                 },
-                () = conn.shutdown.wait(), if !shutdown_seen => {
-                    shutdown_seen = true;
-                    session.shutdown();
-                }
-                () = tokio::time::sleep_until(deadline), if !deadline_seen => {
-                    deadline_seen = true;
-                    session.timed_out(Timeout::Session);
-                }
             }
             continue;
         };
