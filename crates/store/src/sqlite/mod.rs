@@ -8,6 +8,7 @@ mod writer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -72,47 +73,32 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Often enough that under a steady stream of commits the log is
-    /// copied back and starts over while it is still a few MiB: commits
-    /// then overwrite blocks the file already has, and their fsync writes
-    /// data only. A log left to grow (or cut to nothing) makes every
-    /// commit allocate blocks and write the inode as well.
+    /// Often enough that each passive checkpoint has little to copy, and
+    /// the writer's catch-up past [`writer::MAX_LOG_FRAMES`] (which holds
+    /// commits back while it runs) has less still.
     const INTERVAL: Duration = Duration::from_millis(100);
-    /// About 64 MiB of 4 KiB pages.
-    const MAX_WAL_FRAMES: i64 = 16_384;
 
-    fn start(conn: Connection) -> Result<Checkpointer> {
+    /// `log_frames` gets the log's length after every checkpoint.
+    fn start(conn: Connection, log_frames: Arc<AtomicI64>) -> Result<Checkpointer> {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("bulwark-store-checkpoint".into())
             .spawn(move || {
-                // Returns the WAL's length in frames after the checkpoint.
-                let checkpoint = |mode: &str| -> i64 {
-                    match conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-                        r.get::<_, i64>(1)
-                    }) {
-                        Ok(frames) => frames,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "WAL checkpoint failed");
-                            0
-                        }
-                    }
-                };
+                // A passive checkpoint never waits for the writer or for
+                // readers: it copies what no reader still needs.
+                let checkpoint =
+                    || match conn
+                        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
+                    {
+                        Ok(frames) => log_frames.store(frames, Ordering::Relaxed),
+                        Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
+                    };
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(Self::INTERVAL)
                 {
-                    // A passive checkpoint never waits, but while readers
-                    // keep old snapshots the log cannot start over and only
-                    // grows. Past a bound, a restarting checkpoint waits
-                    // (up to the busy timeout, holding back writers) for a
-                    // moment with no old snapshot, so the next commit
-                    // writes from the start of the file again; the journal
-                    // size limit then trims what is past 64 MiB.
-                    if checkpoint("PASSIVE") > Self::MAX_WAL_FRAMES {
-                        checkpoint("RESTART");
-                    }
+                    checkpoint();
                 }
-                checkpoint("PASSIVE");
+                checkpoint();
             })?;
         Ok(Checkpointer {
             stop: Some(stop),
@@ -189,11 +175,14 @@ impl SqliteBackend {
         schema::migrate(&mut conn, version)?;
         // Checkpoints run on their own thread so commits never wait for one.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;")?;
-        let checkpointer = Checkpointer::start(open_connection(&db_path, &options, false)?)?;
         let blobs = Arc::new(BlobDir::open(data_dir)?);
         blobs.clean_tmp(Duration::from_secs(3600))?;
         let notifier = Arc::new(Notifier::default());
         let writer = Writer::start(conn, Arc::clone(&blobs), Arc::clone(&notifier))?;
+        let checkpointer = Checkpointer::start(
+            open_connection(&db_path, &options, false)?,
+            Arc::clone(&writer.log_frames),
+        )?;
         Ok(SqliteBackend {
             db_path,
             options,

@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::thread::JoinHandle;
 
@@ -484,20 +484,30 @@ pub struct Writer {
     jobs: Option<Sender<Box<dyn Job>>>,
     thread: Option<JoinHandle<()>>,
     pub stats: Arc<WriterStats>,
+    /// The log's length in frames as a checkpoint last found it; past
+    /// [`MAX_LOG_FRAMES`] the writer copies the rest back itself (see
+    /// [`catch_up_log`]).
+    pub log_frames: Arc<AtomicI64>,
 }
+
+/// About 64 MiB of 4 KiB pages.
+pub const MAX_LOG_FRAMES: i64 = 16_384;
 
 impl Writer {
     pub fn start(conn: Connection, blobs: Arc<BlobDir>, notifier: Arc<Notifier>) -> Result<Writer> {
         let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
         let stats = Arc::new(WriterStats::default());
+        let log_frames = Arc::new(AtomicI64::new(0));
         let counters = Arc::clone(&stats);
+        let frames = Arc::clone(&log_frames);
         let thread = std::thread::Builder::new()
             .name("bulwark-store-writer".into())
-            .spawn(move || writer_loop(conn, rx, &blobs, &notifier, &counters))?;
+            .spawn(move || writer_loop(conn, rx, &blobs, &notifier, &counters, &frames))?;
         Ok(Writer {
             jobs: Some(jobs),
             thread: Some(thread),
             stats,
+            log_frames,
         })
     }
 
@@ -583,6 +593,7 @@ fn writer_loop(
     blobs: &BlobDir,
     notifier: &Notifier,
     stats: &WriterStats,
+    log_frames: &AtomicI64,
 ) {
     // Jobs left unrun when a transaction was rolled back; they go first.
     let mut carried: Vec<Box<dyn Job>> = Vec::new();
@@ -659,6 +670,27 @@ fn writer_loop(
         for complete in completions {
             complete(&durable);
         }
+        if log_frames.load(Ordering::Relaxed) > MAX_LOG_FRAMES {
+            log_frames.store(0, Ordering::Relaxed);
+            catch_up_log(&conn);
+        }
+    }
+}
+
+/// Copies what is left of the log into the database, between two of the
+/// writer's transactions. The background checkpointer copies most of it,
+/// but under a steady stream of commits it never reaches the newest one,
+/// and a log that is never copied to its end never starts over: it only
+/// grows. Here nothing is appended while the copy runs, so it reaches the
+/// end (unless a reader still holds an older snapshot; then a later call
+/// does) and the next commit starts the log from its beginning again.
+/// A restarting checkpoint on the other thread would have to take the
+/// write lock from this one, and SQLite waits for locks in sleeps of
+/// milliseconds: commits then stalled for tens of milliseconds, at times
+/// over a second.
+fn catch_up_log(conn: &Connection) {
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        tracing::warn!(error = %e, "WAL checkpoint failed");
     }
 }
 
@@ -774,5 +806,65 @@ mod tests {
         assert_eq!(kept, [1, 5]);
         let stats = &writer.stats;
         assert_eq!(stats.batches.load(Ordering::Relaxed), 3);
+    }
+
+    /// The WAL header's checkpoint sequence, which moves each time the log
+    /// starts over from its beginning.
+    fn log_generation(dir: &std::path::Path) -> u32 {
+        let header = std::fs::read(dir.join("db-wal")).unwrap();
+        u32::from_be_bytes(header[12..16].try_into().unwrap())
+    }
+
+    #[test]
+    fn a_long_log_is_copied_back_and_started_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("db")).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; CREATE TABLE t (n INTEGER)",
+        )
+        .unwrap();
+        let writer = Writer::start(
+            conn,
+            Arc::new(BlobDir::open(dir.path()).unwrap()),
+            Arc::new(Notifier::default()),
+        )
+        .unwrap();
+        let commit = |n| {
+            insert(&writer, n, Isolation::Savepoint, false)
+                .recv()
+                .unwrap()
+                .unwrap()
+        };
+        for n in 0..20 {
+            commit(n);
+        }
+        let before = log_generation(dir.path());
+        commit(20);
+        assert_eq!(
+            log_generation(dir.path()),
+            before,
+            "nothing copies the log back yet"
+        );
+
+        // As the checkpointer reports a log past the bound: the writer
+        // copies the rest back after its next commit, and the one after
+        // writes the log from its beginning.
+        writer
+            .log_frames
+            .store(MAX_LOG_FRAMES + 1, Ordering::Relaxed);
+        commit(21);
+        commit(22);
+        assert!(
+            log_generation(dir.path()) > before,
+            "the log did not start over"
+        );
+        assert_eq!(writer.log_frames.load(Ordering::Relaxed), 0);
+
+        drop(writer);
+        let check = Connection::open(dir.path().join("db")).unwrap();
+        let rows: i64 = check
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 23);
     }
 }
