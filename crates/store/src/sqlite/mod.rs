@@ -77,6 +77,10 @@ impl Checkpointer {
     /// the writer's catch-up past [`writer::MAX_LOG_FRAMES`] (which holds
     /// commits back while it runs) has less still.
     const INTERVAL: Duration = Duration::from_millis(100);
+    /// What the writer's catch-up may be left to copy: 1 MiB of 4 KiB pages.
+    const TAIL_FRAMES: i64 = 256;
+    /// Checkpoints in a row before handing a long log to the writer.
+    const MAX_PASSES: u32 = 4;
 
     /// `log_frames` gets the log's length after every checkpoint.
     fn start(conn: Connection, log_frames: Arc<AtomicI64>) -> Result<Checkpointer> {
@@ -85,14 +89,39 @@ impl Checkpointer {
             .name("bulwark-store-checkpoint".into())
             .spawn(move || {
                 // A passive checkpoint never waits for the writer or for
-                // readers: it copies what no reader still needs.
+                // readers: it copies what no reader still needs. It
+                // answers the log's length and how much of it is copied.
                 let checkpoint =
-                    || match conn
-                        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
-                    {
-                        Ok(frames) => log_frames.store(frames, Ordering::Relaxed),
-                        Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
+                    || match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                    }) {
+                        Ok(frames) => Some(frames),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "WAL checkpoint failed");
+                            None
+                        }
                     };
+                let checkpoint = || {
+                    let Some((mut log, mut copied)) = checkpoint() else {
+                        return;
+                    };
+                    // Past the bound the writer copies the rest itself,
+                    // holding commits back meanwhile. A few passes in a
+                    // row first, each with less to copy than the one
+                    // before, leave it only a short tail (with large
+                    // messages, a tenth of a second of commits is tens of
+                    // MiB).
+                    let mut passes = 1;
+                    while log > writer::MAX_LOG_FRAMES
+                        && log - copied > Self::TAIL_FRAMES
+                        && passes < Self::MAX_PASSES
+                    {
+                        let Some(next) = checkpoint() else { return };
+                        (log, copied) = next;
+                        passes += 1;
+                    }
+                    log_frames.store(log, Ordering::Relaxed);
+                };
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(Self::INTERVAL)
                 {
