@@ -91,18 +91,17 @@ impl Checkpointer {
                 // A passive checkpoint never waits for the writer or for
                 // readers: it copies what no reader still needs. It
                 // answers the log's length and how much of it is copied.
-                let checkpoint =
-                    || match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-                    }) {
-                        Ok(frames) => Some(frames),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "WAL checkpoint failed");
-                            None
-                        }
-                    };
+                let pass = || match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                }) {
+                    Ok(frames) => Some(frames),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                        None
+                    }
+                };
                 let checkpoint = || {
-                    let Some((mut log, mut copied)) = checkpoint() else {
+                    let Some((mut log, mut copied)) = pass() else {
                         return;
                     };
                     // Past the bound the writer copies the rest itself,
@@ -116,7 +115,7 @@ impl Checkpointer {
                         && log - copied > Self::TAIL_FRAMES
                         && passes < Self::MAX_PASSES
                     {
-                        let Some(next) = checkpoint() else { return };
+                        let Some(next) = pass() else { return };
                         (log, copied) = next;
                         passes += 1;
                     }
@@ -202,7 +201,8 @@ impl SqliteBackend {
             )));
         }
         schema::migrate(&mut conn, version)?;
-        // Checkpoints run on their own thread so commits never wait for one.
+        // Checkpoints run on their own thread; the writer only copies the
+        // short tail of a long log itself (see writer::catch_up_log).
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;")?;
         let blobs = Arc::new(BlobDir::open(data_dir)?);
         blobs.clean_tmp(Duration::from_secs(3600))?;

@@ -744,18 +744,26 @@ mod tests {
         rx
     }
 
+    /// A writer on `dir/db`, a WAL database with one table `t (n)` and no
+    /// automatic checkpoints.
+    fn writer_on_table_t(dir: &std::path::Path) -> Writer {
+        let conn = Connection::open(dir.join("db")).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; CREATE TABLE t (n INTEGER)",
+        )
+        .unwrap();
+        Writer::start(
+            conn,
+            Arc::new(BlobDir::open(dir).unwrap()),
+            Arc::new(Notifier::default()),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn a_write_failing_without_a_savepoint_takes_its_transaction_back() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join("db")).unwrap();
-        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (n INTEGER)")
-            .unwrap();
-        let writer = Writer::start(
-            conn,
-            Arc::new(BlobDir::open(dir.path()).unwrap()),
-            Arc::new(Notifier::default()),
-        )
-        .unwrap();
+        let writer = writer_on_table_t(dir.path());
 
         // Hold the writer inside a first transaction, so the next writes
         // queue up and share the second one.
@@ -818,17 +826,7 @@ mod tests {
     #[test]
     fn a_long_log_is_copied_back_and_started_over() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join("db")).unwrap();
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; CREATE TABLE t (n INTEGER)",
-        )
-        .unwrap();
-        let writer = Writer::start(
-            conn,
-            Arc::new(BlobDir::open(dir.path()).unwrap()),
-            Arc::new(Notifier::default()),
-        )
-        .unwrap();
+        let writer = writer_on_table_t(dir.path());
         let commit = |n| {
             insert(&writer, n, Isolation::Savepoint, false)
                 .recv()
