@@ -77,7 +77,8 @@ impl Checkpointer {
     /// the writer's catch-up past [`writer::MAX_LOG_FRAMES`] (which holds
     /// commits back while it runs) has less still.
     const INTERVAL: Duration = Duration::from_millis(100);
-    /// What the writer's catch-up may be left to copy: 1 MiB of 4 KiB pages.
+    /// A pass that copied no more than this (1 MiB of 4 KiB pages) leaves
+    /// the writer's catch-up little to do.
     const TAIL_FRAMES: i64 = 256;
     /// Checkpoints in a row before handing a long log to the writer.
     const MAX_PASSES: u32 = 4;
@@ -106,18 +107,22 @@ impl Checkpointer {
                     };
                     // Past the bound the writer copies the rest itself,
                     // holding commits back meanwhile. A few passes in a
-                    // row first, each with less to copy than the one
-                    // before, leave it only a short tail (with large
-                    // messages, a tenth of a second of commits is tens of
-                    // MiB).
+                    // row first, each copying what was committed during
+                    // the one before (so each is shorter), leave it only
+                    // a short tail: with large messages a tenth of a
+                    // second of commits is tens of MiB, and copying that
+                    // takes the disk tens of milliseconds.
                     let mut passes = 1;
-                    while log > writer::MAX_LOG_FRAMES
-                        && log - copied > Self::TAIL_FRAMES
-                        && passes < Self::MAX_PASSES
-                    {
-                        let Some(next) = pass() else { return };
-                        (log, copied) = next;
+                    while log > writer::MAX_LOG_FRAMES && passes < Self::MAX_PASSES {
+                        let Some((next_log, next_copied)) = pass() else {
+                            return;
+                        };
+                        let fresh = next_copied - copied;
+                        (log, copied) = (next_log, next_copied);
                         passes += 1;
+                        if fresh <= Self::TAIL_FRAMES {
+                            break;
+                        }
                     }
                     log_frames.store(log, Ordering::Relaxed);
                 };
