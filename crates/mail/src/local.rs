@@ -1,11 +1,10 @@
 //! Local delivery: from a recipient address to durable Inbox entries.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bulwark_audit::Actor;
-use bulwark_core::{EmailAddress, MailboxId, MailboxRole, PrincipalId, PrincipalKind};
+use bulwark_core::{EmailAddress, ExpiringMap, MailboxId, MailboxRole, PrincipalId, PrincipalKind};
 use bulwark_directory::Directory;
 use bulwark_store::{Delivered, Error as StoreError, InboxReport};
 
@@ -36,14 +35,9 @@ pub struct DeliveryReport {
 #[derive(Clone)]
 pub struct LocalDelivery {
     directory: Directory,
-    resolved: Arc<Mutex<HashMap<EmailAddress, Resolved>>>,
-}
-
-/// An address found to reach accounts, as of a directory version.
-struct Resolved {
-    accounts: Vec<PrincipalId>,
-    version: u64,
-    at: Instant,
+    /// Addresses found to reach accounts, with the directory version they
+    /// were found at.
+    resolved: Arc<ExpiringMap<EmailAddress, (Vec<PrincipalId>, u64)>>,
 }
 
 /// How long a resolution is reused. A change this process makes drops it
@@ -53,8 +47,8 @@ struct Resolved {
 /// domain just added is found at its first use.
 pub const RESOLUTION_TTL: Duration = Duration::from_secs(5);
 
-/// Addresses kept at most; past it the whole cache starts over, which
-/// bounds memory under a dictionary of valid addresses.
+/// Addresses kept at most, which bounds memory under a dictionary of
+/// valid addresses.
 const RESOLVED_MAX: usize = 10_000;
 
 impl From<InboxReport> for DeliveryReport {
@@ -71,7 +65,7 @@ impl LocalDelivery {
     pub fn new(directory: Directory) -> LocalDelivery {
         LocalDelivery {
             directory,
-            resolved: Arc::default(),
+            resolved: Arc::new(ExpiringMap::new(RESOLVED_MAX)),
         }
     }
 
@@ -89,17 +83,10 @@ impl LocalDelivery {
         let version = self.directory.store().directory_version();
         let resolution = self.look_up(recipient)?;
         if let Resolution::Deliver(accounts) = &resolution {
-            let mut resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
-            if resolved.len() >= RESOLVED_MAX {
-                resolved.clear();
-            }
-            resolved.insert(
+            self.resolved.insert(
                 recipient.clone(),
-                Resolved {
-                    accounts: accounts.clone(),
-                    version,
-                    at: Instant::now(),
-                },
+                (accounts.clone(), version),
+                Instant::now() + RESOLUTION_TTL,
             );
         }
         Ok(resolution)
@@ -109,10 +96,8 @@ impl LocalDelivery {
     /// still holds; never blocks, so an async task may ask first.
     pub fn resolve_cached(&self, recipient: &EmailAddress) -> Option<Resolution> {
         let version = self.directory.store().directory_version();
-        let resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
-        let hit = resolved.get(recipient)?;
-        (hit.version == version && hit.at.elapsed() < RESOLUTION_TTL)
-            .then(|| Resolution::Deliver(hit.accounts.clone()))
+        let (accounts, found_at) = self.resolved.get(recipient)?;
+        (found_at == version).then_some(Resolution::Deliver(accounts))
     }
 
     fn look_up(&self, recipient: &EmailAddress) -> Result<Resolution, StoreError> {

@@ -5,11 +5,12 @@
 //! URL, and nothing a lookup returns is fetched.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bulwark_core::ExpiringMap;
 
 use mail_auth::common::cache::NoCache;
 use mail_auth::hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
@@ -57,20 +58,15 @@ pub type CachedParameters<'x, P> = Parameters<
     RecordCache<IpAddr, Arc<Vec<String>>>,
 >;
 
-/// Entries per [`RecordCache`]; when full, expired entries go, and if none
-/// had expired, all of them (a flood of distinct names only costs lookups).
+/// Entries per [`RecordCache`].
 const MAX_CACHED_RECORDS: usize = 4096;
 
 /// DNS answers kept until their TTL (as the resolver reported it) runs out.
-pub struct RecordCache<K, V> {
-    entries: Mutex<HashMap<K, (V, Instant)>>,
-}
+pub struct RecordCache<K, V>(ExpiringMap<K, V>);
 
-impl<K, V> Default for RecordCache<K, V> {
+impl<K: Hash + Eq, V: Clone> Default for RecordCache<K, V> {
     fn default() -> Self {
-        RecordCache {
-            entries: Mutex::new(HashMap::new()),
-        }
+        RecordCache(ExpiringMap::new(MAX_CACHED_RECORDS))
     }
 }
 
@@ -80,9 +76,7 @@ impl<K: Hash + Eq, V: Clone> ResolverCache<K, V> for RecordCache<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let (value, valid_until) = entries.get(name)?;
-        (Instant::now() < *valid_until).then(|| value.clone())
+        self.0.get(name)
     }
 
     fn remove<Q>(&self, name: &Q) -> Option<V>
@@ -90,20 +84,11 @@ impl<K: Hash + Eq, V: Clone> ResolverCache<K, V> for RecordCache<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.remove(name).map(|(value, _)| value)
+        self.0.remove(name)
     }
 
     fn insert(&self, key: K, value: V, valid_until: Instant) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= MAX_CACHED_RECORDS && !entries.contains_key(&key) {
-            let now = Instant::now();
-            entries.retain(|_, (_, until)| *until > now);
-            if entries.len() >= MAX_CACHED_RECORDS {
-                entries.clear();
-            }
-        }
-        entries.insert(key, (value, valid_until));
+        self.0.insert(key, value, valid_until);
     }
 }
 
@@ -268,7 +253,7 @@ mod tests {
         for i in 0..MAX_CACHED_RECORDS * 3 {
             cache.insert(format!("n{i}.example."), i, later);
         }
-        let len = cache.entries.lock().map(|e| e.len()).unwrap_or(usize::MAX);
+        let len = cache.0.len();
         assert!(len <= MAX_CACHED_RECORDS, "{len} entries kept");
         let last = MAX_CACHED_RECORDS * 3 - 1;
         assert_eq!(cache.get(format!("n{last}.example.").as_str()), Some(last));

@@ -8,7 +8,7 @@ mod writer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -59,7 +59,7 @@ pub struct SqliteBackend {
     notifier: Arc<Notifier>,
     readers: Mutex<Vec<Connection>>,
     /// Moves after every directory change this process makes.
-    directory_version: std::sync::atomic::AtomicU64,
+    directory_version: AtomicU64,
     // Field order is drop order: the writer finishes queued writes before
     // the checkpointer stops.
     writer: Writer,
@@ -223,7 +223,7 @@ impl SqliteBackend {
             blobs,
             notifier,
             readers: Mutex::new(Vec::new()),
-            directory_version: std::sync::atomic::AtomicU64::new(0),
+            directory_version: AtomicU64::new(0),
             writer,
             _checkpointer: checkpointer,
         })
@@ -237,7 +237,6 @@ impl SqliteBackend {
     /// `(transactions, writes)` committed by the writer so far; their ratio
     /// is the group-commit factor.
     pub fn commit_stats(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering;
         let stats = &self.writer.stats;
         (
             stats.batches.load(Ordering::Relaxed),
@@ -292,8 +291,7 @@ impl SqliteBackend {
         let result = self.write(actor, operation, target, target_account, op);
         // Moved after a failure too: a commit error leaves it unknown
         // whether the change landed.
-        self.directory_version
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.directory_version.fetch_add(1, Ordering::SeqCst);
         result
     }
 
@@ -1695,8 +1693,7 @@ impl Backend for SqliteBackend {
     }
 
     fn directory_version(&self) -> u64 {
-        self.directory_version
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.directory_version.load(Ordering::SeqCst)
     }
 
     fn delivers_without_blocking(&self, size: usize) -> bool {

@@ -364,10 +364,7 @@ where
             reply,
             isolation,
         } = *self;
-        let result = match isolation {
-            Isolation::Savepoint => run_in_savepoint(conn, now_ms, blobs, fx, audit, op),
-            Isolation::ChecksFirst => run_bare(conn, now_ms, blobs, fx, audit, op),
-        };
+        let result = run_isolated(conn, now_ms, blobs, fx, isolation, audit, op);
         // Only a write without a savepoint leaves part of itself behind.
         let sound = isolation == Isolation::Savepoint || result.is_ok();
         if let (false, Err(error)) = (sound, &result) {
@@ -419,32 +416,26 @@ fn run_audited<T>(
     (Ok(value), None)
 }
 
-/// Runs a write straight in the open transaction; see
-/// [`Isolation::ChecksFirst`]. Its effects join the batch only when it
-/// succeeds, and a failure discards the batch anyway.
-fn run_bare<T>(
+/// Runs a write in the open transaction. Its effects join the batch only
+/// when it succeeds. Under [`Isolation::ChecksFirst`] it runs straight in
+/// the transaction (a failure discards the batch anyway); otherwise inside
+/// a savepoint that a failure rolls back, after which a failed audited
+/// action is still recorded.
+fn run_isolated<T>(
     conn: &Connection,
     now_ms: i64,
     blobs: &BlobDir,
     fx: &mut BatchEffects,
+    isolation: Isolation,
     audit: Option<AuditEvent>,
     op: impl FnOnce(&mut OpCtx<'_>, &mut AuditEvent) -> Result<T>,
 ) -> Result<T> {
     let mut ctx = OpCtx::new(conn, now_ms, blobs);
-    let value = run_audited(&mut ctx, audit, op).0?;
-    ctx.publish_into(fx);
-    Ok(value)
-}
-
-fn run_in_savepoint<T>(
-    conn: &Connection,
-    now_ms: i64,
-    blobs: &BlobDir,
-    fx: &mut BatchEffects,
-    audit: Option<AuditEvent>,
-    op: impl FnOnce(&mut OpCtx<'_>, &mut AuditEvent) -> Result<T>,
-) -> Result<T> {
-    let mut ctx = OpCtx::new(conn, now_ms, blobs);
+    if isolation == Isolation::ChecksFirst {
+        let value = run_audited(&mut ctx, audit, op).0?;
+        ctx.publish_into(fx);
+        return Ok(value);
+    }
     run_cached(conn, "SAVEPOINT op")?;
     match run_audited(&mut ctx, audit, op) {
         (Ok(value), _) => {
