@@ -520,7 +520,13 @@ fn enqueue_remote(queue: Option<&OutboundQueue>, transaction: &Transaction) -> b
         &envelope,
     ) {
         Ok(queue_id) => {
-            tracing::info!(id = %transaction.id, %queue_id, recipients = envelope.recipients.len(), "message queued");
+            tracing::info!(
+                id = %transaction.id,
+                %queue_id,
+                from = %EnvelopePath(&transaction.reverse_path),
+                to = %EnvelopeList(envelope.recipients.iter().map(|r| r.address.as_str())),
+                "message queued"
+            );
             true
         }
         Err(e) => {
@@ -664,6 +670,8 @@ fn local_outcome(
     }
 }
 
+/// The mail log's line for an accepted message: who sent it to whom, so a
+/// site can trace a message by its envelope as with any MTA's log.
 fn log_outcome(transaction: &Transaction, outcome: &DeliveryOutcome) {
     if matches!(
         outcome,
@@ -671,10 +679,40 @@ fn log_outcome(transaction: &Transaction, outcome: &DeliveryOutcome) {
     ) {
         tracing::info!(
             id = %transaction.id,
+            from = %EnvelopePath(&transaction.reverse_path),
+            to = %EnvelopeList(transaction.recipients.iter().map(|r| r.address.as_str())),
             size = transaction.message.len(),
-            recipients = transaction.recipients.len(),
             "message delivered"
         );
+    }
+}
+
+/// An envelope address as the log shows it: in angle brackets, `<>` for
+/// the null reverse-path of a bounce.
+struct EnvelopePath<'a>(&'a str);
+
+impl std::fmt::Display for EnvelopePath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{}>", self.0)
+    }
+}
+
+/// Envelope addresses for the log, comma-separated, written straight into
+/// the line (no string is built per message).
+struct EnvelopeList<I>(I);
+
+impl<'a, I> std::fmt::Display for EnvelopeList<I>
+where
+    I: Iterator<Item = &'a str> + Clone,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (n, address) in self.0.clone().enumerate() {
+            if n > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{}", EnvelopePath(address))?;
+        }
+        Ok(())
     }
 }
 
@@ -682,6 +720,18 @@ fn log_outcome(transaction: &Transaction, outcome: &DeliveryOutcome) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_shows_envelope_addresses_in_brackets() {
+        assert_eq!(EnvelopePath("").to_string(), "<>");
+        assert_eq!(EnvelopePath("a@example.org").to_string(), "<a@example.org>");
+        let to = ["a@example.org", "b@example.net"];
+        assert_eq!(
+            EnvelopeList(to.iter().copied()).to_string(),
+            "<a@example.org>,<b@example.net>"
+        );
+        assert_eq!(EnvelopeList(std::iter::empty::<&str>()).to_string(), "");
+    }
 
     #[test]
     fn session_ids_differ() {
