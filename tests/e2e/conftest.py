@@ -38,6 +38,10 @@ class Quickstart:
             capture_output=True, text=True, check=True,
         ).stdout
 
+    def log(self) -> str:
+        """What the server has written to its log (standard error) so far."""
+        return (self.root / "server.log").read_text(errors="replace")
+
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=30)
@@ -45,10 +49,11 @@ class Quickstart:
 
 def start_quickstart(root: Path) -> Quickstart:
     env = {k: v for k, v in os.environ.items() if k != "BULWARK_CONFIG"}
-    proc = subprocess.Popen(
-        [BIN, "quickstart"], cwd=root, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True, env=env,
-    )
+    with open(root / "server.log", "ab") as log:
+        proc = subprocess.Popen(
+            [BIN, "quickstart"], cwd=root, stdout=subprocess.PIPE,
+            stderr=log, text=True, env=env,
+        )
     banner = []
     deadline = time.time() + 60
     while time.time() < deadline:

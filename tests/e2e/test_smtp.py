@@ -65,6 +65,28 @@ def test_inbound_refuses_relay_and_unknown_users(quickstart):
         assert code == 550 and b"5.1.1" in text
 
 
+def test_mail_log_names_envelopes_and_refusals(quickstart):
+    body = (b"From: carol@elsewhere.test\r\nTo: bob@example.test\r\n"
+            b"Subject: log e2e\r\n\r\nHi.\r\n")
+    with smtplib.SMTP(HOST, MX, timeout=30) as mx:
+        mx.ehlo("client.elsewhere.test")
+        assert mx.mail("carol@elsewhere.test")[0] == 250
+        assert mx.rcpt("nobody@example.test")[0] == 550
+        assert mx.rcpt("bob@example.test")[0] == 250
+        code, text = mx.data(body)
+        assert code == 250, text
+    # "OK id=<id> message stored": the log names the same transaction.
+    transaction = text.decode().split("id=")[1].split()[0]
+    delivered = [line for line in quickstart.log().splitlines() if "message delivered" in line]
+    assert len(delivered) == 1, delivered
+    assert f"id={transaction}" in delivered[0]
+    assert "from=<carol@elsewhere.test>" in delivered[0]
+    assert "to=<bob@example.test>" in delivered[0]
+    assert "peer=127.0.0.1:" in delivered[0], "the client's address comes from the connection's span"
+    refused = [line for line in quickstart.log().splitlines() if " refused " in line]
+    assert any("550 5.1.1 <nobody@example.test>" in line for line in refused), refused
+
+
 def test_submission_sends_as_self_and_refuses_spoofing(quickstart):
     creds = quickstart.credentials()
     with smtplib.SMTP_SSL(HOST, SUBMISSIONS, context=tls_context(quickstart), timeout=30) as sub:

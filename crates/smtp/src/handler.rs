@@ -233,6 +233,9 @@ async fn serve(
                     // The client may reconnect as soon as it reads this.
                     conn.release_slot();
                 }
+                for reply in refusals(&bytes) {
+                    tracing::info!(%reply, "refused");
+                }
                 let written = async {
                     conn.stream.write_all(&bytes).await?;
                     conn.stream.flush().await
@@ -670,6 +673,25 @@ fn local_outcome(
     }
 }
 
+/// The refusals (4xx and 5xx replies) among bytes about to be written, one
+/// per reply (a multi-line reply by its last line), for the mail log: a
+/// site finds why a message was turned away, with the client's address
+/// from the connection's span. Control characters are replaced, so what a
+/// reply echoes cannot forge log lines; each is cut at 200 characters.
+fn refusals(bytes: &[u8]) -> impl Iterator<Item = String> + '_ {
+    bytes
+        .split(|&b| b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .filter(|line| line.len() >= 4 && matches!(line[0], b'4' | b'5') && line[3] == b' ')
+        .map(|line| {
+            String::from_utf8_lossy(line)
+                .chars()
+                .take(200)
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect()
+        })
+}
+
 /// The mail log's line for an accepted message: who sent it to whom, so a
 /// site can trace a message by its envelope as with any MTA's log.
 fn log_outcome(transaction: &Transaction, outcome: &DeliveryOutcome) {
@@ -720,6 +742,27 @@ where
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_are_picked_out_of_pipelined_replies() {
+        let replies = b"250 2.1.0 Sender OK\r\n\
+550 5.1.1 <x@example.org> Recipient address rejected: no such mailbox here\r\n\
+451-4.3.0 first line\r\n451 4.3.0 last line\r\n\
+354 Go ahead\r\n";
+        let found: Vec<String> = refusals(replies).collect();
+        assert_eq!(
+            found,
+            [
+                "550 5.1.1 <x@example.org> Recipient address rejected: no such mailbox here",
+                "451 4.3.0 last line",
+            ]
+        );
+        assert_eq!(refusals(b"250-mx\r\n250 SIZE 1000\r\n").count(), 0);
+        let sneaky: Vec<String> = refusals(b"500 5.5.2 bad \x1b[31m\tthing\r\n").collect();
+        assert_eq!(sneaky, ["500 5.5.2 bad ?[31m?thing"]);
+        let long = format!("554 {}\r\n", "y".repeat(1000));
+        assert_eq!(refusals(long.as_bytes()).next().map(|l| l.len()), Some(200));
+    }
 
     #[test]
     fn the_log_shows_envelope_addresses_in_brackets() {
