@@ -120,6 +120,10 @@ class Server:
         for port in self.ports.values():
             wait_port(port)
 
+    def log(self) -> str:
+        """What the server has written to its log (standard error) so far."""
+        return (self.data / "server.log").read_text(errors="replace")
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -240,6 +244,15 @@ def test_mail_reaches_the_other_server_signed_and_verified(world):
     assert "queue is empty" in eventually(
         lambda: "queue is empty" in a.admin("queue", "list") and a.admin("queue", "list"),
         what="empty queue")
+    # The sender's mail log names the envelope, queued and then taken by
+    # the other server; nothing was stored in a mailbox here.
+    log = a.log().splitlines()
+    assert any("message queued" in line and f"from=<{users['alice']}>" in line
+               and f"to=<{users['bob']}>" in line for line in log), log
+    assert any(" delivered queue_id=" in line and f"from=<{users['alice']}>" in line
+               and f"to=<{users['bob']}>" in line and "relay=127.0.0.1" in line
+               for line in log), log
+    assert not any("message delivered" in line and f"<{users['bob']}>" in line for line in log)
 
 
 def test_unknown_remote_recipient_bounces_to_the_sender(world):
@@ -259,6 +272,11 @@ def test_unknown_remote_recipient_bounces_to_the_sender(world):
     assert "Action: failed" in text
     assert notice["Return-Path"] == "<>"
     assert "queue is empty" in a.admin("queue", "list")
+    # Both mail logs tell the story: b refused the recipient, a gave up on it.
+    assert any("refused" in line and "5.1.1 <nobody@b.test>" in line
+               for line in world["b"].log().splitlines())
+    assert any("delivery failed" in line and "to=<nobody@b.test>" in line
+               and f"from=<{users['alice']}>" in line for line in a.log().splitlines())
 
 
 def test_dmarc_reject_is_refused_at_the_mx_and_not_stored(world):

@@ -692,21 +692,26 @@ fn refusals(bytes: &[u8]) -> impl Iterator<Item = String> + '_ {
         })
 }
 
-/// The mail log's line for an accepted message: who sent it to whom, so a
-/// site can trace a message by its envelope as with any MTA's log.
+/// The mail log's line for a message stored in local mailboxes: who sent
+/// it to whom, so a site can trace a message by its envelope as with any
+/// MTA's log. Recipients in other domains are on the `message queued` line.
 fn log_outcome(transaction: &Transaction, outcome: &DeliveryOutcome) {
-    if matches!(
-        outcome,
-        DeliveryOutcome::Stored | DeliveryOutcome::PartiallyStored
-    ) {
-        tracing::info!(
-            id = %transaction.id,
-            from = %EnvelopePath(&transaction.reverse_path),
-            to = %EnvelopeList(transaction.recipients.iter().map(|r| r.address.as_str())),
-            size = transaction.message.len(),
-            "message delivered"
-        );
+    let local = transaction.recipients.iter().filter(|r| !r.is_remote());
+    if local.clone().next().is_none()
+        || !matches!(
+            outcome,
+            DeliveryOutcome::Stored | DeliveryOutcome::PartiallyStored
+        )
+    {
+        return;
     }
+    tracing::info!(
+        id = %transaction.id,
+        from = %EnvelopePath(&transaction.reverse_path),
+        to = %EnvelopeList(local.map(|r| r.address.as_str())),
+        size = transaction.message.len(),
+        "message delivered"
+    );
 }
 
 /// An envelope address as the log shows it: in angle brackets, `<>` for

@@ -463,7 +463,13 @@ impl QueueRunner {
             };
             let update = match result {
                 Attempt::Delivered { remote } => {
-                    tracing::info!(queue_id = %message.id, recipient = %recipient.address, "delivered");
+                    tracing::info!(
+                        queue_id = %message.id,
+                        from = %format_args!("<{}>", message.return_path),
+                        to = %format_args!("<{}>", recipient.address),
+                        relay = %remote.as_deref().unwrap_or("local mailbox"),
+                        "delivered"
+                    );
                     let kind = if remote.is_some() {
                         NoticeKind::Relayed
                     } else {
@@ -484,7 +490,14 @@ impl QueueRunner {
                     RecipientUpdate::Delivered
                 }
                 Attempt::Permanent { reply, remote } => {
-                    tracing::info!(queue_id = %message.id, recipient = %recipient.address, %reply, "delivery failed");
+                    tracing::info!(
+                        queue_id = %message.id,
+                        from = %format_args!("<{}>", message.return_path),
+                        to = %format_args!("<{}>", recipient.address),
+                        relay = %remote.as_deref().unwrap_or("-"),
+                        %reply,
+                        "delivery failed"
+                    );
                     if wants(recipient, NoticeKind::Failed) {
                         failed.push(report(&reply, &remote, true));
                     }
@@ -495,7 +508,13 @@ impl QueueRunner {
                     let next = now.saturating_add(ms(backoff(settings, attempts)));
                     if now >= message.expires_at {
                         let error = format!("{reply} (gave up: the message was queued too long)");
-                        tracing::info!(queue_id = %message.id, recipient = %recipient.address, %error, "delivery expired");
+                        tracing::info!(
+                            queue_id = %message.id,
+                            from = %format_args!("<{}>", message.return_path),
+                            to = %format_args!("<{}>", recipient.address),
+                            %error,
+                            "delivery expired"
+                        );
                         if wants(recipient, NoticeKind::Failed) {
                             failed.push(report(&error, &remote, true));
                         }
@@ -510,7 +529,14 @@ impl QueueRunner {
                         if notify_delay {
                             delayed.push(report(&reply, &remote, false));
                         }
-                        tracing::info!(queue_id = %message.id, recipient = %recipient.address, %reply, "delivery deferred");
+                        tracing::info!(
+                            queue_id = %message.id,
+                            from = %format_args!("<{}>", message.return_path),
+                            to = %format_args!("<{}>", recipient.address),
+                            relay = %remote.as_deref().unwrap_or("-"),
+                            %reply,
+                            "delivery deferred"
+                        );
                         RecipientUpdate::Retry {
                             next_attempt_at: next.min(message.expires_at.max(now)),
                             error: reply,
