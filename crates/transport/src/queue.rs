@@ -454,6 +454,14 @@ impl QueueRunner {
         let mut relayed = Vec::new();
         let mut delivered = Vec::new();
         for (recipient, result) in results {
+            // Every line below is about this recipient of this message.
+            let _recipient = tracing::info_span!(
+                "recipient",
+                queue_id = %message.id,
+                from = %format_args!("<{}>", message.return_path),
+                to = %format_args!("<{}>", recipient.address),
+            )
+            .entered();
             let report = |reply: &str, remote: &Option<String>, permanent: bool| RecipientReport {
                 address: recipient.address.clone(),
                 original_recipient: recipient.original_recipient.clone(),
@@ -464,9 +472,6 @@ impl QueueRunner {
             let update = match result {
                 Attempt::Delivered { remote } => {
                     tracing::info!(
-                        queue_id = %message.id,
-                        from = %format_args!("<{}>", message.return_path),
-                        to = %format_args!("<{}>", recipient.address),
                         relay = %remote.as_deref().unwrap_or("local mailbox"),
                         "delivered"
                     );
@@ -491,9 +496,6 @@ impl QueueRunner {
                 }
                 Attempt::Permanent { reply, remote } => {
                     tracing::info!(
-                        queue_id = %message.id,
-                        from = %format_args!("<{}>", message.return_path),
-                        to = %format_args!("<{}>", recipient.address),
                         relay = %remote.as_deref().unwrap_or("-"),
                         %reply,
                         "delivery failed"
@@ -509,9 +511,6 @@ impl QueueRunner {
                     if now >= message.expires_at {
                         let error = format!("{reply} (gave up: the message was queued too long)");
                         tracing::info!(
-                            queue_id = %message.id,
-                            from = %format_args!("<{}>", message.return_path),
-                            to = %format_args!("<{}>", recipient.address),
                             %error,
                             "delivery expired"
                         );
@@ -530,9 +529,6 @@ impl QueueRunner {
                             delayed.push(report(&reply, &remote, false));
                         }
                         tracing::info!(
-                            queue_id = %message.id,
-                            from = %format_args!("<{}>", message.return_path),
-                            to = %format_args!("<{}>", recipient.address),
                             relay = %remote.as_deref().unwrap_or("-"),
                             %reply,
                             "delivery deferred"
