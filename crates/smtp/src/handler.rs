@@ -341,10 +341,7 @@ async fn serve(
                         DeliveryOutcome::TemporaryFailure
                     })
                 };
-                let stored = matches!(
-                    outcome,
-                    DeliveryOutcome::Stored | DeliveryOutcome::PartiallyStored
-                );
+                let stored = outcome.is_stored();
                 session.delivery_result(outcome);
                 if stored
                     && let Some((hook, accounts, message)) = follow_up
@@ -606,17 +603,11 @@ fn deliver(
             DeliveryOutcome::PartiallyStored
         };
     }
-    if matches!(
-        outcome,
-        DeliveryOutcome::Stored | DeliveryOutcome::PartiallyStored
-    ) {
+    if outcome.is_stored() {
         notify_local_success(queue, transaction);
     }
     log_outcome(transaction, &outcome);
-    if !matches!(
-        outcome,
-        DeliveryOutcome::Stored | DeliveryOutcome::PartiallyStored
-    ) {
+    if !outcome.is_stored() {
         for d in &transaction.delegations {
             if let Err(e) = audit(d, Outcome::Failed) {
                 tracing::warn!(error = %e, "cannot audit a failed delegated send");
@@ -697,12 +688,7 @@ fn refusals(bytes: &[u8]) -> impl Iterator<Item = String> + '_ {
 /// MTA's log. Recipients in other domains are on the `message queued` line.
 fn log_outcome(transaction: &Transaction, outcome: &DeliveryOutcome) {
     let local = transaction.recipients.iter().filter(|r| !r.is_remote());
-    if local.clone().next().is_none()
-        || !matches!(
-            outcome,
-            DeliveryOutcome::Stored | DeliveryOutcome::PartiallyStored
-        )
-    {
+    if local.clone().next().is_none() || !outcome.is_stored() {
         return;
     }
     tracing::info!(

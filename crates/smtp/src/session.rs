@@ -236,6 +236,17 @@ pub enum DeliveryOutcome {
     Rejected(String),
 }
 
+impl DeliveryOutcome {
+    /// Whether the message was accepted (stored for at least one account),
+    /// so the client got a 250.
+    pub fn is_stored(&self) -> bool {
+        matches!(
+            self,
+            DeliveryOutcome::Stored | DeliveryOutcome::PartiallyStored
+        )
+    }
+}
+
 /// Why the driver ends a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timeout {

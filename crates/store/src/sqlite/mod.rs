@@ -89,18 +89,7 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("bulwark-store-checkpoint".into())
             .spawn(move || {
-                // A passive checkpoint never waits for the writer or for
-                // readers: it copies what no reader still needs. It
-                // answers the log's length and how much of it is copied.
-                let pass = || match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                    Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-                }) {
-                    Ok(frames) => Some(frames),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "WAL checkpoint failed");
-                        None
-                    }
-                };
+                let pass = || writer::passive_checkpoint(&conn);
                 let checkpoint = || {
                     let Some((mut log, mut copied)) = pass() else {
                         return;

@@ -680,8 +680,21 @@ fn writer_loop(
 /// milliseconds: commits then stalled for tens of milliseconds, at times
 /// over a second.
 fn catch_up_log(conn: &Connection) {
-    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-        tracing::warn!(error = %e, "WAL checkpoint failed");
+    passive_checkpoint(conn);
+}
+
+/// Copies into the database what of the log no reader still needs,
+/// without waiting for the writer or for readers. Answers the log's length
+/// and how much of it is copied, in frames; `None` (logged) on failure.
+pub(super) fn passive_checkpoint(conn: &Connection) -> Option<(i64, i64)> {
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    }) {
+        Ok(frames) => Some(frames),
+        Err(e) => {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+            None
+        }
     }
 }
 
