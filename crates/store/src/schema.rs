@@ -367,6 +367,14 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX emails_account_message_id ON emails(account_id, message_id);
     CREATE INDEX emails_thread ON emails(thread_id);
     "#,
+    // 11: the last two foreign keys without an index on the referring side.
+    // Deleting a blob row scanned the whole outbound queue, and deleting a
+    // mailbox (or asking whether it has children) scanned every account's
+    // mailboxes.
+    r#"
+    CREATE INDEX queue_messages_blob ON queue_messages(blob_hash);
+    CREATE INDEX mailboxes_parent ON mailboxes(parent_id);
+    "#,
 ];
 
 /// The schema version this binary writes.
@@ -414,4 +422,93 @@ pub fn migrate(conn: &mut Connection, target: u32) -> Result<u32> {
     conn.pragma_update(None, "foreign_keys", enforced)?;
     result?;
     Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Columns of every index of `table`, with its primary key as one more.
+    fn leading_columns(conn: &Connection, table: &str) -> Vec<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut indexes = conn
+            .prepare(&format!("PRAGMA index_list('{table}')"))
+            .unwrap();
+        let names: Vec<String> = indexes
+            .query_map([], |r| r.get(1))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        for name in names {
+            let mut info = conn
+                .prepare(&format!("PRAGMA index_info('{name}')"))
+                .unwrap();
+            keys.push(
+                info.query_map([], |r| r.get(2))
+                    .unwrap()
+                    .collect::<rusqlite::Result<_>>()
+                    .unwrap(),
+            );
+        }
+        let mut columns = conn
+            .prepare(&format!("PRAGMA table_info('{table}')"))
+            .unwrap();
+        let mut primary: Vec<(i64, String)> = columns
+            .query_map([], |r| Ok((r.get(5)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap()
+            .into_iter()
+            .filter(|(position, _)| *position > 0)
+            .collect();
+        primary.sort();
+        keys.push(primary.into_iter().map(|(_, name)| name).collect());
+        keys
+    }
+
+    /// SQLite finds the rows referring to a deleted or changed row with a
+    /// query on the referring columns; without an index that query reads
+    /// the whole referring table, once per row deleted.
+    #[test]
+    fn every_foreign_key_is_served_by_an_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert_eq!(migrate(&mut conn, LATEST).unwrap(), LATEST);
+        let mut tables = conn
+            .prepare(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            )
+            .unwrap();
+        let tables: Vec<String> = tables
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(tables.len() > 10, "{tables:?}");
+        let mut unserved = Vec::new();
+        for table in &tables {
+            let mut keys = conn
+                .prepare(&format!("PRAGMA foreign_key_list('{table}')"))
+                .unwrap();
+            let mut by_key: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
+            for row in keys
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(3)?)))
+                .unwrap()
+            {
+                let (id, column) = row.unwrap();
+                by_key.entry(id).or_default().push(column);
+            }
+            let indexed = leading_columns(&conn, table);
+            for columns in by_key.into_values() {
+                if !indexed.iter().any(|index| index.starts_with(&columns)) {
+                    unserved.push(format!("{table}({})", columns.join(", ")));
+                }
+            }
+        }
+        assert!(
+            unserved.is_empty(),
+            "foreign keys without an index: {unserved:?}"
+        );
+    }
 }
