@@ -65,6 +65,41 @@ def test_inbound_refuses_relay_and_unknown_users(quickstart):
         assert code == 550 and b"5.1.1" in text
 
 
+def test_postmaster_is_accepted_for_every_domain(quickstart):
+    """RFC 5321 4.5.1: postmaster@ each domain, and a bare <postmaster>,
+    reach a person; quickstart names its first demo user as postmaster."""
+    admin_out = quickstart.admin("domain", "add", "example.org")
+    assert "added domain example.org" in admin_out
+    assert "reaches nobody" not in admin_out, admin_out
+    with smtplib.SMTP(HOST, MX, timeout=30) as mx:
+        mx.ehlo("client.elsewhere.test")
+        for rcpt, subject in [("PostMaster@example.test", "pm one"),
+                              ("postmaster@example.org", "pm two"),
+                              ("postmaster", "pm three")]:
+            assert mx.mail("reporter@elsewhere.test")[0] == 250
+            code, text = mx.rcpt(rcpt)
+            assert code == 250, (rcpt, text)
+            body = (f"From: reporter@elsewhere.test\r\nTo: {rcpt}\r\n"
+                    f"Subject: {subject}\r\n\r\nA report.\r\n").encode()
+            code, text = mx.data(body)
+            assert code == 250, text
+        # Only the postmaster local part is special.
+        assert mx.mail("reporter@elsewhere.test")[0] == 250
+        code, text = mx.rcpt("postmasters@example.test")
+        assert code == 550 and b"5.1.1" in text
+        mx.rset()
+    alice = imap(quickstart, "alice@example.test")
+    alice.select("INBOX", readonly=True)
+    for subject in ["pm one", "pm two", "pm three"]:
+        typ, data = alice.search(None, f'SUBJECT "{subject}"')
+        assert typ == "OK" and len(data[0].split()) == 1, (subject, data)
+    alice.logout()
+    bob = imap(quickstart, "bob@example.test")
+    typ, data = bob.select("INBOX", readonly=True)
+    assert int(data[0]) == 0, "postmaster mail goes to the postmaster only"
+    bob.logout()
+
+
 def test_mail_log_names_envelopes_and_refusals(quickstart):
     body = (b"From: carol@elsewhere.test\r\nTo: bob@example.test\r\n"
             b"Subject: log e2e\r\n\r\nHi.\r\n")

@@ -45,9 +45,10 @@ pub fn operator() -> Actor {
     Actor::local_admin(&name)
 }
 
-fn load(config_path: &Path) -> Result<Directory, Box<dyn std::error::Error>> {
+fn load(config_path: &Path) -> Result<(Config, Directory), Box<dyn std::error::Error>> {
     let config = Config::load(config_path)?;
-    open_directory(&config)
+    let directory = open_directory(&config)?;
+    Ok((config, directory))
 }
 
 fn address(text: &str) -> Result<EmailAddress, Box<dyn std::error::Error>> {
@@ -161,7 +162,7 @@ fn read_only_operation(command: &Command) -> Option<&'static str> {
 }
 
 pub fn run(config_path: &Path, command: Command) -> CmdResult {
-    let d = load(config_path)?;
+    let (config, d) = load(config_path)?;
     if let Some(operation) = read_only_operation(&command) {
         // Recorded before the read, so a verify covers its own record.
         d.store().append_audit(operator().event(operation, None))?;
@@ -172,6 +173,13 @@ pub fn run(config_path: &Path, command: Command) -> CmdResult {
                 let (id, selector) = add_domain(&d, &domain(&name)?)?;
                 println!("added domain {name} (id {id}), DKIM selector {selector}");
                 println!("publish its DNS records: bulwark domain dns {name}");
+                let delivery = crate::serve::local_delivery(&config, &d)?;
+                if !crate::serve::unreached_postmasters(&delivery, [domain(&name)?])?.is_empty() {
+                    println!(
+                        "postmaster@{name} reaches nobody yet; set smtp.postmaster in the \
+                         configuration or: bulwark alias add postmaster@{name} USER"
+                    );
+                }
             }
             DomainCmd::DkimKey { name } => {
                 let name = domain(&name)?;

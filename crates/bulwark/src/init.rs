@@ -110,6 +110,10 @@ pub fn init(args: &InitArgs) -> Result<PathBuf, Box<dyn std::error::Error>> {
         "Next: bulwark --config {} user add someone@{domain}",
         config_path.display()
     );
+    println!(
+        "      and name who reads postmaster@ mail: smtp.postmaster in {}",
+        config_path.display()
+    );
     Ok(config_path)
 }
 
@@ -132,11 +136,17 @@ pub fn quickstart(args: &QuickstartArgs) -> CmdResult {
         let config_path = init(&init_args)?;
         // A loopback demo receives no mail from the Internet, and checking
         // test senders' SPF/DKIM/DMARC would only wait on DNS.
-        let text = fs::read_to_string(&config_path)?.replacen(
-            "verify_inbound = true",
-            "verify_inbound = false  # quickstart: loopback demo; set true on a real MX",
-            1,
-        );
+        let text = fs::read_to_string(&config_path)?
+            .replacen(
+                "verify_inbound = true",
+                "verify_inbound = false  # quickstart: loopback demo; set true on a real MX",
+                1,
+            )
+            .replacen(
+                "# postmaster = \"admin@example.com\"",
+                "postmaster = \"alice@example.test\"  # quickstart: the first demo user",
+                1,
+            );
         // The file exists with mode 0600; truncating keeps that mode.
         let mut file = OpenOptions::new()
             .write(true)

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use bulwark_config::RouteTls;
 use bulwark_config::{Config, LogFormat, Protocol};
+use bulwark_core::{DomainName, EmailAddress};
 use bulwark_directory::Directory;
 use bulwark_http::{ClientSettings, Dav, HttpHandler, MailOut};
 use bulwark_imap::{ImapHandler, Pop3Handler, Pop3Limits};
-use bulwark_mail::LocalDelivery;
+use bulwark_mail::{LocalDelivery, Resolution};
 use bulwark_server::{Metrics, Server, ServerOptions};
 use bulwark_smtp::{AfterDelivery, Mode, SmtpHandler, SmtpLimits};
 use bulwark_transport::client::{Credentials, TlsPolicy, root_store};
@@ -106,14 +107,47 @@ fn queue_settings(config: &Config) -> QueueSettings {
     }
 }
 
+/// Local delivery with `smtp.postmaster` applied.
+pub(crate) fn local_delivery(
+    config: &Config,
+    directory: &Directory,
+) -> Result<LocalDelivery, Box<dyn std::error::Error>> {
+    let delivery = LocalDelivery::new(directory.clone());
+    Ok(match &config.smtp.postmaster {
+        Some(text) => {
+            let mailbox: EmailAddress =
+                text.parse().map_err(|e| format!("smtp.postmaster: {e}"))?;
+            delivery.with_postmaster(mailbox, &config.server.hostname)
+        }
+        None => delivery,
+    })
+}
+
+/// Those of `domains` whose `postmaster@` reaches nobody, so that mail the
+/// standards promise a reader (DMARC and TLS reports among it) is refused.
+pub(crate) fn unreached_postmasters(
+    delivery: &LocalDelivery,
+    domains: impl IntoIterator<Item = DomainName>,
+) -> Result<Vec<DomainName>, Box<dyn std::error::Error>> {
+    let mut unreached = Vec::new();
+    for domain in domains {
+        let postmaster = EmailAddress::new("postmaster", &domain)?;
+        if !matches!(delivery.resolve(&postmaster)?, Resolution::Deliver(_)) {
+            unreached.push(domain);
+        }
+    }
+    Ok(unreached)
+}
+
 /// Plugs every protocol front end of this build into the listener runtime.
 fn register_protocols(
     server: &mut Server,
     config: &Config,
-    directory: &Directory,
+    delivery: &LocalDelivery,
     queue: &OutboundQueue,
     dns: Option<&Dns>,
 ) {
+    let directory = delivery.directory();
     let imap_limits = bulwark_imap::Limits {
         max_append_bytes: config.imap.max_append_bytes,
         max_line_bytes: config.imap.max_line_bytes as usize,
@@ -137,7 +171,6 @@ fn register_protocols(
     let mail_out: Arc<dyn MailOut> = Arc::new(QueueMailOut(queue.clone()));
     let dav = Dav::new(directory.store().clone()).with_mail_out(mail_out);
     let calendar_mail: Arc<dyn AfterDelivery> = Arc::new(ApplyCalendarMail(dav.clone()));
-    let delivery = LocalDelivery::new(directory.clone());
     let hostname = config.server.hostname.clone();
     let mut inbound = SmtpHandler::new(
         Mode::Inbound,
@@ -154,8 +187,9 @@ fn register_protocols(
         .with_queue(queue.clone())
         .with_after_delivery(calendar_mail.clone());
     server.register(Protocol::Smtp, Arc::new(inbound));
-    let mut submission = SmtpHandler::new(Mode::Submission, delivery, hostname, smtp_limits)
-        .with_after_delivery(calendar_mail);
+    let mut submission =
+        SmtpHandler::new(Mode::Submission, delivery.clone(), hostname, smtp_limits)
+            .with_after_delivery(calendar_mail);
     if config.smtp.relay {
         submission = submission.with_queue(queue.clone());
     }
@@ -261,6 +295,17 @@ pub fn serve(config_path: &Path) -> CmdResult {
     let config = Config::load(config_path)?;
     init_logging(&config);
     let directory = open_directory(&config)?;
+    let delivery = local_delivery(&config, &directory)?;
+    let domains = directory.store().domains()?.into_iter().map(|d| d.name);
+    let unreached = unreached_postmasters(&delivery, domains)?;
+    if !unreached.is_empty() {
+        let names: Vec<String> = unreached.iter().map(DomainName::to_string).collect();
+        tracing::warn!(
+            domains = %names.join(", "),
+            "mail for postmaster@ these domains reaches nobody and is refused; \
+             set smtp.postmaster or add the address"
+        );
+    }
     let tls = match (&config.tls.certificate, &config.tls.private_key) {
         (Some(cert), Some(key)) => Some(bulwark_server::tls::load_server_config(cert, key)?),
         _ => None,
@@ -275,7 +320,7 @@ pub fn serve(config_path: &Path) -> CmdResult {
     let roots = Arc::new(root_store(None)?);
     let mut runner = QueueRunner::new(
         queue.clone(),
-        LocalDelivery::new(directory.clone()),
+        delivery.clone(),
         dns.clone(),
         routing(&config),
         Arc::clone(&roots),
@@ -286,7 +331,7 @@ pub fn serve(config_path: &Path) -> CmdResult {
     let metrics = Arc::new(Metrics::new());
     register_store_metrics(&metrics, directory.store());
     let mut server = Server::new(ServerOptions::from_config(&config), tls, metrics);
-    register_protocols(&mut server, &config, &directory, &queue, dns.as_ref());
+    register_protocols(&mut server, &config, &delivery, &queue, dns.as_ref());
     let store = directory.store().clone();
     server.set_health_check(Arc::new(move || {
         store.domains().map(|_| ()).map_err(|e| e.to_string())

@@ -441,6 +441,40 @@ fn config_errors_name_the_key_and_file() {
     assert!(i.fails(&["serve"]).contains("max_conections"));
 }
 
+#[test]
+fn a_domain_without_a_postmaster_is_pointed_out() {
+    let i = init();
+    let added = i.ok(&["domain", "add", "example.org"]);
+    assert!(
+        added.contains("postmaster@example.org reaches nobody"),
+        "{added}"
+    );
+    // A configured postmaster covers every domain added later.
+    i.add_user("admin@example.com");
+    let text = std::fs::read_to_string(&i.config).unwrap();
+    std::fs::write(
+        &i.config,
+        text.replace(
+            "# postmaster = \"admin@example.com\"",
+            "postmaster = \"admin@example.com\"",
+        ),
+    )
+    .unwrap();
+    let added = i.ok(&["domain", "add", "example.net"]);
+    assert!(!added.contains("reaches nobody"), "{added}");
+    // A postmaster that is not an address is a configuration error.
+    std::fs::write(
+        &i.config,
+        text.replace(
+            "# postmaster = \"admin@example.com\"",
+            "postmaster = \"admin\"",
+        ),
+    )
+    .unwrap();
+    let err = i.fails(&["serve"]);
+    assert!(err.contains("smtp.postmaster"), "{err}");
+}
+
 fn spawn_server(install: &Install) -> (Child, std::net::SocketAddr) {
     let text = std::fs::read_to_string(&install.config).unwrap();
     // Loopback port 0 everywhere, so parallel test runs never collide.

@@ -387,6 +387,10 @@ pub struct SmtpSection {
     /// Whether inbound mail is checked with SPF, DKIM, ARC and DMARC.
     #[serde(default = "defaults::yes")]
     pub verify_inbound: bool,
+    /// The local address that receives mail for `postmaster@` every domain
+    /// without such an address of its own (RFC 5321 requires one).
+    #[serde(default)]
+    pub postmaster: Option<String>,
     /// `[[smtp.route]]`: fixed next hops per destination domain.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
@@ -403,6 +407,7 @@ impl Default for SmtpSection {
             max_errors: defaults::max_errors(),
             relay: true,
             verify_inbound: true,
+            postmaster: None,
             routes: Vec::new(),
             smarthost: None,
         }

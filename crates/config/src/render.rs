@@ -126,6 +126,10 @@ relay = true
 # Check inbound mail with SPF, DKIM, ARC and DMARC; the results go into an
 # Authentication-Results field, and DMARC p=reject failures are refused.
 verify_inbound = true
+# Who reads mail for postmaster@ every domain that has no such address of
+# its own (RFC 5321 requires every domain to accept it; DMARC and TLS
+# reports go there). A local address: a user, an alias or a group.
+# postmaster = "admin@example.com"
 
 # Fixed next hops per destination domain (otherwise MX records decide):
 # [[smtp.route]]

@@ -38,6 +38,19 @@ pub struct LocalDelivery {
     /// Addresses found to reach accounts, with the directory version they
     /// were found at.
     resolved: Arc<ExpiringMap<EmailAddress, (Vec<PrincipalId>, u64)>>,
+    postmaster: Option<Arc<Postmaster>>,
+}
+
+/// Who reads mail for `postmaster`, which RFC 5321 (section 4.5.1)
+/// requires every domain to accept.
+#[derive(Debug)]
+struct Postmaster {
+    /// The address standing in for `postmaster@` every domain that has no
+    /// such address of its own.
+    mailbox: EmailAddress,
+    /// The server's own name, lower case: `postmaster@` it is ours too,
+    /// and a bare `<postmaster>` arrives in that form.
+    hostname: String,
 }
 
 /// How long a resolution is reused. A change this process makes drops it
@@ -66,7 +79,18 @@ impl LocalDelivery {
         LocalDelivery {
             directory,
             resolved: Arc::new(ExpiringMap::new(RESOLVED_MAX)),
+            postmaster: None,
         }
+    }
+
+    /// Sends mail for `postmaster@` any of our domains (or `hostname`)
+    /// that has no such address of its own to `mailbox`.
+    pub fn with_postmaster(mut self, mailbox: EmailAddress, hostname: &str) -> LocalDelivery {
+        self.postmaster = Some(Arc::new(Postmaster {
+            mailbox,
+            hostname: hostname.trim_end_matches('.').to_ascii_lowercase(),
+        }));
+        self
     }
 
     /// The directory underneath.
@@ -101,6 +125,32 @@ impl LocalDelivery {
     }
 
     fn look_up(&self, recipient: &EmailAddress) -> Result<Resolution, StoreError> {
+        let found = self.look_up_address(recipient)?;
+        let Some(postmaster) = &self.postmaster else {
+            return Ok(found);
+        };
+        if !recipient.local_part().eq_ignore_ascii_case("postmaster") {
+            return Ok(found);
+        }
+        let ours = match found {
+            Resolution::Deliver(_) => return Ok(found),
+            Resolution::UnknownLocal => true,
+            Resolution::NotLocal => recipient.domain().as_str() == postmaster.hostname,
+        };
+        if !ours {
+            return Ok(found);
+        }
+        // One step only: a postmaster address that is itself unknown
+        // leaves postmaster unknown instead of looping.
+        Ok(match self.look_up_address(&postmaster.mailbox)? {
+            Resolution::Deliver(accounts) => Resolution::Deliver(accounts),
+            Resolution::UnknownLocal | Resolution::NotLocal => Resolution::UnknownLocal,
+        })
+    }
+
+    /// Users, aliases, shared mailboxes and resources by their addresses;
+    /// groups expanded.
+    fn look_up_address(&self, recipient: &EmailAddress) -> Result<Resolution, StoreError> {
         let store = self.directory.store();
         if store.domain(&recipient.domain())?.is_none() {
             return Ok(Resolution::NotLocal);

@@ -212,3 +212,69 @@ fn one_full_mailbox_does_not_block_the_others() {
         bulwark_store::Error::QuotaExceeded { .. }
     ));
 }
+
+/// RFC 5321 section 4.5.1: every domain must take mail for `postmaster`.
+#[test]
+fn postmaster_of_every_domain_reaches_the_configured_mailbox() {
+    let (_dir, d) = setup();
+    let admin = Actor::local_admin("t");
+    d.directory()
+        .store()
+        .create_domain(&admin, &"example.org".parse().unwrap())
+        .unwrap();
+    let alice = add(&d, "alice@example.com", PrincipalKind::Individual, 0);
+    let bob = add(&d, "bob@example.com", PrincipalKind::Individual, 0);
+    let carol = add(&d, "carol@example.org", PrincipalKind::Individual, 0);
+    let ops = add(&d, "ops@example.com", PrincipalKind::Group, 0);
+    d.directory().add_member(&admin, ops, alice).unwrap();
+    d.directory().add_member(&admin, ops, bob).unwrap();
+
+    // Without a postmaster set nothing changes: the address is unknown.
+    assert_eq!(
+        d.resolve(&addr("postmaster@example.com")).unwrap(),
+        Resolution::UnknownLocal
+    );
+    assert_eq!(
+        d.resolve(&addr("postmaster@mx.example.net")).unwrap(),
+        Resolution::NotLocal
+    );
+
+    let d = d.with_postmaster(addr("ops@example.com"), "MX.example.net");
+    for postmaster in [
+        "postmaster@example.com",
+        "PostMaster@example.org",
+        "postmaster@mx.example.net",
+    ] {
+        let Resolution::Deliver(mut reached) = d.resolve(&addr(postmaster)).unwrap() else {
+            panic!("{postmaster} reached nobody")
+        };
+        reached.sort();
+        assert_eq!(reached, [alice, bob], "{postmaster}");
+    }
+    // Only the local part postmaster, and only at our domains or our name.
+    assert_eq!(
+        d.resolve(&addr("postmasters@example.com")).unwrap(),
+        Resolution::UnknownLocal
+    );
+    assert_eq!(
+        d.resolve(&addr("postmaster@elsewhere.example")).unwrap(),
+        Resolution::NotLocal
+    );
+    // A domain's own postmaster address wins over the fallback.
+    d.directory()
+        .store()
+        .add_alias(&admin, carol, &addr("postmaster@example.org"))
+        .unwrap();
+    assert_eq!(
+        d.resolve(&addr("postmaster@example.org")).unwrap(),
+        Resolution::Deliver(vec![carol])
+    );
+
+    // A postmaster address that reaches nobody leaves postmaster unknown
+    // rather than looping or failing.
+    let d = d.with_postmaster(addr("postmaster@example.com"), "mx.example.net");
+    assert_eq!(
+        d.resolve(&addr("postmaster@example.com")).unwrap(),
+        Resolution::UnknownLocal
+    );
+}
