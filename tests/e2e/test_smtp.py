@@ -100,6 +100,28 @@ def test_postmaster_is_accepted_for_every_domain(quickstart):
     bob.logout()
 
 
+def test_a_looping_message_is_refused(quickstart):
+    """RFC 5321 6.3: more than 100 Received fields means a mail loop."""
+    def message(hops, subject):
+        trace = "".join(f"Received: from relay{n}.elsewhere.test by relay{n + 1}.elsewhere.test;"
+                        f" Thu, 26 Nov 2026 10:00:{n % 60:02d} +0000\r\n" for n in range(hops))
+        return (trace + "From: a@elsewhere.test\r\nTo: bob@example.test\r\n"
+                f"Subject: {subject}\r\n\r\nHello.\r\n").encode()
+    with smtplib.SMTP(HOST, MX, timeout=30) as mx:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            mx.sendmail("a@elsewhere.test", ["bob@example.test"], message(101, "looping"))
+        assert refused.value.smtp_code == 554
+        assert refused.value.smtp_error.startswith(b"5.4.6"), refused.value.smtp_error
+        # The session goes on, and 100 hops are still a message.
+        assert mx.sendmail("a@elsewhere.test", ["bob@example.test"], message(100, "far")) == {}
+    bob = imap(quickstart, "bob@example.test")
+    typ, data = bob.select("INBOX", readonly=True)
+    assert int(data[0]) == 1, "only the message within the limit is stored"
+    typ, data = bob.search(None, 'SUBJECT "far"')
+    assert data[0] == b"1"
+    bob.logout()
+
+
 def test_mail_log_names_envelopes_and_refusals(quickstart):
     body = (b"From: carol@elsewhere.test\r\nTo: bob@example.test\r\n"
             b"Subject: log e2e\r\n\r\nHi.\r\n")

@@ -24,6 +24,9 @@ pub(crate) enum Problem {
     HeaderTooLarge,
     /// More header fields than `max_headers`.
     TooManyHeaders,
+    /// More `Received` fields than `max_received`: the message is most
+    /// likely going round in a loop.
+    TooManyHops,
 }
 
 /// Collects message bytes while checking them. Once a problem is found,
@@ -34,6 +37,7 @@ pub(crate) struct MessageScanner {
     max_line: usize,
     max_header_size: usize,
     max_headers: usize,
+    max_received: usize,
     /// The message, while it is acceptable.
     buf: Vec<u8>,
     /// Bytes seen, kept or not.
@@ -60,6 +64,7 @@ impl MessageScanner {
             max_line: limits.max_data_line,
             max_header_size: limits.max_header_size,
             max_headers: limits.max_headers,
+            max_received: limits.max_received,
             buf: Vec::new(),
             size: 0,
             line_len: 0,
@@ -174,14 +179,28 @@ impl MessageScanner {
         if self.in_header && self.header_size > self.max_header_size {
             self.fail(Problem::HeaderTooLarge);
         }
+        let header_end = self.header_end.unwrap_or(self.buf.len());
+        if self.problem.is_none() && received_fields(&self.buf[..header_end]) > self.max_received {
+            self.fail(Problem::TooManyHops);
+        }
         match self.problem {
             Some(problem) => Err(problem),
             None => Ok(ScannedMessage {
-                header_end: self.header_end.unwrap_or(self.buf.len()),
+                header_end,
                 bytes: self.buf,
             }),
         }
     }
+}
+
+/// How many `Received` fields a header block holds: each relay that
+/// handled the message added one (RFC 5321 section 4.4).
+fn received_fields(header: &[u8]) -> usize {
+    const NAME: &[u8] = b"received:";
+    header
+        .split(|&b| b == b'\n')
+        .filter(|line| line.len() >= NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME))
+        .count()
 }
 
 /// A message that passed the checks.
@@ -335,6 +354,31 @@ mod tests {
             assert_eq!(used, chunk.len());
         }
         None
+    }
+
+    #[test]
+    fn a_message_with_too_many_received_fields_is_a_loop() {
+        let limits = SmtpLimits {
+            max_received: 3,
+            ..SmtpLimits::default()
+        };
+        let scan = |received: usize| {
+            let mut scanner = MessageScanner::new(&limits);
+            let mut message = String::new();
+            for hop in 0..received {
+                // Mixed case, and a folded continuation line that must not count.
+                message.push_str(&format!(
+                    "{}: from h{hop}\r\n\tby next\r\n",
+                    ["Received", "RECEIVED"][hop % 2]
+                ));
+            }
+            message
+                .push_str("X-Received: not a hop\r\nSubject: s\r\n\r\nReceived: in the body\r\n");
+            scanner.push(message.as_bytes());
+            scanner.finish().map(|m| m.bytes.len())
+        };
+        assert!(scan(3).is_ok());
+        assert_eq!(scan(4), Err(Problem::TooManyHops));
     }
 
     #[test]

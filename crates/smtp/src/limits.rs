@@ -43,6 +43,10 @@ pub struct SmtpLimits {
     /// Most header fields in a message. More: `552 5.3.4`, nothing stored.
     /// Default 5000.
     pub max_headers: usize,
+    /// Most `Received` fields in a message; more means it is going round in
+    /// a loop: `554 5.4.6`, nothing stored. RFC 5321 section 6.3 asks for
+    /// a threshold of at least 100, the default.
+    pub max_received: usize,
     /// Failed commands (replies 5xx) before the session is closed with
     /// `421 4.7.0`. Default 10.
     pub max_errors: u32,
@@ -62,6 +66,7 @@ impl Default for SmtpLimits {
             max_data_line: 64 * 1024,
             max_header_size: 1024 * 1024,
             max_headers: 5000,
+            max_received: 100,
             max_errors: 10,
             max_session_duration: Duration::from_secs(3600),
         }

@@ -1335,6 +1335,11 @@ impl Session {
             Problem::TooManyHeaders => {
                 self.reply(552, [5, 3, 4], "Message has too many header fields")
             }
+            Problem::TooManyHops => self.reply(
+                554,
+                [5, 4, 6],
+                "Too many Received fields: the message is looping",
+            ),
             Problem::LineTooLong => {
                 self.reply(554, [5, 6, 0], "Message has a line that is too long")
             }

@@ -1044,12 +1044,8 @@ fn bare_line_endings_never_end_data_and_are_refused() {
     }
 }
 
-#[test]
-fn header_flood_is_refused() {
-    let limits = SmtpLimits {
-        max_headers: 50,
-        ..SmtpLimits::default()
-    };
+/// An inbound session under `limits`, inside DATA of one transaction.
+fn inbound_in_data(limits: SmtpLimits) -> (World, Session) {
     let mut world = World::new();
     let mut session = Session::new(
         config(Mode::Inbound, "mx.example.com", limits),
@@ -1059,11 +1055,35 @@ fn header_flood_is_refused() {
     world.run(&mut session);
     session.feed(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n");
     world.run(&mut session);
+    (world, session)
+}
+
+#[test]
+fn header_flood_is_refused() {
+    let (mut world, mut session) = inbound_in_data(SmtpLimits {
+        max_headers: 50,
+        ..SmtpLimits::default()
+    });
     let headers: String = (0..51).map(|i| format!("X-H{i}: v\r\n")).collect();
     session.feed(format!("{headers}\r\nbody\r\n.\r\n").as_bytes());
     assert_eq!(
         world.run(&mut session),
         "552 5.3.4 Message has too many header fields\r\n"
+    );
+    assert!(world.delivered.is_empty());
+}
+
+#[test]
+fn a_looping_message_is_refused() {
+    let (mut world, mut session) = inbound_in_data(SmtpLimits {
+        max_received: 2,
+        ..SmtpLimits::default()
+    });
+    let trace = "Received: from a by b\r\nreceived: from b by c\r\nRECEIVED: from c by d\r\n";
+    session.feed(format!("{trace}Subject: s\r\n\r\nbody\r\n.\r\n").as_bytes());
+    assert_eq!(
+        world.run(&mut session),
+        "554 5.4.6 Too many Received fields: the message is looping\r\n"
     );
     assert!(world.delivered.is_empty());
 }
