@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from conftest import start_quickstart
+
 HOST = "127.0.0.1"
 MX, SUBMISSION, SUBMISSIONS, IMAPS = 2525, 5870, 4650, 9930
 
@@ -169,3 +171,43 @@ def test_submission_sends_as_self_and_refuses_spoofing(quickstart):
     typ, data = bob.search(None, 'SUBJECT "spoof"')
     assert data[0] == b"", "a refused message is not stored"
     bob.logout()
+
+
+def test_submission_recipients_are_limited_per_user(quickstart):
+    """smtp.max_recipients_per_hour bounds what one login (a stolen password,
+    say) can send; another user's budget is untouched."""
+    assert quickstart.stop() == 0
+    config = quickstart.data / "bulwark.toml"
+    text = config.read_text()
+    assert "max_recipients_per_hour = 1000" in text
+    config.write_text(text.replace("max_recipients_per_hour = 1000", "max_recipients_per_hour = 3"))
+    qs = start_quickstart(quickstart.root)
+    try:
+        creds = qs.credentials()
+        msg = b"From: alice@example.test\r\nSubject: budget\r\n\r\nHi.\r\n"
+        with smtplib.SMTP_SSL(HOST, SUBMISSIONS, context=tls_context(qs), timeout=30) as sub:
+            sub.login("alice@example.test", creds["alice@example.test"])
+            assert sub.mail("alice@example.test")[0] == 250
+            for rcpt in ["bob@example.test", "alice@example.test", "bob+a@example.test"]:
+                assert sub.rcpt(rcpt)[0] == 250, rcpt
+            code, reply = sub.rcpt("bob+b@example.test")
+            assert code == 450 and reply.startswith(b"4.7.1"), reply
+            code, reply = sub.data(msg)
+            assert code == 250, reply
+            # The three sent used the budget up.
+            assert sub.mail("alice@example.test")[0] == 250
+            code, reply = sub.rcpt("bob@example.test")
+            assert code == 450, reply
+            sub.rset()
+        with smtplib.SMTP_SSL(HOST, SUBMISSIONS, context=tls_context(qs), timeout=30) as sub:
+            sub.login("bob@example.test", creds["bob@example.test"])
+            bob_msg = b"From: bob@example.test\r\nSubject: mine\r\n\r\nHi.\r\n"
+            assert sub.sendmail("bob@example.test", ["alice@example.test"], bob_msg) == {}
+        bob = imap(qs, "bob@example.test")
+        typ, data = bob.select("INBOX", readonly=True)
+        assert int(data[0]) == 1, "bob got the message once, for two of his addresses"
+        bob.logout()
+        refused = [line for line in qs.log().splitlines() if "hourly limit of recipients" in line]
+        assert any("user=alice@example.test" in line for line in refused), refused
+    finally:
+        qs.stop()

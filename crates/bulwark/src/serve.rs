@@ -11,7 +11,7 @@ use bulwark_http::{ClientSettings, Dav, HttpHandler, MailOut};
 use bulwark_imap::{ImapHandler, Pop3Handler, Pop3Limits};
 use bulwark_mail::{LocalDelivery, Resolution};
 use bulwark_server::{Metrics, Server, ServerOptions};
-use bulwark_smtp::{AfterDelivery, Mode, SmtpHandler, SmtpLimits};
+use bulwark_smtp::{AfterDelivery, Mode, SendLimit, SmtpHandler, SmtpLimits};
 use bulwark_transport::client::{Credentials, TlsPolicy, root_store};
 use bulwark_transport::dns::Dns;
 use bulwark_transport::mta_sts::MtaSts;
@@ -187,9 +187,11 @@ fn register_protocols(
         .with_queue(queue.clone())
         .with_after_delivery(calendar_mail.clone());
     server.register(Protocol::Smtp, Arc::new(inbound));
+    let send_limit = Arc::new(SendLimit::new(config.smtp.max_recipients_per_hour));
     let mut submission =
         SmtpHandler::new(Mode::Submission, delivery.clone(), hostname, smtp_limits)
-            .with_after_delivery(calendar_mail);
+            .with_after_delivery(calendar_mail)
+            .with_send_limit(send_limit);
     if config.smtp.relay {
         submission = submission.with_queue(queue.clone());
     }

@@ -249,6 +249,9 @@ mod defaults {
     pub fn max_errors() -> u32 {
         10
     }
+    pub fn max_recipients_per_hour() -> u32 {
+        1000
+    }
     pub fn max_sessions_per_account() -> u32 {
         50
     }
@@ -380,6 +383,9 @@ pub struct SmtpSection {
     /// Protocol errors tolerated per session before it is closed.
     #[serde(default = "defaults::max_errors")]
     pub max_errors: u32,
+    /// Recipients one authenticated user may send to per hour (submission).
+    #[serde(default = "defaults::max_recipients_per_hour")]
+    pub max_recipients_per_hour: u32,
     /// Whether authenticated users may send to other domains (through the
     /// outbound queue). Inbound (MX) never relays.
     #[serde(default = "defaults::yes")]
@@ -405,6 +411,7 @@ impl Default for SmtpSection {
             max_message_bytes: defaults::max_message_bytes(),
             max_recipients: defaults::max_recipients(),
             max_errors: defaults::max_errors(),
+            max_recipients_per_hour: defaults::max_recipients_per_hour(),
             relay: true,
             verify_inbound: true,
             postmaster: None,

@@ -120,6 +120,10 @@ max_message_bytes = {max_message}
 max_recipients = {max_rcpt}
 # Protocol errors tolerated per session before it is closed.
 max_errors = {max_errors}
+# Recipients one user may send to per hour through submission, local and
+# remote alike; refilled evenly over the hour. A stolen password can send
+# no more spam than this.
+max_recipients_per_hour = {per_hour}
 # Whether authenticated users may send to other domains (through the
 # outbound queue). The MX listener never relays, whatever this says.
 relay = true
@@ -199,6 +203,7 @@ level = {level}
         max_message = defaults::max_message_bytes(),
         max_rcpt = defaults::max_recipients(),
         max_errors = defaults::max_errors(),
+        per_hour = defaults::max_recipients_per_hour(),
         max_line = defaults::max_line_bytes(),
         max_sessions = defaults::max_sessions_per_account(),
     );

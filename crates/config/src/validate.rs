@@ -112,6 +112,13 @@ pub(crate) fn validate(config: &Config, file: &Path) -> Result<(), ConfigError> 
         10_000,
     )?;
     in_range(file, "smtp.max_errors", u64::from(smtp.max_errors), 1, 1000)?;
+    in_range(
+        file,
+        "smtp.max_recipients_per_hour",
+        u64::from(smtp.max_recipients_per_hour),
+        1,
+        1_000_000,
+    )?;
     for (n, route) in smtp.routes.iter().enumerate() {
         let key = |field: &str| format!("smtp.route[{n}].{field}");
         if check_hostname(&route.domain).is_err() {

@@ -34,6 +34,7 @@ use bulwark_transport::verify::{self, Inbound};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::limits::SmtpLimits;
+use crate::send_limit::SendLimit;
 use crate::sender::{Delegation, Identity};
 use crate::session::{
     Action, AuthOutcome, ClientInfo, Credentials, DeliveryOutcome, Mode, RcptOutcome, Session,
@@ -78,6 +79,8 @@ struct Services {
     verifier: Option<Dns>,
     /// Follow-up work on stored messages.
     after_delivery: Option<Arc<dyn AfterDelivery>>,
+    /// Recipients per hour for each authenticated user.
+    send_limit: Option<Arc<SendLimit>>,
 }
 
 impl std::fmt::Debug for SmtpHandler {
@@ -130,6 +133,12 @@ impl SmtpHandler {
     /// Runs `hook` on messages once they are stored.
     pub fn with_after_delivery(mut self, hook: Arc<dyn AfterDelivery>) -> SmtpHandler {
         self.services.after_delivery = Some(hook);
+        self
+    }
+
+    /// Holds each authenticated user to `limit`'s recipients per hour.
+    pub fn with_send_limit(mut self, limit: Arc<SendLimit>) -> SmtpHandler {
+        self.services.send_limit = Some(limit);
         self
     }
 
@@ -260,6 +269,22 @@ async fn serve(
                 session.auth_result(outcome);
             }
             Action::CheckRecipient(address) => {
+                if let Some(limit) = &services.send_limit
+                    && let Some(identity) = session.identity()
+                    && !limit.allows(
+                        identity.principal,
+                        session.recipient_count() + 1,
+                        Instant::now(),
+                    )
+                {
+                    tracing::warn!(
+                        user = %identity.login,
+                        per_hour = limit.per_hour(),
+                        "recipient refused: the user's hourly limit of recipients is reached"
+                    );
+                    session.rcpt_result(RcptOutcome::SendLimitReached);
+                    continue;
+                }
                 // A recent answer is reused on the task; only a miss costs
                 // a blocking-pool hop and a read of the directory.
                 let resolved = match delivery.resolve_cached(&address) {
@@ -318,6 +343,15 @@ async fn serve(
                             transaction.message.clone(),
                         )
                     });
+                // Charged once the mail is accepted, to whom it was sent.
+                let sent = match (&services.send_limit, &transaction.submitter) {
+                    (Some(limit), Some(identity)) => Some((
+                        Arc::clone(limit),
+                        identity.principal,
+                        transaction.recipients.len(),
+                    )),
+                    _ => None,
+                };
                 let outcome = if only_local(&transaction) {
                     let report = delivery
                         .deliver_async(
@@ -342,6 +376,9 @@ async fn serve(
                     })
                 };
                 let stored = outcome.is_stored();
+                if stored && let Some((limit, who, recipients)) = sent {
+                    limit.charge(who, recipients, Instant::now());
+                }
                 session.delivery_result(outcome);
                 if stored
                     && let Some((hook, accounts, message)) = follow_up

@@ -17,7 +17,9 @@
 //! * The submission policy: AUTH only over TLS; the envelope sender and
 //!   `From:` must be the user's own address or one it holds send-as or
 //!   send-on-behalf rights for; delegated sends are audited; `Date` and
-//!   `Message-ID` are added when missing.
+//!   `Message-ID` are added when missing. Each user may send to a
+//!   limited number of recipients an hour ([`SendLimit`]), so a stolen
+//!   password sends a bounded amount of spam.
 //! * The driver ([`SmtpHandler`]), which plugs the session into the
 //!   listener runtime (`bulwark-server`) and answers its questions from the
 //!   directory and local delivery (`bulwark-mail`); on the MX it has
@@ -56,12 +58,14 @@
 mod data;
 mod handler;
 mod limits;
+mod send_limit;
 mod sender;
 mod session;
 mod trace;
 
 pub use handler::{AfterDelivery, SmtpHandler};
 pub use limits::{MAX_AUTH_LINE, SmtpLimits};
+pub use send_limit::SendLimit;
 pub use sender::{Delegation, Identity};
 pub use session::{
     Action, AuthOutcome, ClientInfo, Credentials, DeliveryOutcome, Mode, RcptOutcome, Recipient,

@@ -211,6 +211,9 @@ pub enum RcptOutcome {
     NotLocal,
     /// The directory could not be read.
     TemporaryFailure,
+    /// The authenticated user has used up its recipients for now
+    /// ([`crate::SendLimit`]).
+    SendLimitReached,
 }
 
 /// The answer to [`Action::Deliver`].
@@ -409,6 +412,11 @@ impl Session {
         self.identity.as_ref()
     }
 
+    /// Recipients accepted so far in the open transaction.
+    pub fn recipient_count(&self) -> usize {
+        self.envelope.as_ref().map_or(0, |e| e.recipients.len())
+    }
+
     /// The next thing to do; `None` when the session needs more input (or
     /// waits for an answer, or is over). `now` is Unix milliseconds.
     pub fn poll(&mut self, now: i64) -> Option<Action> {
@@ -585,6 +593,13 @@ impl Session {
                 451,
                 [4, 3, 0],
                 format!("<{address}> Temporary lookup failure, try again later"),
+            ),
+            RcptOutcome::SendLimitReached => self.reply(
+                450,
+                [4, 7, 1],
+                format!(
+                    "<{address}> This account has reached its hourly limit of recipients; try again later"
+                ),
             ),
         }
     }
