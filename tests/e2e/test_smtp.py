@@ -211,3 +211,64 @@ def test_submission_recipients_are_limited_per_user(quickstart):
         assert any("user=alice@example.test" in line for line in refused), refused
     finally:
         qs.stop()
+
+
+def wait_for_messages(conn, mailbox, count, deadline=30):
+    """Selects `mailbox` until it holds `count` messages (the outbound queue
+    delivers notices in the background); answers the count."""
+    end = time.time() + deadline
+    while True:
+        typ, data = conn.select(mailbox, readonly=True)
+        if int(data[0]) >= count or time.time() > end:
+            return int(data[0])
+        time.sleep(0.2)
+
+
+def test_a_recipient_refused_after_others_accepted_gets_a_failure_notice(quickstart):
+    """A message answered 250 because alice took it while bob's mailbox was
+    full must not vanish for bob unseen: the sender gets a failure DSN."""
+    quickstart.admin("user", "quota", "bob@example.test", "1K")
+    creds = quickstart.credentials()
+    body = "".join(f"line {n} of a message larger than bob's quota\r\n" for n in range(100))
+    msg = (f"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: too big for bob\r\n"
+           f"Message-ID: <full-1@example.test>\r\n\r\n{body}").encode()
+    with smtplib.SMTP_SSL(HOST, SUBMISSIONS, context=tls_context(quickstart), timeout=30) as sub:
+        sub.login("alice@example.test", creds["alice@example.test"])
+        assert sub.sendmail("alice@example.test", ["alice@example.test", "bob@example.test"], msg) == {}
+        # NOTIFY=NEVER for bob: no failure notice; SUCCESS for alice: one
+        # success notice, queued (and logged) before the 250.
+        assert sub.mail("alice@example.test")[0] == 250
+        assert sub.rcpt("alice@example.test", ["NOTIFY=SUCCESS"])[0] == 250
+        assert sub.rcpt("bob@example.test", ["NOTIFY=NEVER"])[0] == 250
+        code, reply = sub.data(msg.replace(b"full-1@", b"full-2@"))
+        assert code == 250, reply
+        second = reply.decode().split("id=")[1].split()[0]
+    notices = [line for line in quickstart.log().splitlines()
+               if "delivery notice queued" in line and f"id={second}" in line]
+    assert len(notices) == 1 and "SUCCESS" in notices[0], notices
+
+    bob = imap(quickstart, "bob@example.test")
+    typ, data = bob.select("INBOX", readonly=True)
+    assert int(data[0]) == 0
+    bob.logout()
+    alice = imap(quickstart, "alice@example.test")
+    # Her two copies, the failure notice for bob and the success notice.
+    assert wait_for_messages(alice, "INBOX", 4) == 4
+    typ, data = alice.search(None, "HEADER", "Content-Type", "report-type=delivery-status")
+    found = data[0].split()
+    assert len(found) == 2, found
+    reports = []
+    for n in found:
+        typ, fetched = alice.fetch(n, "(BODY.PEEK[])")
+        reports.append(fetched[0][1])
+    failed = [r for r in reports if b"Action: failed" in r]
+    assert len(failed) == 1, reports
+    assert b"Final-Recipient: rfc822; bob@example.test" in failed[0]
+    assert b"Status: 5.2.2" in failed[0]
+    assert b"full-1@example.test" in failed[0], "the notice names the original"
+    assert b"Final-Recipient: rfc822; alice@example.test" not in failed[0]
+    delivered = [r for r in reports if b"Action: delivered" in r]
+    assert len(delivered) == 1, reports
+    assert b"Final-Recipient: rfc822; alice@example.test" in delivered[0]
+    assert b"Final-Recipient: rfc822; bob@example.test" not in delivered[0]
+    alice.logout()

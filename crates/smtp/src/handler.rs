@@ -23,13 +23,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bulwark_audit::{Actor, Outcome};
-use bulwark_core::Right;
+use bulwark_core::{PrincipalId, Right};
 use bulwark_directory::{AuthError, Directory};
 use bulwark_mail::{LocalDelivery, Resolution};
 use bulwark_server::{Connection, ConnectionHandler};
 use bulwark_store::{Error as StoreError, NewQueueRecipient};
 use bulwark_transport::dns::Dns;
-use bulwark_transport::queue::{OutboundEnvelope, OutboundQueue};
+use bulwark_transport::dsn::{self, Notice, NoticeKind, RecipientReport};
+use bulwark_transport::queue::{OutboundEnvelope, OutboundQueue, notify_wants};
 use bulwark_transport::verify::{self, Inbound};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -360,8 +361,20 @@ async fn serve(
                             transaction.received_at,
                         )
                         .await;
-                    let outcome = local_outcome(&transaction.id, report);
+                    let outcome = local_outcome(&transaction.id, &report);
                     log_outcome(&transaction, &outcome);
+                    let refused = refused_accounts(&report);
+                    if outcome.is_stored() && !refused.is_empty() {
+                        let queue = services.queue.clone();
+                        let transaction = transaction.clone();
+                        let queued = tokio::task::spawn_blocking(move || {
+                            notify_local_failures(queue.as_ref(), &transaction, &refused);
+                        })
+                        .await;
+                        if let Err(e) = queued {
+                            tracing::error!(error = %e, "failure notice task failed");
+                        }
+                    }
                     outcome
                 } else {
                     let delivery = delivery.clone();
@@ -479,22 +492,14 @@ fn insert_after_return_path(message: &mut Vec<u8>, field: &[u8]) {
     message.splice(at..at, field.iter().copied());
 }
 
-/// Tells the sender of local deliveries that asked with `NOTIFY=SUCCESS`
-/// (RFC 3461 section 4.1). Blocking; a notice that cannot be queued is
-/// logged, the delivery stands.
+/// Reports local deliveries to senders who asked (`NOTIFY=SUCCESS`,
+/// RFC 3461 section 4.1). Blocking.
 fn notify_local_success(queue: Option<&OutboundQueue>, transaction: &Transaction) {
-    use bulwark_transport::dsn::{self, Notice, NoticeKind, RecipientReport};
-    let Some(queue) = queue else { return };
-    if transaction.reverse_path.is_empty() {
-        return;
-    }
     let reports: Vec<RecipientReport> = transaction
         .recipients
         .iter()
         .filter(|r| !r.is_remote())
-        .filter(|r| {
-            bulwark_transport::queue::notify_wants(r.notify.as_deref(), NoticeKind::Delivered)
-        })
+        .filter(|r| notify_wants(r.notify.as_deref(), NoticeKind::Delivered))
         .map(|r| RecipientReport {
             address: r.address.to_string(),
             original_recipient: r.original_recipient.clone(),
@@ -503,26 +508,110 @@ fn notify_local_success(queue: Option<&OutboundQueue>, transaction: &Transaction
             remote_mta: None,
         })
         .collect();
-    if reports.is_empty() {
+    send_local_notice(queue, transaction, NoticeKind::Delivered, &reports);
+}
+
+/// The accounts a local delivery could not store into, each with whether
+/// it was for lack of quota.
+fn refused_accounts(
+    result: &Result<bulwark_mail::DeliveryReport, StoreError>,
+) -> Vec<(PrincipalId, bool)> {
+    result.as_ref().map_or_else(
+        |_| Vec::new(),
+        |report| {
+            report
+                .failed
+                .iter()
+                .map(|(account, e)| (*account, matches!(e, StoreError::QuotaExceeded { .. })))
+                .collect()
+        },
+    )
+}
+
+/// Reports the recipients none of whose accounts took a message that was
+/// answered 250 because others did (or because it was queued for remote
+/// ones): without a notice their copy would vanish unseen. A group
+/// recipient counts as delivered if any member took the message. Blocking.
+fn notify_local_failures(
+    queue: Option<&OutboundQueue>,
+    transaction: &Transaction,
+    refused: &[(PrincipalId, bool)],
+) {
+    if refused.is_empty() {
+        return;
+    }
+    let reports: Vec<RecipientReport> = transaction
+        .recipients
+        .iter()
+        .filter(|r| !r.is_remote())
+        .filter(|r| notify_wants(r.notify.as_deref(), NoticeKind::Failed))
+        .filter_map(|r| {
+            let quota: Vec<bool> = r
+                .accounts
+                .iter()
+                .map(|a| refused.iter().find(|(id, _)| id == a).map(|(_, q)| *q))
+                .collect::<Option<_>>()?;
+            let (status, diagnostic) = if quota.contains(&true) {
+                ("5.2.2", "552 5.2.2 the mailbox is full")
+            } else {
+                ("5.1.1", "550 5.1.1 the mailbox is no longer available")
+            };
+            Some(RecipientReport {
+                address: r.address.to_string(),
+                original_recipient: r.original_recipient.clone(),
+                status: status.into(),
+                diagnostic: diagnostic.into(),
+                remote_mta: None,
+            })
+        })
+        .collect();
+    send_local_notice(queue, transaction, NoticeKind::Failed, &reports);
+}
+
+/// Queues a notice of `kind` about `reports` to the message's sender;
+/// nothing for the null sender (a notice never causes another) or without
+/// reports. Blocking; a notice that cannot be queued is logged, the
+/// delivery stands.
+fn send_local_notice(
+    queue: Option<&OutboundQueue>,
+    transaction: &Transaction,
+    kind: NoticeKind,
+    reports: &[RecipientReport],
+) {
+    let Some(queue) = queue else { return };
+    if transaction.reverse_path.is_empty() || reports.is_empty() {
         return;
     }
     let now = bulwark_transport::queue::now_ms();
-    let token = format!("{}.delivered", transaction.id);
+    let token = format!(
+        "{}.{}",
+        transaction.id,
+        kind.notify_keyword().to_ascii_lowercase()
+    );
     let notice = dsn::build(&Notice {
-        kind: NoticeKind::Delivered,
+        kind,
         hostname: &queue.settings().hostname,
         to: &transaction.reverse_path,
         envelope_id: transaction.envelope_id.as_deref(),
         arrival_ms: transaction.received_at,
         retry_until_ms: None,
-        recipients: &reports,
+        recipients: reports,
         original: &transaction.message,
-        return_full: false,
+        return_full: kind == NoticeKind::Failed && transaction.return_full,
         token: &token,
         now_ms: now,
     });
-    if let Err(e) = queue.send_notice(&notice, &transaction.reverse_path) {
-        tracing::warn!(id = %transaction.id, error = %e, "cannot queue a delivery notice");
+    match queue.send_notice(&notice, &transaction.reverse_path) {
+        Ok(_) => tracing::info!(
+            id = %transaction.id,
+            to = %EnvelopePath(&transaction.reverse_path),
+            recipients = %EnvelopeList(reports.iter().map(|r| r.address.as_str())),
+            kind = kind.notify_keyword(),
+            "delivery notice queued"
+        ),
+        Err(e) => {
+            tracing::warn!(id = %transaction.id, error = %e, "cannot queue a delivery notice")
+        }
     }
 }
 
@@ -622,7 +711,8 @@ fn deliver(
         delivery.deliver(&transaction.message, &accounts, transaction.received_at)
     };
     let has_remote = transaction.recipients.iter().any(|r| r.is_remote());
-    let mut outcome = local_outcome(&transaction.id, result);
+    let mut outcome = local_outcome(&transaction.id, &result);
+    let refused = refused_accounts(&result);
     // Remote recipients are queued once local delivery did not fail
     // temporarily (the client will send again, and must not find the
     // remote copy queued already).
@@ -642,6 +732,7 @@ fn deliver(
     }
     if outcome.is_stored() {
         notify_local_success(queue, transaction);
+        notify_local_failures(queue, transaction, &refused);
     }
     log_outcome(transaction, &outcome);
     if !outcome.is_stored() {
@@ -673,7 +764,7 @@ fn only_local(transaction: &Transaction) -> bool {
 /// The reply a local delivery's outcome earns.
 fn local_outcome(
     id: &str,
-    result: Result<bulwark_mail::DeliveryReport, StoreError>,
+    result: &Result<bulwark_mail::DeliveryReport, StoreError>,
 ) -> DeliveryOutcome {
     match result {
         Ok(report) => {

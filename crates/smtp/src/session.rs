@@ -224,8 +224,8 @@ pub enum DeliveryOutcome {
     /// Some accounts stored it durably and others refused it (over quota,
     /// removed meanwhile). The message is accepted: refusing it would make
     /// the client send it again to those who have it. The driver logs the
-    /// others; a delivery status notification will tell the sender once
-    /// DSN generation exists.
+    /// others and, before the reply, queues a failure notice (RFC 3464)
+    /// about them to the sender.
     PartiallyStored,
     /// No account could take it because they are over quota.
     MailboxFull,
