@@ -192,11 +192,17 @@ host = "127.0.0.1"
 port = {a.ports['smtp']}
 tls = "opportunistic"
 """)
+    # b asks a blocklist that lists 127.0.0.2 (and not 127.0.0.1, where a
+    # sends from); its postmaster is bob.
+    b.config.write_text(b.config.read_text()
+                        .replace("dnsbl = []", 'dnsbl = ["bl.test"]')
+                        .replace('# postmaster = "admin@example.com"', 'postmaster = "bob@b.test"'))
     # The zone holds what `bulwark domain dns` tells administrators to publish.
     zone = a.admin("domain", "dns", "a.test") + b.admin("domain", "dns", "b.test")
     zone += "mx.a.test.\tIN A 127.0.0.1\nmx.b.test.\tIN A 127.0.0.1\n"
     # A domain that forbids unauthenticated use of its name.
     zone += 'c.test.\tIN TXT "v=spf1 -all"\n_dmarc.c.test.\tIN TXT "v=DMARC1; p=reject"\n'
+    zone += "2.0.0.127.bl.test.\tIN A 127.0.0.2\n"
     zone_file = root / "zone.txt"
     zone_file.write_text("\n".join(l for l in zone.splitlines() if not l.startswith(";")) + "\n")
     dns = subprocess.Popen(
@@ -438,3 +444,23 @@ def test_invitation_to_another_server_is_applied_and_answered(world):
     # Calendar mail is applied just after it is stored; give that its moment.
     time.sleep(1)
     assert "PARTSTAT=ACCEPTED" in attendee_line(dav(a, alice, "GET", alices)[1], bob)
+
+
+def test_a_client_on_a_blocklist_reaches_only_postmaster(world):
+    """RFC 5782: b asks bl.test about each client; a listed one may still
+    write to postmaster (to ask to be let through), nobody else."""
+    b, bob = world["b"], world["users"]["bob"]
+    with smtplib.SMTP("127.0.0.1", b.ports["smtp"], timeout=30,
+                      source_address=("127.0.0.2", 0)) as c:
+        c.ehlo("listed.example")
+        assert c.mail("someone@listed.example")[0] == 250
+        code, text = c.rcpt(bob)
+        assert code == 554 and text.startswith(b"5.7.1") and b"listed at bl.test" in text, text
+        code, text = c.rcpt("postmaster@b.test")
+        assert code == 250, text
+        code, text = c.data(b"From: someone@listed.example\r\nSubject: please delist\r\n\r\nHi.\r\n")
+        assert code == 250, text
+    assert b.find(bob, "please delist") is not None
+    listed = [line for line in b.log().splitlines() if "DNS blocklist" in line]
+    assert any("ip=127.0.0.2" in line and "zone=bl.test" in line for line in listed), listed
+    assert not any("ip=127.0.0.1" in line for line in listed), "a's address is not listed"

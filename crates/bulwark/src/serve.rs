@@ -183,6 +183,11 @@ fn register_protocols(
     {
         inbound = inbound.with_verification(dns.clone());
     }
+    if let Some(dns) = dns {
+        inbound = inbound.with_blocklists(dns.clone(), config.smtp.dnsbl.clone());
+    } else if !config.smtp.dnsbl.is_empty() {
+        tracing::warn!("no DNS resolver: the blocklists in smtp.dnsbl are not asked");
+    }
     inbound = inbound
         .with_queue(queue.clone())
         .with_after_delivery(calendar_mail.clone());

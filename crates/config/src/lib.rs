@@ -393,6 +393,10 @@ pub struct SmtpSection {
     /// Whether inbound mail is checked with SPF, DKIM, ARC and DMARC.
     #[serde(default = "defaults::yes")]
     pub verify_inbound: bool,
+    /// DNS blocklists (zones, RFC 5782) that the MX asks about each
+    /// client; a listed client's recipients are refused.
+    #[serde(default)]
+    pub dnsbl: Vec<String>,
     /// The local address that receives mail for `postmaster@` every domain
     /// without such an address of its own (RFC 5321 requires one).
     #[serde(default)]
@@ -414,6 +418,7 @@ impl Default for SmtpSection {
             max_recipients_per_hour: defaults::max_recipients_per_hour(),
             relay: true,
             verify_inbound: true,
+            dnsbl: Vec::new(),
             postmaster: None,
             routes: Vec::new(),
             smarthost: None,

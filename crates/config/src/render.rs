@@ -130,6 +130,10 @@ relay = true
 # Check inbound mail with SPF, DKIM, ARC and DMARC; the results go into an
 # Authentication-Results field, and DMARC p=reject failures are refused.
 verify_inbound = true
+# DNS blocklists (RFC 5782) the MX asks about every client; recipients of a
+# listed client are refused with 554 5.7.1, except postmaster. Lookups that
+# fail never refuse. Mind each list's terms of use.
+dnsbl = []
 # Who reads mail for postmaster@ every domain that has no such address of
 # its own (RFC 5321 requires every domain to accept it; DMARC and TLS
 # reports go there). A local address: a user, an alias or a group.

@@ -119,6 +119,18 @@ pub(crate) fn validate(config: &Config, file: &Path) -> Result<(), ConfigError> 
         1,
         1_000_000,
     )?;
+    if smtp.dnsbl.len() > 8 {
+        return Err(error(file, "smtp.dnsbl", "at most 8 blocklists"));
+    }
+    for (n, zone) in smtp.dnsbl.iter().enumerate() {
+        if check_hostname(zone.trim_end_matches('.')).is_err() {
+            return Err(error(
+                file,
+                format!("smtp.dnsbl[{n}]"),
+                "must be a DNS zone such as \"zen.spamhaus.org\"",
+            ));
+        }
+    }
     for (n, route) in smtp.routes.iter().enumerate() {
         let key = |field: &str| format!("smtp.route[{n}].{field}");
         if check_hostname(&route.domain).is_err() {

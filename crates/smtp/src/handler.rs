@@ -28,7 +28,7 @@ use bulwark_directory::{AuthError, Directory};
 use bulwark_mail::{LocalDelivery, Resolution};
 use bulwark_server::{Connection, ConnectionHandler};
 use bulwark_store::{Error as StoreError, NewQueueRecipient};
-use bulwark_transport::dns::Dns;
+use bulwark_transport::dns::{Dns, Listing};
 use bulwark_transport::dsn::{self, Notice, NoticeKind, RecipientReport};
 use bulwark_transport::queue::{OutboundEnvelope, OutboundQueue, notify_wants};
 use bulwark_transport::verify::{self, Inbound};
@@ -82,6 +82,8 @@ struct Services {
     after_delivery: Option<Arc<dyn AfterDelivery>>,
     /// Recipients per hour for each authenticated user.
     send_limit: Option<Arc<SendLimit>>,
+    /// DNS blocklists asked about each client on the MX.
+    blocklists: Option<(Dns, Arc<[String]>)>,
 }
 
 impl std::fmt::Debug for SmtpHandler {
@@ -134,6 +136,15 @@ impl SmtpHandler {
     /// Runs `hook` on messages once they are stored.
     pub fn with_after_delivery(mut self, hook: Arc<dyn AfterDelivery>) -> SmtpHandler {
         self.services.after_delivery = Some(hook);
+        self
+    }
+
+    /// On the MX, refuses the recipients (but postmaster) of clients that
+    /// one of `zones` lists (RFC 5782), asked through `dns`.
+    pub fn with_blocklists(mut self, dns: Dns, zones: Vec<String>) -> SmtpHandler {
+        if !zones.is_empty() {
+            self.services.blocklists = Some((dns, zones.into()));
+        }
         self
     }
 
@@ -197,6 +208,9 @@ async fn serve(
     let mode = config.mode;
     let hostname = config.hostname.clone();
     let mut session = Session::new(config, client, session_id());
+    // The blocklist whose listing of this client refuses its recipients;
+    // asked at the first recipient that needs it.
+    let mut listed: Option<Option<String>> = None;
     // One timer for the whole session, registered once: a fresh sleep per
     // read would be put into and taken out of the timer wheel every command.
     let session_deadline = tokio::time::sleep(max_duration);
@@ -270,6 +284,18 @@ async fn serve(
                 session.auth_result(outcome);
             }
             Action::CheckRecipient(address) => {
+                if mode == Mode::Inbound
+                    && let Some((dns, zones)) = &services.blocklists
+                    && !address.local_part().eq_ignore_ascii_case("postmaster")
+                {
+                    if listed.is_none() {
+                        listed = Some(first_listing(dns, zones, ip).await);
+                    }
+                    if let Some(Some(zone)) = &listed {
+                        session.rcpt_result(RcptOutcome::ClientListed(zone.clone()));
+                        continue;
+                    }
+                }
                 if let Some(limit) = &services.send_limit
                     && let Some(identity) = session.identity()
                     && !limit.allows(
@@ -406,6 +432,22 @@ async fn serve(
             }
         }
     }
+}
+
+/// The first of `zones` that lists `ip`. A lookup that fails is logged
+/// and counts as not listed: DNS trouble never refuses mail.
+async fn first_listing(dns: &Dns, zones: &[String], ip: IpAddr) -> Option<String> {
+    for zone in zones {
+        match dns.blocklist(ip, zone).await {
+            Ok(Listing::Clear) => {}
+            Ok(Listing::Listed(code)) => {
+                tracing::info!(%ip, %zone, %code, "client is on a DNS blocklist; its recipients are refused");
+                return Some(zone.clone());
+            }
+            Err(e) => tracing::warn!(%ip, %zone, error = %e, "blocklist lookup failed"),
+        }
+    }
+    None
 }
 
 /// Checks credentials, then loads what the user may send as.

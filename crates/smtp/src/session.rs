@@ -214,6 +214,8 @@ pub enum RcptOutcome {
     /// The authenticated user has used up its recipients for now
     /// ([`crate::SendLimit`]).
     SendLimitReached,
+    /// A DNS blocklist, this zone, lists the client.
+    ClientListed(String),
 }
 
 /// The answer to [`Action::Deliver`].
@@ -593,6 +595,14 @@ impl Session {
                 451,
                 [4, 3, 0],
                 format!("<{address}> Temporary lookup failure, try again later"),
+            ),
+            RcptOutcome::ClientListed(zone) => self.reply(
+                554,
+                [5, 7, 1],
+                format!(
+                    "<{address}> Service unavailable; client [{}] is listed at {zone}",
+                    self.client.ip
+                ),
             ),
             RcptOutcome::SendLimitReached => self.reply(
                 450,

@@ -1,7 +1,8 @@
 //! DNS for mail transport: the resolver shared by outbound routing (MX,
 //! A/AAAA) and inbound authentication (SPF, DKIM, DMARC TXT records).
 //!
-//! Only names from envelopes and signatures are looked up here, never a
+//! Only names from envelopes and signatures, and a connecting client's
+//! address in the DNS blocklists a site names, are looked up here; never a
 //! URL, and nothing a lookup returns is fetched.
 
 use std::borrow::Borrow;
@@ -229,9 +230,81 @@ impl Dns {
     }
 }
 
+/// The name under which blocklist `zone` lists `ip` (RFC 5782 section
+/// 2.1): IPv4 octets, or IPv6 nibbles, in reverse order.
+pub fn blocklist_name(ip: IpAddr, zone: &str) -> String {
+    let zone = zone.trim_end_matches('.');
+    let mut name = String::with_capacity(72 + zone.len());
+    match ip {
+        IpAddr::V4(v4) => {
+            for octet in v4.octets().iter().rev() {
+                name.push_str(&format!("{octet}."));
+            }
+        }
+        IpAddr::V6(v6) => {
+            for byte in v6.octets().iter().rev() {
+                name.push_str(&format!("{:x}.{:x}.", byte & 0xf, byte >> 4));
+            }
+        }
+    }
+    name.push_str(zone);
+    name.push('.');
+    name
+}
+
+/// What a blocklist says of an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listing {
+    /// Not listed.
+    Clear,
+    /// Listed, with the code the list answered (127.0.0.x).
+    Listed(Ipv4Addr),
+}
+
+impl Dns {
+    /// Whether `zone` lists `ip`. An answer outside 127.0.0.0/8 is not a
+    /// listing (RFC 5782 section 2.1); 127.255.255.0/24 is how some lists
+    /// refuse to answer (queries through public resolvers, over quota), so
+    /// it is an error, never a listing.
+    pub async fn blocklist(&self, ip: IpAddr, zone: &str) -> Result<Listing, LookupError> {
+        let name = blocklist_name(ip, zone);
+        let answers = match self
+            .authenticator
+            .ipv4_lookup(name.as_str(), Some(&self.records.ipv4))
+            .await
+        {
+            Ok(answers) => answers,
+            Err(mail_auth::Error::DnsRecordNotFound(_)) => return Ok(Listing::Clear),
+            Err(e) => return Err(lookup_error(e, &format!("blocklist {zone}"))),
+        };
+        if let Some(refusal) = answers.iter().find(|a| a.octets()[..3] == [127, 255, 255]) {
+            return Err(LookupError::Temporary(format!(
+                "blocklist {zone} refused the query (answered {refusal})"
+            )));
+        }
+        Ok(answers
+            .iter()
+            .find(|a| a.octets()[0] == 127)
+            .map_or(Listing::Clear, |a| Listing::Listed(*a)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn blocklist_names_reverse_the_address() {
+        assert_eq!(
+            blocklist_name("192.0.2.99".parse().unwrap(), "bl.example."),
+            "99.2.0.192.bl.example."
+        );
+        assert_eq!(
+            blocklist_name("2001:db8:1:2::ab".parse().unwrap(), "bl.example"),
+            "b.a.0.0.0.0.0.0.0.0.0.0.0.0.0.0.2.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2.bl.example."
+        );
+    }
 
     #[test]
     fn record_cache_answers_until_the_ttl_runs_out() {
