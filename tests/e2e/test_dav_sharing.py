@@ -181,7 +181,7 @@ def test_http2_is_offered_and_serves_dav(quickstart):
     import httpx
 
     password = quickstart.credentials()["alice@example.test"]
-    with httpx.Client(http2=True, verify=str(quickstart.cert), auth=("alice@example.test", password),
+    with httpx.Client(http2=True, verify=ssl.create_default_context(cafile=str(quickstart.cert)), auth=("alice@example.test", password),
                       base_url="https://localhost:8443", timeout=30) as h2:
         r = h2.request("PROPFIND", "/dav/calendars/alice@example.test/", headers={"Depth": "1"},
                        content=LIST)
@@ -199,7 +199,7 @@ def test_http2_is_offered_and_serves_dav(quickstart):
             assert h2.put(path, content=b"x" * (3 * 1024 * 1024)).status_code == 413
         except httpx.HTTPError:
             pass
-    with httpx.Client(http2=True, verify=str(quickstart.cert), auth=("alice@example.test", password),
+    with httpx.Client(http2=True, verify=ssl.create_default_context(cafile=str(quickstart.cert)), auth=("alice@example.test", password),
                       base_url="https://localhost:8443", timeout=30) as h2:
         again = h2.get(path)
         assert again.http_version == "HTTP/2" and "Board meeting" in again.text
