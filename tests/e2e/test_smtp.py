@@ -5,6 +5,7 @@ import imaplib
 import smtplib
 import ssl
 import time
+import urllib.request
 
 import pytest
 
@@ -272,3 +273,58 @@ def test_a_recipient_refused_after_others_accepted_gets_a_failure_notice(quickst
     assert b"Final-Recipient: rfc822; alice@example.test" in delivered[0]
     assert b"Final-Recipient: rfc822; bob@example.test" not in delivered[0]
     alice.logout()
+
+
+def metrics() -> dict:
+    """The admin listener's /metrics as name -> value (unlabelled samples),
+    with the declared type of each under "# TYPE name"."""
+    with urllib.request.urlopen("http://127.0.0.1:8080/metrics", timeout=10) as r:
+        text = r.read().decode()
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            found[f"# TYPE {name}"] = kind
+        elif line and not line.startswith("#") and "{" not in line:
+            name, value = line.split()
+            found[name] = int(value)
+    return found
+
+
+def test_mail_flow_is_counted_on_metrics(quickstart):
+    before = metrics()
+    assert before["bulwark_smtp_inbound_messages_total"] == 0
+    assert before["# TYPE bulwark_queue_messages"] == "gauge"
+    assert before["# TYPE bulwark_queue_failed_total"] == "counter"
+    with smtplib.SMTP(HOST, MX, timeout=30) as mx:
+        mx.ehlo("client.elsewhere.test")
+        assert mx.mail("carol@elsewhere.test")[0] == 250
+        assert mx.rcpt("nobody@example.test")[0] == 550
+        assert mx.rcpt("bob@example.test")[0] == 250
+        assert mx.data(b"Subject: counted\r\n\r\nHi.\r\n")[0] == 250
+    creds = quickstart.credentials()
+    with smtplib.SMTP_SSL(HOST, SUBMISSIONS, context=tls_context(quickstart), timeout=30) as sub:
+        sub.login("alice@example.test", creds["alice@example.test"])
+        msg = b"From: alice@example.test\r\nSubject: away\r\n\r\nHi.\r\n"
+        assert sub.sendmail("alice@example.test", ["someone@remote.invalid"], msg) == {}
+    after = metrics()
+    assert after["bulwark_smtp_inbound_messages_total"] == 1
+    assert after["bulwark_smtp_inbound_refusals_total"] == 1
+    assert after["bulwark_smtp_submission_messages_total"] == 1
+    assert after["bulwark_smtp_submission_refusals_total"] == 0
+    # The queue tries the remote recipient in the background. It cannot be
+    # reached: with no such domain it fails, and the bounce to alice is
+    # delivered from the queue, which then is empty; with no DNS here it
+    # is deferred and stays queued.
+    def settled(m):
+        bounced = (m["bulwark_queue_failed_total"] == 1 and m["bulwark_queue_delivered_total"] == 1
+                   and m["bulwark_queue_messages"] == 0 and m["bulwark_queue_recipients"] == 0)
+        waiting = (m["bulwark_queue_deferred_total"] >= 1 and m["bulwark_queue_failed_total"] == 0
+                   and m["bulwark_queue_messages"] == 1 and m["bulwark_queue_recipients"] == 1)
+        return bounced or waiting
+    deadline = time.time() + 30
+    now = metrics()
+    while not settled(now) and time.time() < deadline:
+        time.sleep(0.2)
+        now = metrics()
+    assert settled(now), now

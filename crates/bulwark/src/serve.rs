@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bulwark_config::RouteTls;
 use bulwark_config::{Config, LogFormat, Protocol};
@@ -10,8 +11,9 @@ use bulwark_directory::Directory;
 use bulwark_http::{ClientSettings, Dav, HttpHandler, MailOut};
 use bulwark_imap::{ImapHandler, Pop3Handler, Pop3Limits};
 use bulwark_mail::{LocalDelivery, Resolution};
-use bulwark_server::{Metrics, Server, ServerOptions};
-use bulwark_smtp::{AfterDelivery, Mode, SendLimit, SmtpHandler, SmtpLimits};
+use bulwark_server::{InvalidMetricName, Metrics, Server, ServerOptions};
+use bulwark_smtp::{AfterDelivery, Mode, SendLimit, SmtpHandler, SmtpLimits, SmtpStats};
+use bulwark_store::QueueSize;
 use bulwark_transport::client::{Credentials, TlsPolicy, root_store};
 use bulwark_transport::dns::Dns;
 use bulwark_transport::mta_sts::MtaSts;
@@ -146,6 +148,7 @@ fn register_protocols(
     delivery: &LocalDelivery,
     queue: &OutboundQueue,
     dns: Option<&Dns>,
+    metrics: &Metrics,
 ) {
     let directory = delivery.directory();
     let imap_limits = bulwark_imap::Limits {
@@ -191,6 +194,20 @@ fn register_protocols(
     inbound = inbound
         .with_queue(queue.clone())
         .with_after_delivery(calendar_mail.clone());
+    register_smtp_metrics(
+        metrics,
+        inbound.stats(),
+        [
+            (
+                "bulwark_smtp_inbound_messages_total",
+                "Messages the MX listener accepted (answered 250).",
+            ),
+            (
+                "bulwark_smtp_inbound_refusals_total",
+                "Replies 4xx and 5xx the MX listener sent.",
+            ),
+        ],
+    );
     server.register(Protocol::Smtp, Arc::new(inbound));
     let send_limit = Arc::new(SendLimit::new(config.smtp.max_recipients_per_hour));
     let mut submission =
@@ -200,6 +217,20 @@ fn register_protocols(
     if config.smtp.relay {
         submission = submission.with_queue(queue.clone());
     }
+    register_smtp_metrics(
+        metrics,
+        submission.stats(),
+        [
+            (
+                "bulwark_smtp_submission_messages_total",
+                "Messages the submission listeners accepted (answered 250).",
+            ),
+            (
+                "bulwark_smtp_submission_refusals_total",
+                "Replies 4xx and 5xx the submission listeners sent.",
+            ),
+        ],
+    );
     let submission = Arc::new(submission);
     server.register(Protocol::Submission, submission.clone());
     server.register(Protocol::Submissions, submission);
@@ -275,6 +306,81 @@ impl MailOut for QueueMailOut {
     }
 }
 
+/// Logs the metrics that could not be registered; the server runs on
+/// without them.
+fn warn_unexported(outcomes: impl IntoIterator<Item = Result<(), InvalidMetricName>>) {
+    for outcome in outcomes {
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, "cannot export a metric");
+        }
+    }
+}
+
+/// One SMTP handler's counts on `/metrics`: `names` are the names and
+/// help texts of its messages and its refusals.
+fn register_smtp_metrics(
+    metrics: &Metrics,
+    stats: &Arc<SmtpStats>,
+    names: [(&'static str, &'static str); 2],
+) {
+    let [(messages, messages_help), (refusals, refusals_help)] = names;
+    let (m, r) = (Arc::clone(stats), Arc::clone(stats));
+    let registered = [
+        metrics.counter_from(messages, messages_help, move || {
+            m.messages.load(Ordering::Relaxed)
+        }),
+        metrics.counter_from(refusals, refusals_help, move || {
+            r.refusals.load(Ordering::Relaxed)
+        }),
+    ];
+    warn_unexported(registered);
+}
+
+/// The outbound queue on `/metrics`: what it holds now (read from the
+/// store at each scrape) and what delivery attempts came to.
+fn register_queue_metrics(metrics: &Metrics, queue: &OutboundQueue) {
+    let size = |queue: &OutboundQueue| {
+        queue.store().queue_size().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the queue's size");
+            QueueSize::default()
+        })
+    };
+    let (q1, q2) = (queue.clone(), queue.clone());
+    let (s1, s2, s3) = (
+        Arc::clone(queue.stats()),
+        Arc::clone(queue.stats()),
+        Arc::clone(queue.stats()),
+    );
+    let registered = [
+        metrics.gauge_from(
+            "bulwark_queue_messages",
+            "Messages in the outbound queue with a recipient still to deliver.",
+            move || size(&q1).messages,
+        ),
+        metrics.gauge_from(
+            "bulwark_queue_recipients",
+            "Recipients in the outbound queue still to deliver.",
+            move || size(&q2).pending_recipients,
+        ),
+        metrics.counter_from(
+            "bulwark_queue_delivered_total",
+            "Queued recipients delivered (to the next hop or a local mailbox).",
+            move || s1.delivered.load(Ordering::Relaxed),
+        ),
+        metrics.counter_from(
+            "bulwark_queue_deferred_total",
+            "Delivery attempts that failed for now and will be retried.",
+            move || s2.deferred.load(Ordering::Relaxed),
+        ),
+        metrics.counter_from(
+            "bulwark_queue_failed_total",
+            "Queued recipients given up on (refused, or queued too long); the sender is told.",
+            move || s3.failed.load(Ordering::Relaxed),
+        ),
+    ];
+    warn_unexported(registered);
+}
+
 /// The store's group commit on `/metrics`: how many transactions, and how
 /// many writes they carried.
 fn register_store_metrics(metrics: &Metrics, store: &bulwark_store::Store) {
@@ -291,11 +397,7 @@ fn register_store_metrics(metrics: &Metrics, store: &bulwark_store::Store) {
             move || writes.commit_stats().1,
         ),
     ];
-    for outcome in registered {
-        if let Err(e) = outcome {
-            tracing::warn!(error = %e, "cannot export a store metric");
-        }
-    }
+    warn_unexported(registered);
 }
 
 pub fn serve(config_path: &Path) -> CmdResult {
@@ -337,8 +439,20 @@ pub fn serve(config_path: &Path) -> CmdResult {
     }
     let metrics = Arc::new(Metrics::new());
     register_store_metrics(&metrics, directory.store());
-    let mut server = Server::new(ServerOptions::from_config(&config), tls, metrics);
-    register_protocols(&mut server, &config, &delivery, &queue, dns.as_ref());
+    let mut server = Server::new(
+        ServerOptions::from_config(&config),
+        tls,
+        Arc::clone(&metrics),
+    );
+    register_protocols(
+        &mut server,
+        &config,
+        &delivery,
+        &queue,
+        dns.as_ref(),
+        &metrics,
+    );
+    register_queue_metrics(&metrics, &queue);
     let store = directory.store().clone();
     server.set_health_check(Arc::new(move || {
         store.domains().map(|_| ()).map_err(|e| e.to_string())

@@ -97,6 +97,8 @@ enum Source {
 struct Registered {
     name: &'static str,
     help: &'static str,
+    /// The Prometheus type: `counter` or `gauge`.
+    kind: &'static str,
     source: Source,
 }
 
@@ -228,6 +230,7 @@ impl Metrics {
         custom.push(Registered {
             name,
             help,
+            kind: "counter",
             source: Source::Counter(Arc::clone(&counter)),
         });
         Ok(counter)
@@ -257,6 +260,28 @@ impl Metrics {
         help: &'static str,
         read: impl Fn() -> u64 + Send + Sync + 'static,
     ) -> Result<(), InvalidMetricName> {
+        self.register_read(name, help, "counter", Box::new(read))
+    }
+
+    /// Registers a gauge, a value that goes up and down (such as the
+    /// number of queued messages), read each time the metrics are
+    /// rendered; `read` must be cheap. A name already registered is refused.
+    pub fn gauge_from(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> Result<(), InvalidMetricName> {
+        self.register_read(name, help, "gauge", Box::new(read))
+    }
+
+    fn register_read(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        kind: &'static str,
+        read: Box<dyn Fn() -> u64 + Send + Sync>,
+    ) -> Result<(), InvalidMetricName> {
         let mut custom = self.registry(name)?;
         if custom.iter().any(|r| r.name == name) {
             return Err(InvalidMetricName(name.to_owned()));
@@ -264,7 +289,8 @@ impl Metrics {
         custom.push(Registered {
             name,
             help,
-            source: Source::Read(Box::new(read)),
+            kind,
+            source: Source::Read(read),
         });
         Ok(())
     }
@@ -358,7 +384,7 @@ impl Metrics {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         for r in custom.iter() {
             writeln!(out, "# HELP {} {}", r.name, escape_help(r.help))?;
-            writeln!(out, "# TYPE {} counter", r.name)?;
+            writeln!(out, "# TYPE {} {}", r.name, r.kind)?;
             let value = match &r.source {
                 Source::Counter(counter) => counter.get(),
                 Source::Read(read) => read(),
@@ -451,5 +477,29 @@ mod tests {
         );
         assert!(metrics.counter("bulwark_test_commits_total", "x").is_err());
         assert!(metrics.counter_from("bulwark_up", "x", || 0).is_err());
+    }
+
+    #[test]
+    fn gauges_are_typed_as_gauges() {
+        let metrics = Metrics::new();
+        let queued = Arc::new(AtomicU64::new(3));
+        let source = Arc::clone(&queued);
+        metrics
+            .gauge_from("bulwark_test_queued", "Queued.", move || {
+                source.load(Ordering::Relaxed)
+            })
+            .expect("valid");
+        let text = metrics.render();
+        assert!(
+            text.contains("# TYPE bulwark_test_queued gauge\nbulwark_test_queued 3\n"),
+            "{text}"
+        );
+        queued.store(1, Ordering::Relaxed);
+        assert!(metrics.render().contains("\nbulwark_test_queued 1\n"));
+        assert!(
+            metrics
+                .counter_from("bulwark_test_queued", "x", || 0)
+                .is_err()
+        );
     }
 }

@@ -84,6 +84,17 @@ struct Services {
     send_limit: Option<Arc<SendLimit>>,
     /// DNS blocklists asked about each client on the MX.
     blocklists: Option<(Dns, Arc<[String]>)>,
+    /// What this handler's sessions came to, for `/metrics`.
+    stats: Arc<SmtpStats>,
+}
+
+/// Counts over every session of one handler since start.
+#[derive(Debug, Default)]
+pub struct SmtpStats {
+    /// Messages answered 250: stored, or queued for remote recipients.
+    pub messages: AtomicU64,
+    /// Replies 4xx and 5xx, whatever they refused.
+    pub refusals: AtomicU64,
 }
 
 impl std::fmt::Debug for SmtpHandler {
@@ -152,6 +163,11 @@ impl SmtpHandler {
     pub fn with_send_limit(mut self, limit: Arc<SendLimit>) -> SmtpHandler {
         self.services.send_limit = Some(limit);
         self
+    }
+
+    /// Counts of what this handler's sessions did.
+    pub fn stats(&self) -> &Arc<SmtpStats> {
+        &self.services.stats
     }
 
     /// The settings every session of this handler uses.
@@ -258,6 +274,7 @@ async fn serve(
                     conn.release_slot();
                 }
                 for reply in refusals(&bytes) {
+                    services.stats.refusals.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(%reply, "refused");
                 }
                 let written = async {
@@ -415,6 +432,9 @@ async fn serve(
                     })
                 };
                 let stored = outcome.is_stored();
+                if stored {
+                    services.stats.messages.fetch_add(1, Ordering::Relaxed);
+                }
                 if stored && let Some((limit, who, recipients)) = sent {
                     limit.charge(who, recipients, Instant::now());
                 }

@@ -63,7 +63,7 @@ mod sender;
 mod session;
 mod trace;
 
-pub use handler::{AfterDelivery, SmtpHandler};
+pub use handler::{AfterDelivery, SmtpHandler, SmtpStats};
 pub use limits::{MAX_AUTH_LINE, SmtpLimits};
 pub use send_limit::SendLimit;
 pub use sender::{Delegation, Identity};

@@ -16,7 +16,7 @@ use bulwark_core::{
 use crate::{
     Backend, DavCollectionProps, DavKind, DavPrecondition, Delivery, DkimKey, EmailMeta, Error,
     Grant, KeywordUpdate, NewDavObject, NewPrincipal, NewQueueRecipient, NewQueuedMessage,
-    RecipientStatus, RecipientUpdate, TimeSpans,
+    QueueSize, RecipientStatus, RecipientUpdate, TimeSpans,
 };
 
 /// A named check.
@@ -1112,6 +1112,13 @@ fn queue(b: &dyn Backend) {
     assert_eq!(m.envelope_id.as_deref(), Some("env-1"));
     assert_eq!(b.read_blob(&m.blob).unwrap(), raw);
     assert!(b.enqueue(&system, &raw, &queued_message(&[], 0)).is_err());
+    assert_eq!(
+        b.queue_size().unwrap(),
+        QueueSize {
+            messages: 1,
+            pending_recipients: 2
+        }
+    );
 
     // Due only once their time has come.
     assert!(b.queue_due(999, 10).unwrap().is_empty());
@@ -1193,6 +1200,7 @@ fn queue(b: &dyn Backend) {
     assert!(b.queued(id).unwrap().is_none());
     assert!(b.queue(10).unwrap().is_empty());
     assert_eq!(b.next_queue_attempt().unwrap(), None);
+    assert_eq!(b.queue_size().unwrap(), QueueSize::default());
     let check = b.check_blobs().unwrap();
     assert_eq!(check.referenced, 0, "the blob left with the message");
 

@@ -271,6 +271,8 @@ pub trait Backend: Send + Sync + 'static {
     fn queue_due(&self, now: i64, limit: usize) -> Result<Vec<QueuedMessage>>;
     /// When the earliest pending recipient is due, if any is.
     fn next_queue_attempt(&self) -> Result<Option<i64>>;
+    /// How many messages and recipients wait in the queue.
+    fn queue_size(&self) -> Result<QueueSize>;
     /// Records attempt results per recipient address. A message with no
     /// pending recipient left leaves the queue (and drops its blob
     /// reference) in the same write.

@@ -318,6 +318,15 @@ pub struct QueueRecipient {
     pub delay_notified: bool,
 }
 
+/// How much the outbound queue holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueSize {
+    /// Messages with a recipient still to deliver.
+    pub messages: u64,
+    /// Recipients still to deliver, over all messages.
+    pub pending_recipients: u64,
+}
+
 /// A message in the outbound queue with its recipients.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedMessage {

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -113,6 +114,19 @@ pub struct OutboundQueue {
     store: Store,
     wake: Arc<Notify>,
     settings: Arc<QueueSettings>,
+    stats: Arc<QueueStats>,
+}
+
+/// What delivery attempts came to, per recipient, since start (for
+/// `/metrics`).
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    /// Accepted by the next hop or stored in a local mailbox.
+    pub delivered: AtomicU64,
+    /// Failed for now; tried again later.
+    pub deferred: AtomicU64,
+    /// Failed for good (refused, or queued too long); the sender is told.
+    pub failed: AtomicU64,
 }
 
 impl std::fmt::Debug for OutboundQueue {
@@ -151,7 +165,13 @@ impl OutboundQueue {
             store,
             wake: Arc::new(Notify::new()),
             settings: Arc::new(settings),
+            stats: Arc::default(),
         }
+    }
+
+    /// Counts of attempt results so far.
+    pub fn stats(&self) -> &Arc<QueueStats> {
+        &self.stats
     }
 
     /// The settings.
@@ -492,6 +512,7 @@ impl QueueRunner {
                         };
                         list.push(report(&text, &remote, false));
                     }
+                    self.queue.stats.delivered.fetch_add(1, Ordering::Relaxed);
                     RecipientUpdate::Delivered
                 }
                 Attempt::Permanent { reply, remote } => {
@@ -503,6 +524,7 @@ impl QueueRunner {
                     if wants(recipient, NoticeKind::Failed) {
                         failed.push(report(&reply, &remote, true));
                     }
+                    self.queue.stats.failed.fetch_add(1, Ordering::Relaxed);
                     RecipientUpdate::Failed { error: reply }
                 }
                 Attempt::Temporary { reply, remote } => {
@@ -517,6 +539,7 @@ impl QueueRunner {
                         if wants(recipient, NoticeKind::Failed) {
                             failed.push(report(&error, &remote, true));
                         }
+                        self.queue.stats.failed.fetch_add(1, Ordering::Relaxed);
                         RecipientUpdate::Failed { error }
                     } else {
                         let late = settings.delay_notice_after.is_some_and(|after| {
@@ -533,6 +556,7 @@ impl QueueRunner {
                             %reply,
                             "delivery deferred"
                         );
+                        self.queue.stats.deferred.fetch_add(1, Ordering::Relaxed);
                         RecipientUpdate::Retry {
                             next_attempt_at: next.min(message.expires_at.max(now)),
                             error: reply,

@@ -2184,6 +2184,10 @@ impl Backend for SqliteBackend {
         self.queue_next_attempt()
     }
 
+    fn queue_size(&self) -> Result<QueueSize> {
+        self.queue_counts()
+    }
+
     fn update_queued(
         &self,
         actor: &Actor,

@@ -251,6 +251,23 @@ impl SqliteBackend {
         })
     }
 
+    pub(super) fn queue_counts(&self) -> Result<QueueSize> {
+        self.read(|c| {
+            // A message whose last recipient is settled leaves the queue,
+            // so every message row has a pending recipient.
+            let (messages, pending): (i64, i64) = c
+                .prepare_cached(
+                    "SELECT (SELECT count(*) FROM queue_messages),
+                            (SELECT count(*) FROM queue_recipients WHERE status = 'pending')",
+                )?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(QueueSize {
+                messages: u64::try_from(messages).unwrap_or(0),
+                pending_recipients: u64::try_from(pending).unwrap_or(0),
+            })
+        })
+    }
+
     pub(super) fn queue_update(
         &self,
         actor: &Actor,
