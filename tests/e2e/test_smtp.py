@@ -328,3 +328,39 @@ def test_mail_flow_is_counted_on_metrics(quickstart):
         time.sleep(0.2)
         now = metrics()
     assert settled(now), now
+
+
+def test_failed_logins_are_logged_with_protocol_client_and_user(quickstart):
+    """Every protocol's failed login is one log line naming the protocol,
+    the client and the name tried (escaped), for fail2ban and for people."""
+    import base64
+    import poplib
+    import urllib.error
+    ctx = tls_context(quickstart)
+    with pytest.raises(imaplib.IMAP4.error):
+        imaplib.IMAP4_SSL(HOST, IMAPS, ssl_context=ctx).login("alice@example.test", "wrong-password")
+    pop = poplib.POP3_SSL(HOST, 9950, context=ctx)
+    pop.user("alice@example.test")
+    with pytest.raises(poplib.error_proto):
+        pop.pass_("wrong-password")
+    pop.quit()
+    with smtplib.SMTP_SSL(HOST, SUBMISSIONS, context=ctx, timeout=30) as sub:
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            sub.login("alice@example.test", "wrong-password")
+        # A name carrying a terminal escape must not reach the log raw.
+        plain = base64.b64encode(b"\0evil\x1b[31m@example.test\0wrong-password").decode()
+        assert sub.docmd("AUTH", "PLAIN " + plain)[0] == 535
+    request = urllib.request.Request("https://127.0.0.1:8443/dav/", method="PROPFIND", headers={
+        "Authorization": "Basic " + base64.b64encode(b"alice@example.test:wrong-password").decode(),
+        "Depth": "0"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, context=ctx, timeout=10)
+    assert refused.value.code == 401
+
+    failed = [line for line in quickstart.log().splitlines() if "authentication failed" in line]
+    for protocol in ["imaps", "pop3s", "submissions", "https"]:
+        mine = [line for line in failed if f'protocol="{protocol}"' in line]
+        assert len(mine) >= 1, (protocol, failed)
+        assert 'user="alice@example.test"' in mine[0] and "peer=127.0.0.1:" in mine[0], mine
+    assert "\x1b" not in quickstart.log()
+    assert any('user="evil\\u{1b}[31m@example.test"' in line for line in failed), failed

@@ -145,7 +145,9 @@ impl Directory {
 
     /// Checks a login and password (or app password). Blocking: Argon2
     /// takes tens of milliseconds by design; async callers use
-    /// `spawn_blocking`. `now` is passed in so tests control the clock.
+    /// `spawn_blocking`, inside their connection's span so that the log
+    /// line of a failure names the protocol and client. `now` is passed in
+    /// so tests control the clock.
     pub fn authenticate(
         &self,
         login: &str,
@@ -161,10 +163,14 @@ impl Directory {
             .take(MAX_LOGIN_CHARS)
             .collect::<String>()
             .to_ascii_lowercase();
+        // For the log only, and so bounded: whatever a client sent as its
+        // name is shown escaped (Debug), never as raw text.
+        let shown: String = account_key.chars().take(100).collect();
         if self.limiter.is_blocked(&account_key, ip, now) {
             // Still costs a hash, so a ban cannot be told apart by timing
             // from a failure either.
             password::burn_time(secret);
+            tracing::info!(%ip, user = ?shown, "login refused: too many failures, temporarily banned");
             return Err(AuthError::TemporarilyBlocked);
         }
         match self.check_credentials(&account_key, secret) {
@@ -174,6 +180,7 @@ impl Directory {
             }
             Ok(None) => {
                 self.limiter.record_failure(&account_key, ip, now);
+                tracing::info!(%ip, user = ?shown, "authentication failed");
                 Err(AuthError::Failed)
             }
             Err(e) => Err(AuthError::Unavailable(e)),

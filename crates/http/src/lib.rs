@@ -403,7 +403,9 @@ async fn authenticate(
     }
     let directory = state.directory.clone();
     let (login_copy, password_copy) = (login.clone(), password.clone());
+    let span = tracing::Span::current();
     let checked = tokio::task::spawn_blocking(move || {
+        let _connection = span.enter();
         directory.authenticate(&login_copy, &password_copy, ip, Instant::now())
     })
     .await;
@@ -414,10 +416,8 @@ async fn authenticate(
                 .insert(&login, &password, auth.principal.clone());
             Ok(auth.principal)
         }
-        Ok(Err(AuthError::Failed | AuthError::TemporarilyBlocked)) => {
-            tracing::info!(%ip, "HTTPS authentication failed");
-            Err(unauthorized())
-        }
+        // The directory logs failures and bans.
+        Ok(Err(AuthError::Failed | AuthError::TemporarilyBlocked)) => Err(unauthorized()),
         Ok(Err(AuthError::Unavailable(e))) => {
             tracing::warn!(error = %e, "directory unavailable for authentication");
             Err(text(StatusCode::SERVICE_UNAVAILABLE, "try again later\n"))

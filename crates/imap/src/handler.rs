@@ -1337,7 +1337,9 @@ impl Conn {
     ) -> Flow {
         let directory = self.shared.directory.clone();
         let ip = conn.info.peer.ip();
+        let span = tracing::Span::current();
         let check = tokio::task::spawn_blocking(move || {
+            let _connection = span.enter();
             directory.authenticate(&login, &secret, ip, Instant::now())
         })
         .await;

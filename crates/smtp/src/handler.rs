@@ -472,7 +472,9 @@ async fn first_listing(dns: &Dns, zones: &[String], ip: IpAddr) -> Option<String
 
 /// Checks credentials, then loads what the user may send as.
 async fn authenticate(directory: Directory, credentials: Credentials, ip: IpAddr) -> AuthOutcome {
+    let span = tracing::Span::current();
     let checked = tokio::task::spawn_blocking(move || {
+        let _connection = span.enter();
         match directory.authenticate(
             &credentials.login,
             credentials.password(),
@@ -486,14 +488,9 @@ async fn authenticate(directory: Directory, credentials: Credentials, ip: IpAddr
                     AuthOutcome::Unavailable
                 }
             },
-            Err(AuthError::Failed) => {
-                tracing::info!(%ip, "SMTP authentication failed");
-                AuthOutcome::Failed
-            }
-            Err(AuthError::TemporarilyBlocked) => {
-                tracing::info!(%ip, "SMTP authentication refused: temporarily blocked");
-                AuthOutcome::Blocked
-            }
+            // The directory logs failures and bans.
+            Err(AuthError::Failed) => AuthOutcome::Failed,
+            Err(AuthError::TemporarilyBlocked) => AuthOutcome::Blocked,
             Err(AuthError::Unavailable(e)) => {
                 tracing::warn!(error = %e, "directory unavailable for authentication");
                 AuthOutcome::Unavailable

@@ -211,7 +211,9 @@ async fn authenticate(
     secret: Secret,
 ) -> (AuthOutcome, Option<Login>) {
     let directory = shared.directory.clone();
+    let span = tracing::Span::current();
     let check = tokio::task::spawn_blocking(move || {
+        let _connection = span.enter();
         directory.authenticate(&login, secret.expose(), ip, Instant::now())
     })
     .await;
