@@ -14,6 +14,8 @@
 //! * The strict reading of message data: end of data is only
 //!   `CRLF . CRLF`, and a message with a bare CR or LF is refused after its
 //!   end, so no SMTP smuggling sequence passes through Bulwark.
+//!   A message with more than `max_received` `Received` fields is taken
+//!   to be looping and refused.
 //! * The submission policy: AUTH only over TLS; the envelope sender and
 //!   `From:` must be the user's own address or one it holds send-as or
 //!   send-on-behalf rights for; delegated sends are audited; `Date` and
@@ -23,7 +25,8 @@
 //! * The driver ([`SmtpHandler`]), which plugs the session into the
 //!   listener runtime (`bulwark-server`) and answers its questions from the
 //!   directory and local delivery (`bulwark-mail`); on the MX it has
-//!   `bulwark-transport` check SPF, DKIM, ARC and DMARC before storing, and
+//!   `bulwark-transport` check SPF, DKIM, ARC and DMARC before storing (and
+//!   ask the configured DNS blocklists about the client), and
 //!   on submission it hands mail for other domains to the outbound queue.
 //!   Once a message is stored and answered, an [`AfterDelivery`] hook may
 //!   look at it (the binary applies calendar invitations that way), so no
