@@ -364,3 +364,33 @@ def test_failed_logins_are_logged_with_protocol_client_and_user(quickstart):
         assert 'user="alice@example.test"' in mine[0] and "peer=127.0.0.1:" in mine[0], mine
     assert "\x1b" not in quickstart.log()
     assert any('user="evil\\u{1b}[31m@example.test"' in line for line in failed), failed
+
+
+def test_a_full_mailbox_is_refused_at_rcpt(quickstart):
+    """A mailbox already at its quota is refused at RCPT (552 5.2.2), so the
+    sending server reports it; the other recipients still get the message."""
+    bob = imap(quickstart, "bob@example.test")
+    filler = b"Subject: filler\r\n\r\n" + b"x" * 2000 + b"\r\n"
+    typ, _ = bob.append("INBOX", None, None, filler)
+    assert typ == "OK"
+    bob.logout()
+    quickstart.admin("user", "quota", "bob@example.test", "1K")
+    with smtplib.SMTP(HOST, MX, timeout=30) as mx:
+        mx.ehlo("client.elsewhere.test")
+        assert mx.mail("carol@elsewhere.test")[0] == 250
+        code, text = mx.rcpt("bob@example.test")
+        assert code == 552 and text.startswith(b"5.2.2"), text
+        assert mx.rcpt("alice@example.test")[0] == 250
+        code, text = mx.data(b"From: carol@elsewhere.test\r\nSubject: for both\r\n\r\nHi.\r\n")
+        assert code == 250, text
+        transaction = text.decode().split("id=")[1].split()[0]
+    bob = imap(quickstart, "bob@example.test")
+    typ, data = bob.select("INBOX", readonly=True)
+    assert int(data[0]) == 1, "only the filler"
+    bob.logout()
+    alice = imap(quickstart, "alice@example.test")
+    typ, data = alice.select("INBOX", readonly=True)
+    assert int(data[0]) == 1
+    alice.logout()
+    assert not any("delivery notice queued" in line and transaction in line
+                   for line in quickstart.log().splitlines()), "refused at RCPT: no notice from us"

@@ -134,7 +134,10 @@ pub(crate) fn unreached_postmasters(
     let mut unreached = Vec::new();
     for domain in domains {
         let postmaster = EmailAddress::new("postmaster", &domain)?;
-        if !matches!(delivery.resolve(&postmaster)?, Resolution::Deliver(_)) {
+        if !matches!(
+            delivery.resolve(&postmaster)?,
+            Resolution::Deliver(_) | Resolution::MailboxFull
+        ) {
             unreached.push(domain);
         }
     }

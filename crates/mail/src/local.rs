@@ -18,6 +18,11 @@ pub enum Resolution {
     Deliver(Vec<PrincipalId>),
     /// The domain is ours but nobody has this address.
     UnknownLocal,
+    /// One account, whose mailbox is already at its quota: refusing now
+    /// lets the sending server report it, instead of a notice from us
+    /// after the message was accepted. (A group is never refused this
+    /// way; its full members are reported after delivery.)
+    MailboxFull,
     /// Not one of our domains.
     NotLocal,
 }
@@ -133,7 +138,7 @@ impl LocalDelivery {
             return Ok(found);
         }
         let ours = match found {
-            Resolution::Deliver(_) => return Ok(found),
+            Resolution::Deliver(_) | Resolution::MailboxFull => return Ok(found),
             Resolution::UnknownLocal => true,
             Resolution::NotLocal => recipient.domain().as_str() == postmaster.hostname,
         };
@@ -143,8 +148,8 @@ impl LocalDelivery {
         // One step only: a postmaster address that is itself unknown
         // leaves postmaster unknown instead of looping.
         Ok(match self.look_up_address(&postmaster.mailbox)? {
-            Resolution::Deliver(accounts) => Resolution::Deliver(accounts),
             Resolution::UnknownLocal | Resolution::NotLocal => Resolution::UnknownLocal,
+            reached => reached,
         })
     }
 
@@ -168,6 +173,9 @@ impl LocalDelivery {
         let accounts = if principal.kind == PrincipalKind::Group {
             self.directory.expand_recipients(principal.id)?
         } else {
+            if principal.quota_bytes > 0 && principal.used_bytes >= principal.quota_bytes {
+                return Ok(Resolution::MailboxFull);
+            }
             vec![principal.id]
         };
         if accounts.is_empty() {

@@ -278,3 +278,37 @@ fn postmaster_of_every_domain_reaches_the_configured_mailbox() {
         Resolution::UnknownLocal
     );
 }
+
+#[test]
+fn a_mailbox_at_its_quota_is_full_before_the_message_comes() {
+    let (_dir, d) = setup();
+    let admin = Actor::local_admin("t");
+    let carol = add(&d, "carol@example.com", PrincipalKind::Individual, 0);
+    let team = add(&d, "team@example.com", PrincipalKind::Group, 0);
+    d.directory().add_member(&admin, team, carol).unwrap();
+    let raw = b"Subject: fills it\r\n\r\nforty bytes or so of a message body\r\n";
+    assert_eq!(d.deliver(raw, &[carol], 1).unwrap().delivered.len(), 1);
+    // Below the quota: still taken at RCPT (the size is known only later).
+    d.directory()
+        .store()
+        .set_quota(&admin, carol, raw.len() as u64 + 1)
+        .unwrap();
+    assert_eq!(
+        d.resolve(&addr("carol@example.com")).unwrap(),
+        Resolution::Deliver(vec![carol])
+    );
+    // At it: full.
+    d.directory()
+        .store()
+        .set_quota(&admin, carol, raw.len() as u64)
+        .unwrap();
+    assert_eq!(
+        d.resolve(&addr("carol@example.com")).unwrap(),
+        Resolution::MailboxFull
+    );
+    // A group still takes it; its full member is reported after delivery.
+    assert_eq!(
+        d.resolve(&addr("team@example.com")).unwrap(),
+        Resolution::Deliver(vec![carol])
+    );
+}

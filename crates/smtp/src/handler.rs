@@ -341,6 +341,7 @@ async fn serve(
                 let outcome = match resolved {
                     Ok(Ok(Resolution::Deliver(accounts))) => RcptOutcome::Local(accounts),
                     Ok(Ok(Resolution::UnknownLocal)) => RcptOutcome::UnknownLocal,
+                    Ok(Ok(Resolution::MailboxFull)) => RcptOutcome::MailboxFull,
                     Ok(Ok(Resolution::NotLocal)) => RcptOutcome::NotLocal,
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "recipient lookup failed");

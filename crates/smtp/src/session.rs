@@ -207,6 +207,8 @@ pub enum RcptOutcome {
     Local(Vec<PrincipalId>),
     /// Our domain, but nobody has this address.
     UnknownLocal,
+    /// A local account whose mailbox is already full.
+    MailboxFull,
     /// Not one of our domains.
     NotLocal,
     /// The directory could not be read.
@@ -595,6 +597,11 @@ impl Session {
                 451,
                 [4, 3, 0],
                 format!("<{address}> Temporary lookup failure, try again later"),
+            ),
+            RcptOutcome::MailboxFull => self.reply(
+                552,
+                [5, 2, 2],
+                format!("<{address}> Mailbox full: it is at its quota"),
             ),
             RcptOutcome::ClientListed(zone) => self.reply(
                 554,

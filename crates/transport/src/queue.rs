@@ -849,6 +849,11 @@ impl QueueRunner {
                                 },
                             }
                         }
+                        // Room may be made before the message expires.
+                        Ok(Resolution::MailboxFull) => Attempt::Temporary {
+                            reply: "452 4.2.2 Mailbox full".into(),
+                            remote: None,
+                        },
                         Ok(_) => Attempt::Permanent {
                             reply: "550 5.1.1 No such mailbox here".into(),
                             remote: None,
