@@ -165,12 +165,12 @@ impl Directory {
             .to_ascii_lowercase();
         // For the log only, and so bounded: whatever a client sent as its
         // name is shown escaped (Debug), never as raw text.
-        let shown: String = account_key.chars().take(100).collect();
+        let shown = || account_key.chars().take(100).collect::<String>();
         if self.limiter.is_blocked(&account_key, ip, now) {
             // Still costs a hash, so a ban cannot be told apart by timing
             // from a failure either.
             password::burn_time(secret);
-            tracing::info!(%ip, user = ?shown, "login refused: too many failures, temporarily banned");
+            tracing::info!(%ip, user = ?shown(), "login refused: too many failures, temporarily banned");
             return Err(AuthError::TemporarilyBlocked);
         }
         match self.check_credentials(&account_key, secret) {
@@ -180,7 +180,7 @@ impl Directory {
             }
             Ok(None) => {
                 self.limiter.record_failure(&account_key, ip, now);
-                tracing::info!(%ip, user = ?shown, "authentication failed");
+                tracing::info!(%ip, user = ?shown(), "authentication failed");
                 Err(AuthError::Failed)
             }
             Err(e) => Err(AuthError::Unavailable(e)),

@@ -410,7 +410,6 @@ async fn serve(
                     let refused = refused_accounts(&report);
                     if outcome.is_stored() && !refused.is_empty() {
                         let queue = services.queue.clone();
-                        let transaction = transaction.clone();
                         let queued = tokio::task::spawn_blocking(move || {
                             notify_local_failures(queue.as_ref(), &transaction, &refused);
                         })

@@ -430,39 +430,32 @@ mod tests {
 
     use super::*;
 
-    /// Columns of every index of `table`, with its primary key as one more.
-    fn leading_columns(conn: &Connection, table: &str) -> Vec<Vec<String>> {
-        let mut keys = Vec::new();
-        let mut indexes = conn
-            .prepare(&format!("PRAGMA index_list('{table}')"))
-            .unwrap();
-        let names: Vec<String> = indexes
-            .query_map([], |r| r.get(1))
+    /// Every row `sql` answers, as `row` reads it.
+    fn rows<T>(
+        conn: &Connection,
+        sql: &str,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Vec<T> {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map([], row)
             .unwrap()
             .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        for name in names {
-            let mut info = conn
-                .prepare(&format!("PRAGMA index_info('{name}')"))
-                .unwrap();
-            keys.push(
-                info.query_map([], |r| r.get(2))
-                    .unwrap()
-                    .collect::<rusqlite::Result<_>>()
-                    .unwrap(),
-            );
-        }
-        let mut columns = conn
-            .prepare(&format!("PRAGMA table_info('{table}')"))
-            .unwrap();
-        let mut primary: Vec<(i64, String)> = columns
-            .query_map([], |r| Ok((r.get(5)?, r.get(1)?)))
             .unwrap()
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .unwrap()
-            .into_iter()
-            .filter(|(position, _)| *position > 0)
+    }
+
+    /// Columns of every index of `table`, with its primary key as one more.
+    fn leading_columns(conn: &Connection, table: &str) -> Vec<Vec<String>> {
+        let names: Vec<String> = rows(conn, &format!("PRAGMA index_list('{table}')"), |r| r.get(1));
+        let mut keys: Vec<Vec<String>> = names
+            .iter()
+            .map(|name| rows(conn, &format!("PRAGMA index_info('{name}')"), |r| r.get(2)))
             .collect();
+        let mut primary: Vec<(i64, String)> =
+            rows(conn, &format!("PRAGMA table_info('{table}')"), |r| {
+                Ok((r.get(5)?, r.get(1)?))
+            });
+        primary.retain(|(position, _)| *position > 0);
         primary.sort();
         keys.push(primary.into_iter().map(|(_, name)| name).collect());
         keys
@@ -475,28 +468,20 @@ mod tests {
     fn every_foreign_key_is_served_by_an_index() {
         let mut conn = Connection::open_in_memory().unwrap();
         assert_eq!(migrate(&mut conn, LATEST).unwrap(), LATEST);
-        let mut tables = conn
-            .prepare(
-                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
-            )
-            .unwrap();
-        let tables: Vec<String> = tables
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
+        let tables: Vec<String> = rows(
+            &conn,
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            |r| r.get(0),
+        );
         assert!(tables.len() > 10, "{tables:?}");
         let mut unserved = Vec::new();
         for table in &tables {
-            let mut keys = conn
-                .prepare(&format!("PRAGMA foreign_key_list('{table}')"))
-                .unwrap();
             let mut by_key: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
-            for row in keys
-                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(3)?)))
-                .unwrap()
-            {
-                let (id, column) = row.unwrap();
+            let keys: Vec<(i64, String)> =
+                rows(&conn, &format!("PRAGMA foreign_key_list('{table}')"), |r| {
+                    Ok((r.get(0)?, r.get(3)?))
+                });
+            for (id, column) in keys {
                 by_key.entry(id).or_default().push(column);
             }
             let indexed = leading_columns(&conn, table);
